@@ -1,0 +1,43 @@
+"""The AugexpandError hierarchy: what the library raises, and what the CLI turns into one-line messages."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AugexpandError",
+    "RecipeError",
+    "SourceError",
+    "DestinationError",
+    "ImageReadError",
+    "TrainingError",
+]
+
+
+class AugexpandError(Exception):
+    """Base of every error augexpand raises on purpose. The message is meant for the user, as is."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class RecipeError(AugexpandError):
+    """A recipe that cannot be used: YAML syntax, unknown transform, bad parameter or type."""
+
+
+class SourceError(AugexpandError):
+    """A source folder that cannot be used: missing, not an ImageFolder, no readable class."""
+
+
+class DestinationError(AugexpandError):
+    """A destination that must not be written: non-empty, overlapping the source, not ours to replace."""
+
+
+class ImageReadError(AugexpandError):
+    """One image file that cannot be decoded (zero bytes, truncated, not an image)."""
+
+
+class TrainingError(AugexpandError):
+    """A training or evaluation request that cannot be carried out (missing split, class mismatch, no GPU)."""
