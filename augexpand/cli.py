@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -37,6 +40,229 @@ def cli() -> None:
       augexpand train dst/ --out runs/exp1
       augexpand evaluate runs/exp1 test/
     """
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(f)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """Library messages (skipped files, notes) go to stderr as one line each."""
+    logger = logging.getLogger("augexpand")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
+        handler.addFilter(_LowerLevel())
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+class _LowerLevel(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelname_lower = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
+        return True
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | str | None:
+    if value is None:
+        return None
+    if value.lower() in ("native", "none", "keep"):
+        return "native"
+    parts = value.lower().replace("x", " ").split()
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) <= 0:
+        raise click.BadParameter(f"expected SIZE like 224 or 256x192 (height x width) or 'native', got {value!r}",
+                                 param_hint="--size")
+    return (numbers[0], numbers[-1])
+
+
+@cli.command("expand", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="SRC DST")
+@click.option("-r", "--recipe", default="light", show_default=True, metavar="NAME|PATH",
+              help="A recipe YAML file, or a builtin recipe name (see `augexpand recipes`).")
+@click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC (then give only DST).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's).")
+@click.option("--copies", type=click.IntRange(min=0), help="Augmented copies per source image (overrides the recipe).")
+@click.option("--target-per-class", type=click.IntRange(min=1),
+              help="Make augmented copies until each class has at least this many images (minority classes get more).")
+@click.option("--originals/--no-originals", default=None, help="Write the source images too (default: the recipe's).")
+@click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width) or 'native'.")
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp"], case_sensitive=False),
+              help="Output format (overrides the recipe).")
+@click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality (overrides the recipe).")
+@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores].")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="Hold out this stratified fraction of the source images, untouched, in DST/val.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file instead of skipping it.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted run into DST without redoing finished images.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if an earlier augexpand run wrote it.")
+@click.option("--dry-run", is_flag=True, help="Scan and plan, print what would be made, write nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
+@_json_option
+def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
+                   val_fraction, strict, resume, overwrite, dry_run, quiet, as_json):
+    """Expand the ImageFolder SRC into a larger one in DST, with a soft-label manifest.
+
+    SRC holds one folder per class (images anywhere below it). DST receives train/<class>/...,
+    train/metadata.jsonl, dataset.json and, with --val-fraction, val/. The same SRC, recipe and
+    seed give byte-identical files with any number of workers.
+
+    \b
+    Example:
+      augexpand expand --recipe heavy --example out/               # the built-in photos
+      augexpand expand --recipe heavy.yaml --seed 1 photos/ out/
+      augexpand expand -r light --copies 5 --val-fraction 0.2 photos/ out/ --json
+    """
+    from augexpand.expand import expand
+
+    if example and len(paths) != 1:
+        raise click.UsageError("with --example, give only DST")
+    if not example and len(paths) != 2:
+        raise click.UsageError("expected SRC and DST (or --example DST)")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite cannot be used together")
+    src, dst = (None, paths[0]) if example else paths
+    given = {"seed": seed, "copies": copies, "target_per_class": target_per_class, "keep_originals": originals,
+             "output.format": fmt, "output.quality": quality, "output.size": _parse_size(size)}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides.get("output.size") == "native":
+        overrides["output.size"] = None
+    _setup_logging(quiet or as_json)
+    progress = not quiet and not as_json and sys.stderr.isatty()
+    summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
+                     strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        _print_expand_summary(summary)
+
+
+def _print_expand_summary(s: dict) -> None:
+    counts = s["counts"]
+    ops = list(counts["per_op"])
+    verb = "Would make" if s["dry_run"] else "Made"
+    rate = f", {s['images_per_second']:.0f} images/s" if s.get("images_per_second") else ""
+    seconds = sum(v for k, v in s["timings"].items() if k != "total")
+    click.echo(f"{verb} {s['images_out']} training images from {s['images_in']} source images in "
+               f"{len(s['classes'])} classes ({seconds:.1f} s{rate}, {s['workers']} worker"
+               f"{'s' if s['workers'] != 1 else ''}, seed {s['seed']})")
+    header = ["class", "source", *(["val"] if s["val_images"] else []), *ops, "total"]
+    rows = []
+    for c in s["classes"]:
+        per = counts["per_class_op"].get(c, {})
+        rows.append([c, counts["source"][c], *([counts["val"][c]] if s["val_images"] else []),
+                     *(per.get(op, 0) for op in ops), counts["train"][c]])
+    rows.append(["total", s["images_in"], *([s["val_images"]] if s["val_images"] else []),
+                 *(counts["per_op"][op] for op in ops), s["images_out"]])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  " + "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                                    for i, (v, w) in enumerate(zip(r, widths))))
+    ratio = s["imbalance_ratio"]
+    click.echo(f"imbalance (largest/smallest class): {ratio['source']} in the source, {ratio['train']} after"
+               + (" (mixed images counted under their majority label)" if s["dry_run"] is False and
+                  any(op in ops for op in ("mixup", "cutmix", "ricap")) else ""))
+    if s["skipped"]:
+        click.echo(f"skipped {len(s['skipped'])} unreadable file(s), listed above and in dataset.json")
+    if s["converted_to_rgb8"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in s["converted_to_rgb8"].items())
+        click.echo(f"converted to 8-bit RGB: {kinds}")
+    if s["resumed_rows"]:
+        click.echo(f"resumed: {s['resumed_rows']} images were already done")
+    if not s["dry_run"]:
+        val = ", val/" if s["val_images"] else ""
+        click.echo(f"wrote {s['dst']}/train/ (metadata.jsonl){val}, dataset.json")
+
+
+@cli.command("recipes", context_settings=CONTEXT)
+@_json_option
+def recipes_command(as_json: bool) -> None:
+    """List the builtin recipes (use their names with --recipe).
+
+    \b
+    Example:
+      augexpand recipes
+      augexpand expand --recipe balance src/ dst/
+    """
+    from augexpand.recipe import builtin_recipes
+
+    import yaml
+
+    items = []
+    for name, path in builtin_recipes().items():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            data = {}
+        items.append({"name": name, "path": str(path), "description": data.get("description", "")})
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    width = max(len(i["name"]) for i in items)
+    for i in items:
+        click.echo(f"{i['name'].ljust(width)}  {i['description']}")
+    click.echo(f"\n(files in {Path(items[0]['path']).parent})")
+
+
+@cli.command("validate", context_settings=CONTEXT)
+@click.argument("recipe", metavar="RECIPE")
+@_json_option
+def validate_command(recipe: str, as_json: bool) -> None:
+    """Check a recipe (a file or a builtin name) without reading any image.
+
+    \b
+    Example:
+      augexpand validate my_recipe.yaml
+      augexpand validate heavy --json
+    """
+    from augexpand.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    compose = r.pipeline_dict["transform"]
+    n = _count_transforms(compose) - 1
+    info = {
+        "ok": True,
+        "recipe": r.source,
+        "transforms": n,
+        "mix": list(r.mix.enabled()),
+        "oversample": r.oversample.method if r.oversample else None,
+        "output": r.output.model_dump(mode="json"),
+        "seed": r.seed,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    out = r.output
+    size = f"{out.size[0]}x{out.size[1]}" if out.size else "native size"
+    extras = "".join([f", mix: {', '.join(info['mix'])}" if info["mix"] else "",
+                      f", oversample: {info['oversample']}" if info["oversample"] else ""])
+    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {out.format}, seed {r.seed}")
+
+
+def _count_transforms(node: dict) -> int:
+    return 1 + sum(_count_transforms(t) for t in node.get("transforms", []) or [])
+
+
+@cli.command("example", context_settings=CONTEXT)
+@click.argument("dst", type=click.Path(path_type=Path), metavar="DIR")
+def example_command(dst: Path) -> None:
+    """Write the built-in example dataset (real photos, 4 imbalanced classes) to DIR as an ImageFolder.
+
+    \b
+    Example:
+      augexpand example photos/
+      augexpand expand --recipe heavy photos/ out/
+    """
+    from augexpand.example import write_example
+
+    counts = write_example(dst)
+    detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+    click.echo(f"wrote {sum(counts.values())} images in {len(counts)} classes to {dst} ({detail})")
+
 
 
 def _register_train_commands() -> None:

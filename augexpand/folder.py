@@ -65,7 +65,7 @@ class Source:
 
     rel: str  # POSIX path relative to the source root, e.g. "cat/holiday/IMG_1.jpg"
     label: int  # index into ScanResult.classes
-    stem: str  # safe, unique-within-class output stem, e.g. "holiday_IMG_1"
+    stem: str  # safe output stem, unique in the whole dataset, e.g. "holiday_IMG_1"
     mode: str  # Pillow mode before conversion, e.g. "RGB", "L", "I;16"
     width: int
     height: int
@@ -256,6 +256,7 @@ def scan_image_folder(root: Path, strict: bool = False) -> ScanResult:
     classes: list[str] = []
     sources: list[Source] = []
     empty: list[str] = []
+    used: set[str] = set()  # stems are unique across classes: a mixed image may land in another class folder
     for class_dir in class_dirs:
         found: list[tuple[str, str, int, int]] = []
         for path in _walk_files(class_dir):
@@ -276,7 +277,6 @@ def scan_image_folder(root: Path, strict: bool = False) -> ScanResult:
             continue
         label = len(classes)
         classes.append(class_dir.name)
-        used: set[str] = set()
         for rel, mode, width, height in found:
             stem = base = safe_stem(rel.split("/", 1)[1])
             n = 1

@@ -1,0 +1,60 @@
+"""The soft-label manifest (``metadata.jsonl``, one object per image) and the dataset card (``dataset.json``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from augexpand.folder import write_atomic
+
+__all__ = [
+    "CARD_NAME",
+    "METADATA_NAME",
+    "TOOL",
+    "write_metadata",
+    "read_metadata",
+    "write_card",
+    "read_card",
+    "is_our_card",
+]
+
+CARD_NAME = "dataset.json"
+METADATA_NAME = "metadata.jsonl"
+TOOL = "augexpand"
+FORMAT_VERSION = 1
+
+
+def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as JSON lines, atomically. Returns how many were written."""
+    lines = [json.dumps(r, ensure_ascii=False, separators=(", ", ": ")) for r in records]
+    write_atomic(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_metadata(path: Path) -> list[dict[str, Any]]:
+    """Read a metadata.jsonl file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_card(dst: Path, card: dict[str, Any]) -> None:
+    """Write the dataset card, atomically, stamped with the tool and format version."""
+    card = {"tool": TOOL, "format_version": FORMAT_VERSION, **card}
+    write_atomic(dst / CARD_NAME, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_card(dst: Path) -> dict[str, Any] | None:
+    """The dataset card of an augexpand output folder, or None if there is none (or it is not ours)."""
+    path = Path(dst) / CARD_NAME
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if is_our_card(card) else None
+
+
+def is_our_card(card: Any) -> bool:
+    """Whether a parsed dataset.json was written by augexpand."""
+    return isinstance(card, dict) and card.get("tool") == TOOL and "classes" in card

@@ -1,0 +1,233 @@
+"""What to make: one row per output image, decided before any pixel is touched.
+
+A row names its op, its source images, its output name and its index; all of its randomness derives from
+(seed, index) alone. That is what makes the output byte-identical for any number of workers, lets ``--dry-run``
+count without decoding, ``--resume`` skip finished rows, and a run be split into shards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augexpand.errors import RecipeError
+from augexpand.folder import OUTPUT_EXTENSIONS, ScanResult
+from augexpand.mixing import MIXERS
+from augexpand.recipe import Recipe
+
+__all__ = ["Row", "Plan", "make_plan", "row_seed", "row_rng", "OPS"]
+
+# Every op a row can have, in the order rows are planned.
+OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
+
+# Streams of randomness that are not a row's own (a row's own stream is SeedSequence([seed, index])).
+_VAL_STREAM = 1_000_001
+_PLAN_STREAM = 1_000_002
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The 53-bit seed of row ``index`` (exact in JSON readers everywhere)."""
+    words = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
+    return int((int(words[0]) << 21) ^ int(words[1])) & ((1 << 53) - 1)
+
+
+def row_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator a row draws all of its randomness from."""
+    return np.random.default_rng(row_seed(seed, index))
+
+
+def _plan_rng(seed: int, index: int) -> np.random.Generator:
+    """Randomness used while planning a row (its partners), separate from what the row draws when it runs."""
+    return np.random.default_rng([seed, index, _PLAN_STREAM])
+
+
+@dataclass(frozen=True)
+class Row:
+    """One output image to make."""
+
+    index: int
+    op: str  # one of OPS
+    label: int  # the class of the first source (a mixed image's folder is decided by its soft label)
+    sources: tuple[int, ...]  # indices into the scan's sources; the first is the row's own image
+    name: str  # output file name without folder, e.g. "IMG_0042__mixup_3.jpg"
+    split: str = "train"  # "train" or "val" (val rows are untouched copies)
+
+
+@dataclass
+class Plan:
+    """All rows of a run, and what was decided on the way."""
+
+    rows: list[Row]
+    train_sources: list[int]
+    val_sources: list[int]
+    oversample_counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self, classes: list[str], split: str = "train") -> dict[str, dict[str, int]]:
+        """Planned rows per class and op (mixed rows counted under their first source's class)."""
+        table: dict[str, Counter] = {name: Counter() for name in classes}
+        for row in self.rows:
+            if row.split == split:
+                table[classes[row.label]][row.op] += 1
+        return {name: dict(sorted(c.items(), key=lambda kv: OPS.index(kv[0]))) for name, c in table.items()}
+
+
+def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified hold-out of source images: round(fraction * n) per class, keeping at least one for training."""
+    rng = np.random.default_rng([seed, _VAL_STREAM])
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(scan.sources):
+        by_class.setdefault(s.label, []).append(i)
+    train, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        n_val = min(int(np.floor(fraction * len(members) + 0.5)), len(members) - 1) if fraction > 0 else 0
+        chosen = set(rng.choice(len(members), size=n_val, replace=False).tolist()) if n_val else set()
+        for j, i in enumerate(members):
+            (val if j in chosen else train).append(i)
+    return sorted(train), sorted(val)
+
+
+class _Names:
+    """Unique output names: ``<stem>__<op>_<k><ext>``, k counting per (stem, op)."""
+
+    def __init__(self, ext: str) -> None:
+        self.ext = ext
+        self.used: set[str] = set()
+        self.counter: Counter = Counter()
+
+    def take(self, stem: str, op: str, ext: str | None = None) -> str:
+        ext = ext or self.ext
+        if op == "original":
+            base = stem
+        else:
+            base = f"{stem}__{op}_{self.counter[stem, op]}"
+            self.counter[stem, op] += 1
+        name, n = f"{base}{ext}", 1
+        while name.lower() in self.used:
+            n += 1
+            name = f"{base}-{n}{ext}"
+        self.used.add(name.lower())
+        return name
+
+
+def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
+              imap: Callable[[Callable, Iterable], Iterable] = map) -> Plan:
+    """Plan every output row of an expansion. ``imap`` runs the SMOTE descriptor pass (a pool's imap, or map)."""
+    seed = recipe.seed
+    train, val = _split_val(scan, val_fraction, seed)
+    n_classes = len(scan.classes)
+    by_class: dict[int, list[int]] = {c: [] for c in range(n_classes)}
+    for i in train:
+        by_class[scan.sources[i].label].append(i)
+
+    rows: list[Row] = []
+    notes: list[str] = []
+    names = _Names(OUTPUT_EXTENSIONS[recipe.output.format])
+    val_names = _Names("")
+
+    def add(op: str, label: int, sources: tuple[int, ...], split: str = "train") -> Row:
+        first = scan.sources[sources[0]]
+        if split == "val":
+            name = val_names.take(first.stem, "original", Path(first.rel).suffix.lower())
+        else:
+            name = names.take(first.stem, op)
+        row = Row(len(rows), op, label, sources, name, split)
+        rows.append(row)
+        return row
+
+    # Untouched validation copies.
+    for i in val:
+        add("original", scan.sources[i].label, (i,), "val")
+
+    # Originals and augmented copies: copies per source, or more to reach a class's target count.
+    for label, members in by_class.items():
+        if recipe.keep_originals:
+            for i in members:
+                add("original", label, (i,))
+        if not members:
+            continue
+        n_aug = recipe.copies * len(members)
+        if recipe.target_per_class is not None:
+            kept = len(members) if recipe.keep_originals else 0
+            n_aug = max(n_aug, recipe.target_per_class - kept)
+        for j in range(n_aug):
+            add("augment", label, (members[j % len(members)],))
+
+    # Minority oversampling: counts from imbalanced-learn, partners among each image's nearest neighbours.
+    counts: dict[str, int] = {}
+    if recipe.oversample is not None:
+        spec = recipe.oversample
+        class_counts = {scan.classes[c]: len(m) for c, m in by_class.items() if m}
+        counts = _oversample_counts(class_counts, spec.sampling_strategy)
+        for label, members in by_class.items():
+            wanted = counts.get(scan.classes[label], 0)
+            if not wanted:
+                continue
+            if spec.method == "random":
+                for j in range(wanted):
+                    pick = int(_plan_rng(seed, len(rows)).integers(len(members)))
+                    add("duplicate", label, (members[pick],))
+                continue
+            neighbours = _class_neighbours(scan, members, spec.k_neighbors, imap, notes)
+            for j in range(wanted):
+                base = j % len(members)
+                choice = neighbours[base][int(_plan_rng(seed, len(rows)).integers(len(neighbours[base])))]
+                add("smote", label, (members[base], members[choice]))
+
+    # Sample mixing: each method makes `count` rows per source image (or per class), first image cycling
+    # through the class, partners drawn from the pool the recipe names.
+    everyone = np.asarray(train, dtype=np.int64)
+    labels_of = np.asarray([scan.sources[i].label for i in train], dtype=np.int64)
+    for method, spec in recipe.mix.enabled().items():
+        n_partners = MIXERS[method].n_inputs - 1
+        for label, members in by_class.items():
+            if not members:
+                continue
+            n_rows = int(round(spec.count * len(members))) if spec.per == "image" else int(spec.count)
+            if spec.partner == "same":
+                pool = np.asarray(members, dtype=np.int64)
+            elif spec.partner == "other":
+                pool = everyone[labels_of != label]
+                if n_rows and pool.size == 0:
+                    raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
+            else:
+                pool = everyone
+            for j in range(n_rows):
+                first = members[j % len(members)]
+                rng = _plan_rng(seed, len(rows))
+                candidates = pool[pool != first] if pool.size > 1 else pool
+                partners = candidates[rng.integers(0, candidates.size, size=n_partners)]
+                add(method, label, (first, *map(int, partners)))
+
+    return Plan(rows, train, val, counts, notes)
+
+
+def _oversample_counts(class_counts: dict[str, int], strategy) -> dict[str, int]:
+    from augexpand.oversample import oversample_counts
+
+    return oversample_counts(class_counts, strategy)
+
+
+def _class_neighbours(scan: ScanResult, members: list[int], k: int, imap, notes: list[str]) -> list[list[int]]:
+    """Each member's nearest same-class neighbours, as positions in ``members``."""
+    from augexpand.oversample import image_descriptor, nearest_neighbours
+
+    paths = [scan.root / scan.sources[i].rel for i in members]
+    descs = list(imap(image_descriptor, paths))
+    good = [j for j, d in enumerate(descs) if d is not None]
+    if not good:
+        return [[j] for j in range(len(members))]
+    table = nearest_neighbours(np.stack([descs[j] for j in good]), k)
+    label = scan.classes[scan.sources[members[0]].label]
+    if len(good) - 1 < k:
+        notes.append(f"class {label!r} has {len(good)} images: SMOTE uses {max(len(good) - 1, 1)} "
+                     f"nearest neighbour(s) instead of k={k}")
+    neighbours: list[list[int]] = [[j] for j in range(len(members))]
+    for row, j in enumerate(good):
+        neighbours[j] = [good[t] for t in table[row]]
+    return neighbours

@@ -1,0 +1,416 @@
+"""Recipes: the pydantic model, YAML loading with line-accurate errors, builtin lookup, and the albumentations pipeline.
+
+A recipe is validated once, here, before any image is read. Every error names the file, the line and the key,
+what was expected, and (for names) the closest valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from augexpand.errors import RecipeError
+
+__all__ = [
+    "Recipe",
+    "OutputSpec",
+    "MixSection",
+    "OversampleSpec",
+    "load_recipe",
+    "builtin_recipes",
+    "recipes_dir",
+    "import_albumentations",
+    "build_pipeline",
+]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def recipes_dir() -> Path:
+    """Where the builtin recipes live (inside the package, so a non-editable install has them too)."""
+    return Path(__file__).parent / "recipes"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Builtin recipe names and their files."""
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def import_albumentations():
+    """Import albumentations without its update check (no network here) and, if torch is not loaded yet,
+    without its optional ``albumentations.pytorch`` part, which would import torch (over a second of start-up).
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if "albumentations" in sys.modules:
+        return sys.modules["albumentations"]
+    blocked = "torch" not in sys.modules and "albumentations.pytorch" not in sys.modules
+    if blocked:
+        sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # albumentations skips it
+    try:
+        import albumentations
+    finally:
+        if blocked:
+            sys.modules.pop("albumentations.pytorch", None)
+    return albumentations
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutputSpec(_Strict):
+    """How output images are written."""
+
+    size: tuple[PositiveInt, PositiveInt] | None = None  # (height, width); an int means square; None keeps native
+    fit: Literal["crop", "stretch"] = "crop"  # crop: resize the short side, centre-crop; stretch: resize exactly
+    format: Literal["jpg", "png", "webp"] = "jpg"
+    quality: Annotated[int, Field(ge=1, le=100)] = 95  # jpg and webp
+    png_compression: Annotated[int, Field(ge=0, le=9)] = 1  # zlib level; 1 is fast, 6+ is ruinous
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v, v)
+        return v
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _jpeg(cls, v: Any) -> Any:
+        return "jpg" if isinstance(v, str) and v.lower() in ("jpeg", "jpg") else (v.lower() if isinstance(v, str) else v)
+
+
+class _MixBase(_Strict):
+    count: NonNegativeFloat = 1.0  # samples per source image (per: image) or per class (per: class)
+    per: Literal["image", "class"] = "image"
+    partner: Literal["any", "other", "same"] = "any"  # which class the other image(s) come from
+    augment_inputs: bool = True  # run the single-image pipeline on each input before mixing
+
+
+class SamplePairingSpec(_MixBase):
+    """SamplePairing (Inoue 2018): pixel average, hard label of the first image."""
+
+
+class MixupSpec(_MixBase):
+    """mixup (Zhang et al. 2018): lambda ~ Beta(alpha, alpha)."""
+
+    alpha: PositiveFloat = 0.4
+
+
+class CutMixSpec(_MixBase):
+    """CutMix (Yun et al. 2019): lambda ~ Beta(alpha, alpha), label by the exact pasted area."""
+
+    alpha: PositiveFloat = 1.0
+
+
+class RicapSpec(_MixBase):
+    """RICAP (Takahashi et al. 2018): boundary ~ Beta(beta, beta), label by area."""
+
+    beta: PositiveFloat = 0.3
+
+
+class MixSection(_Strict):
+    """Sample-mixing methods, each optional."""
+
+    samplepairing: SamplePairingSpec | None = None
+    mixup: MixupSpec | None = None
+    cutmix: CutMixSpec | None = None
+    ricap: RicapSpec | None = None
+
+    def enabled(self) -> dict[str, _MixBase]:
+        return {name: spec for name in type(self).model_fields if (spec := getattr(self, name)) is not None}
+
+
+SamplingStrategy = Union[
+    Literal["auto", "minority", "not minority", "not majority", "all"],
+    Annotated[float, Field(gt=0.0, le=1.0)],
+    dict[str, NonNegativeInt],
+]
+
+
+class OversampleSpec(_Strict):
+    """Minority oversampling; how many per class follows imbalanced-learn's ``sampling_strategy``."""
+
+    method: Literal["smote", "random"] = "smote"
+    sampling_strategy: SamplingStrategy = "auto"
+    k_neighbors: PositiveInt = 5
+    augment: bool = False  # run the single-image pipeline on each synthetic image too
+
+
+class Recipe(_Strict):
+    """A validated recipe. ``pipeline`` is kept as written; ``build_pipeline`` turns it into an A.Compose."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    description: str = ""
+    seed: NonNegativeInt = 0
+    copies: NonNegativeInt = 1  # augmented copies per source image
+    target_per_class: PositiveInt | None = None  # bring each class to at least this many originals + copies
+    keep_originals: bool = True  # write each source image (resized/re-encoded) too
+    pipeline: list[Any] | dict[str, Any] | str = Field(default_factory=list)
+    mix: MixSection = Field(default_factory=MixSection)
+    oversample: OversampleSpec | None = None
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    # Not part of the schema: where the recipe came from, and the pipeline in albumentations' serialized form.
+    source: str = Field(default="<inline>", exclude=True)
+
+    @cached_property
+    def pipeline_dict(self) -> dict[str, Any]:
+        """The pipeline in albumentations' own serialized form (``A.to_dict`` output)."""
+        A = import_albumentations()
+        return A.to_dict(build_pipeline(self.pipeline, self.source, {}))
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe, as written into dataset.json."""
+        data = self.model_dump(mode="json")
+        data["pipeline"] = self.pipeline_dict
+        data["source"] = self.source
+        return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+def _line_index(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every key path of a composed YAML document to its 1-based line."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1
+            _line_index(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), out)
+    return out
+
+
+def _where(source: str, lines: dict[tuple, int], path: tuple) -> str:
+    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return f"{source}, line {lines[path[:n]]}" + (f", {key}" if key else "")
+    return f"{source}" + (f", {key}" if key else "")
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    if not match:
+        lowered = {o.lower(): o for o in options}
+        match = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _pydantic_message(err: dict[str, Any], model: type[BaseModel]) -> tuple[tuple, str]:
+    """One readable sentence for a pydantic error entry, and the path it is about."""
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-after",))))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent: Any = model
+        for part in loc[:-1]:
+            field = getattr(parent, "model_fields", {}).get(part)
+            ann = field.annotation if field else None
+            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and
+                           issubclass(a, BaseModel)), None)
+        options = list(getattr(parent, "model_fields", {})) if parent else []
+        options = [o for o in options if o != "source"]
+        return loc, f"unknown key {loc[-1]!r}{_closest(str(loc[-1]), options)} (expected one of: {', '.join(options)})"
+    got = err.get("input")
+    got_text = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
+    return loc, f"{err['msg'][0].lower()}{err['msg'][1:]}{got_text}"
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        raise RecipeError(f"YAML syntax error ({where}): {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"YAML error in {source}: {exc}") from None
+    return data, _line_index(node)
+
+
+def _resolve_path(spec: str | Path) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    builtins = builtin_recipes()
+    name = str(spec)
+    stem = name[:-5] if name.endswith((".yaml", ".yml")) else name
+    if stem in builtins and not path.parent.parts[1:]:
+        return builtins[stem]
+    if path.exists():
+        raise RecipeError(f"recipe {spec} is not a file")
+    raise RecipeError(f"recipe {spec!r} not found: no such file, and no builtin recipe of that name"
+                      f"{_closest(stem, list(builtins))} (builtins: {', '.join(builtins)})")
+
+
+def load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and fully validate a recipe: a path, a builtin name (``light``, ``heavy``, ``balance``, ...) or a dict.
+
+    ``overrides`` are applied on top (dotted keys such as ``output.format`` reach into sections; a None value
+    sets the key to null), as the CLI's flags do. The albumentations pipeline is built once to check it; nothing else is read.
+    """
+    if isinstance(spec, Recipe):
+        data, lines, source, base = spec.model_dump(), {}, spec.source, Path.cwd()
+        data["pipeline"] = spec.pipeline
+    elif isinstance(spec, dict):
+        data, lines, source, base = dict(spec), {}, "<inline recipe>", Path.cwd()
+    else:
+        path = _resolve_path(spec)
+        source = str(path) if path.parent != recipes_dir() else f"builtin recipe {path.stem!r} ({path})"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+        data, lines = _read_yaml(text, str(path))
+        source, base = str(path), path.parent
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a YAML mapping (seed:, pipeline:, ...), "
+                              f"got a {type(data).__name__}")
+    data = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():  # dotted keys reach into sections: output.format
+        *parents, last = key.split(".")
+        target = data
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[last] = value
+    try:
+        recipe = Recipe.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        loc, message = _pydantic_message(exc.errors()[0], Recipe)
+        raise RecipeError(f"{message} ({_where(source, lines, loc)})") from None
+    pipeline = recipe.pipeline
+    if isinstance(pipeline, str):  # a path to a serialized pipeline (A.save output, JSON or YAML) or a list
+        pipeline = _load_pipeline_file(pipeline, base, _where(source, lines, ("pipeline",)))
+        recipe = Recipe.model_validate({**recipe.model_dump(), "pipeline": pipeline, "source": source})
+    build_pipeline(recipe.pipeline, source, lines)  # fail now, not in a worker
+    return recipe
+
+
+def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise RecipeError(f"pipeline file {path} not found ({where})")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"JSON syntax error in {path}, line {exc.lineno}: {exc.msg}") from None
+    data, _ = _read_yaml(text, str(path))
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The albumentations pipeline
+
+
+def _transform_names(A) -> list[str]:
+    return sorted(n for n in dir(A) if isinstance(getattr(A, n), type) and
+                  issubclass(getattr(A, n), (A.BasicTransform, A.BaseCompose)) and not n.startswith("_"))
+
+
+def _albu_error_text(exc: Exception) -> str:
+    """albumentations wraps pydantic errors in ValueError: keep the field and the reason, drop the noise."""
+    lines = [line for line in str(exc).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+    if lines and "validation error" in lines[0] and len(lines) >= 3:
+        reason = lines[2].strip().split(" [type=")[0]
+        reason = reason.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        return f"{lines[1].strip()}: {reason}"
+    return " ".join(lines) or type(exc).__name__
+
+
+def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple) -> list:
+    if not isinstance(items, list):
+        raise RecipeError(f"expected a list of transforms, got {type(items).__name__} ({_where(source, lines, path)})")
+    built = []
+    for i, item in enumerate(items):
+        here = path + (i,)
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, params = next(iter(item.items()))
+            params = {} if params is None else params
+        else:
+            raise RecipeError(f"each transform must be `- Name: {{param: value}}` or `- Name`, got {item!r} "
+                              f"({_where(source, lines, here)})")
+        if not isinstance(params, dict):
+            raise RecipeError(f"parameters of {name} must be a mapping, got {params!r} ({_where(source, lines, here)})")
+        cls = getattr(A, str(name), None)
+        if name not in names or cls is None:
+            raise RecipeError(f"unknown transform {name!r}{_closest(str(name), names)} "
+                              f"({_where(source, lines, here + (name,))})")
+        params = dict(params)
+        if issubclass(cls, A.BaseCompose):
+            if "transforms" not in params:
+                raise RecipeError(f"{name} needs a `transforms:` list ({_where(source, lines, here + (name,))})")
+            params["transforms"] = _build_compact(params["transforms"], A, names, source, lines,
+                                                  here + (name, "transforms"))
+        elif "metadata_key" in _init_params(cls):
+            raise RecipeError(f"{name} needs per-image reference data, which a recipe cannot supply "
+                              f"({_where(source, lines, here + (name,))})")
+        try:
+            built.append(cls(**params, **({} if issubclass(cls, A.BaseCompose) else {"strict": True})))
+        except (ValueError, TypeError) as exc:
+            bad = _albu_error_text(exc)
+            key = bad.split(":", 1)[0].strip()
+            where = here + (name, key) if key in params else here + (name,)
+            if "are not valid for transform" in bad:
+                unknown = bad.split("'")[1] if "'" in bad else ""
+                bad = f"unknown parameter {unknown!r}{_closest(unknown, list(_init_params(cls)))}"
+                where = here + (name, unknown)
+            raise RecipeError(f"{name}: {bad} ({_where(source, lines, where)})") from None
+    return built
+
+
+def _init_params(cls: type) -> dict[str, Any]:
+    import inspect
+
+    return {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "kwargs")}
+
+
+def build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None):
+    """Build an ``A.Compose`` from the compact list form or from albumentations' serialized form."""
+    A = import_albumentations()
+    lines = lines or {}
+    if isinstance(pipeline, dict):
+        serialized = pipeline if "transform" in pipeline else {"transform": pipeline}
+        try:
+            built = A.from_dict(serialized)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            text = _albu_error_text(exc)
+            if isinstance(exc, KeyError) or "not found" in text or "Wrong name" in text:
+                names = _transform_names(A)
+                bad = text.strip("'\" ").split()[-1].strip("'\".")
+                text = f"unknown transform {bad!r}{_closest(bad, names)}"
+            raise RecipeError(f"serialized pipeline: {text} ({_where(source, lines, ('pipeline',))})") from None
+        return built if isinstance(built, A.Compose) else A.Compose([built])
+    return A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",)))
