@@ -24,8 +24,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AugexpandError as exc:
-            message = str(exc) + (f"; {exc.hint}" if exc.hint else "")
-            raise click.ClickException(message) from None
+            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -47,21 +46,20 @@ def _json_option(f):
 
 
 def _setup_logging(quiet: bool) -> None:
-    """Library messages (skipped files, notes) go to stderr as one line each."""
+    """Library messages (skipped files, notes) go to stderr, one line each: ``warning: skipped a.jpg: ...``."""
     logger = logging.getLogger("augexpand")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname_lower)s: %(message)s"))
-        handler.addFilter(_LowerLevel())
-        logger.addHandler(handler)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
         logger.propagate = False
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-class _LowerLevel(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.levelname_lower = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
-        return True
+class _EchoHandler(logging.Handler):
+    """Writes through click.echo to whatever stderr is now (so CliRunner captures it too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
+        click.echo(f"{level}: {record.getMessage()}", err=True)
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | str | None:
@@ -126,6 +124,9 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite cannot be used together")
     src, dst = (None, paths[0]) if example else paths
+    if src is not None and not src.is_dir():
+        raise click.BadParameter(f"{src} is not a folder" if src.exists() else f"{src} does not exist",
+                                 param_hint="SRC")
     given = {"seed": seed, "copies": copies, "target_per_class": target_per_class, "keep_originals": originals,
              "output.format": fmt, "output.quality": quality, "output.size": _parse_size(size)}
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -13,14 +13,18 @@ __all__ = [
 
 
 class AugexpandError(Exception):
-    """Base of every error augexpand raises on purpose. The message is meant for the user, as is."""
+    """Base of every error augexpand raises on purpose. The message (and its hint: what to do) is for the user."""
 
     hint: str | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
+        self.message = message
         if hint is not None:
             self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class RecipeError(AugexpandError):

@@ -173,7 +173,7 @@ class _Worker:
             b = fit_to_size(b, a.shape[:2], fit)
             gap = float(rng.random())
             image = smote_interpolate(a, b, gap)
-            params["gap"] = gap
+            params.update(lam=1.0 - gap, gap=gap)
             if recipe.oversample is not None and recipe.oversample.augment:
                 image = fit_to_size(self.augment(image, rng), size, fit)
         elif row.op in MIXERS:
@@ -203,13 +203,19 @@ class _Worker:
         return self._record(row, folder, target, seed, {})
 
     def _record(self, row: Row, folder: str, target: list[float], seed: int, params: dict) -> dict[str, Any]:
+        """A metadata.jsonl row. Every row has the same keys and types (Hugging Face's loader infers one schema
+        from the first rows): ``lam`` is the first image's share of the pixels (1.0 when nothing was mixed),
+        and the op's other parameters are a JSON object in the string ``params``."""
+        params = dict(params)
+        lam = float(params.pop("lam", 1.0))
         return {
             "file_name": f"{folder}/{row.name}",
             "label": folder,
             "soft_label": target,
             "op": row.op,
             "sources": [self.ctx.rels[s] for s in row.sources],
-            **params,
+            "lam": lam,
+            "params": json.dumps(params, separators=(",", ":")),
             "seed": seed,
             "row": row.index,
             "split": row.split,
@@ -423,7 +429,7 @@ def expand(
         first = broken[0]
         raise ExpandError(f"{len(broken)} of {len(plan.rows)} images could not be made; first: row {first['row']} "
                           f"from {first['source']}: {first['error']}",
-                          hint=f"fix the recipe, then run again with --resume to make only the missing ones")
+                          hint="fix the recipe (or the images), then run again with --overwrite")
 
     timings = {"scan": t_scan - started, "plan": t_plan - t_scan, "write": t_run - t_plan}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, workers, fingerprint, reused=reused,

@@ -165,6 +165,8 @@ def probe_image(path: Path) -> tuple[str, int, int]:
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow or OpenCV can identify") from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageReadError("truncated file (cut short inside its header)") from None
         raise ImageReadError(f"unreadable image header ({exc})") from None
     if width <= 0 or height <= 0:
         raise ImageReadError(f"image has no pixels ({width}x{height})")

@@ -132,7 +132,7 @@ class Mixer:
 
 
 def _samplepairing(images, labels, n_classes, spec, rng) -> MixResult:
-    return sample_pairing(images[0], images[1]), soft_label(labels[:1], [1.0], n_classes), {"weight": 0.5}
+    return sample_pairing(images[0], images[1]), soft_label(labels[:1], [1.0], n_classes), {"lam": 0.5}
 
 
 def _mixup(images, labels, n_classes, spec, rng) -> MixResult:
@@ -151,7 +151,7 @@ def _cutmix(images, labels, n_classes, spec, rng) -> MixResult:
 def _ricap(images, labels, n_classes, spec, rng) -> MixResult:
     boundary = ricap_boundary(images[0].shape[0], images[0].shape[1], spec.beta, rng)
     image, areas, offsets = ricap(images, boundary, rng)
-    params = {"areas": areas, "boundary": list(boundary), "offsets": [list(o) for o in offsets]}
+    params = {"lam": areas[0], "areas": areas, "boundary": list(boundary), "offsets": [list(o) for o in offsets]}
     return image, soft_label(labels, areas, n_classes), params
 
 

@@ -1,0 +1,104 @@
+"""Recipes: builtins, both pipeline forms, and errors that name the file, line, key and the closest valid name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from augexpand.errors import RecipeError
+from augexpand.recipe import builtin_recipes, import_albumentations, load_recipe
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_builtin_recipes_load_by_name():
+    assert {"light", "heavy", "balance"} <= set(builtin_recipes())
+    heavy = load_recipe("heavy")
+    assert heavy.copies >= 1 and set(heavy.mix.enabled()) >= {"mixup", "samplepairing"}
+    assert load_recipe("balance").oversample.method == "smote"
+    assert load_recipe("light.yaml").output.size == (224, 224)
+
+
+def test_compact_form_with_nesting_builds_the_same_pipeline_as_albumentations(tmp_path: Path):
+    A = import_albumentations()
+    recipe = load_recipe(write(tmp_path, """
+pipeline:
+  - HorizontalFlip
+  - OneOf:
+      p: 0.7
+      transforms:
+        - Blur: {blur_limit: [3, 5]}
+        - ToGray: {}
+  - SomeOf:
+      n: 1
+      transforms: [VerticalFlip, {Transpose: {p: 1.0}}]
+"""))
+    expected = A.Compose([A.HorizontalFlip(), A.OneOf([A.Blur(blur_limit=(3, 5)), A.ToGray()], p=0.7),
+                          A.SomeOf([A.VerticalFlip(), A.Transpose(p=1.0)], n=1)])
+    assert recipe.pipeline_dict == A.to_dict(expected)
+
+
+def test_serialized_form_inline_and_by_path(tmp_path: Path):
+    A = import_albumentations()
+    compose = A.Compose([A.RandomResizedCrop(size=(32, 32)), A.HorizontalFlip(p=0.3)])
+    A.save(compose, str(tmp_path / "pipe.json"))
+    A.save(compose, str(tmp_path / "pipe.yaml"), data_format="yaml")
+    by_json = load_recipe(write(tmp_path, "pipeline: pipe.json\n"))
+    by_yaml = load_recipe(write(tmp_path, "pipeline: pipe.yaml\n", "r2.yaml"))
+    inline = load_recipe({"pipeline": json.loads((tmp_path / "pipe.json").read_text())})
+    assert by_json.pipeline_dict == by_yaml.pipeline_dict == inline.pipeline_dict == A.to_dict(compose)
+
+
+@pytest.mark.parametrize("text, match", [
+    # unknown transform: closest name, file and line
+    ("pipeline:\n  - HorizontalFlip: {}\n  - HorizontalFlipp: {p: 0.5}\n",
+     r"unknown transform 'HorizontalFlipp'; did you mean 'HorizontalFlip'\? \(.*r\.yaml, line 3"),
+    # a bad parameter value: albumentations' own validation, with the key
+    ("pipeline:\n  - RandomResizedCrop:\n      size: [32, 32]\n      scale: [2, 1]\n",
+     r"RandomResizedCrop: scale: .*must be >= 0 and <= 1 .*line 4, pipeline\[0\]\.RandomResizedCrop\.scale"),
+    # an unknown parameter of a transform
+    ("pipeline:\n  - HorizontalFlip: {prob: 0.5}\n", r"unknown parameter 'prob'.*line 2"),
+    # an unknown top-level key, with the closest one
+    ("seed: 1\ncopise: 3\n", r"unknown key 'copise'; did you mean 'copies'\?.*line 2"),
+    # a wrong type
+    ("copies: many\n", r"valid integer.*got 'many'.*line 1, copies"),
+    # a bad mix parameter
+    ("mix:\n  mixup: {alpha: -1}\n", r"greater than 0, got -1 .*line 2, mix\.mixup\.alpha"),
+    # an unknown mix method
+    ("mix:\n  mixupp: {alpha: 1}\n", r"unknown key 'mixupp'; did you mean 'mixup'\?"),
+    # a YAML syntax error, with its line
+    ("seed: 1\npipeline: [HorizontalFlip\ncopies: 2\n", r"YAML syntax error \(.*r\.yaml, line \d+, column \d+\)"),
+    # not a mapping
+    ("- HorizontalFlip\n", r"must be a YAML mapping"),
+    # a transform that needs reference images
+    ("pipeline:\n  - FDA: {}\n", r"FDA needs per-image reference data"),
+    # a sampling strategy imbalanced-learn does not know
+    ("oversample: {sampling_strategy: most}\n", r"oversample\.sampling_strategy"),
+])
+def test_recipe_errors_say_where_and_what(tmp_path: Path, text: str, match: str):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(write(tmp_path, text))
+
+
+def test_unsafe_yaml_is_refused(tmp_path: Path):
+    path = write(tmp_path, "seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(RecipeError, match="YAML"):
+        load_recipe(path)
+
+
+def test_missing_recipe_suggests_a_builtin():
+    with pytest.raises(RecipeError, match=r"recipe 'heavvy' not found.*did you mean 'heavy'\?"):
+        load_recipe("heavvy")
+
+
+def test_overrides_reach_into_sections():
+    recipe = load_recipe("light", {"seed": 5, "copies": 0, "output.format": "png", "output.size": None})
+    assert (recipe.seed, recipe.copies, recipe.output.format, recipe.output.size) == (5, 0, "png", None)
+    with pytest.raises(RecipeError, match=r"output\.quality"):
+        load_recipe("light", {"output.quality": 0})
