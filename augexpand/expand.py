@@ -338,6 +338,7 @@ class _Pool:
 
     def __init__(self, workers: int, ctx: _Context) -> None:
         self.pool = None
+        self.workers = workers
         if workers > 1:
             import multiprocessing as mp
 
@@ -483,7 +484,9 @@ def _execute(pool: _Pool, plan: Plan, scan: ScanResult, recipe: Recipe, dst: Pat
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     with open(journal_path, "a", encoding="utf-8") as journal:
-        for results in pool.imap(_run_task, _tasks(todo), unordered=True):
+        tasks = _tasks(todo)
+        chunk = max(1, min(16, len(tasks) // (8 * pool.workers)))  # fewer round trips, still balanced at the end
+        for results in pool.imap(_run_task, tasks, unordered=True, chunksize=chunk):
             for r in results:
                 if "error" in r:
                     if strict and r["unreadable"]:
