@@ -454,9 +454,9 @@ def _execute(pool: _Pool, plan: Plan, scan: ScanResult, recipe: Recipe, dst: Pat
     journal_path = state / "journal.jsonl"
     done: dict[int, dict[str, Any]] = {}
     card = read_card(dst)
-    if resume:
+    run_file = state / "run.json"
+    if resume and (card is not None or run_file.is_file()):  # else: nothing to resume, a fresh run
         previous = card.get("fingerprint") if card else None
-        run_file = state / "run.json"
         if previous is None and run_file.is_file():
             previous = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint")
         if previous != fingerprint:

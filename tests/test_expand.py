@@ -132,6 +132,11 @@ def test_resume_after_an_interruption_gives_the_same_files(small_src, tmp_path, 
     assert again["resumed_rows"] == again["images_out"]
 
 
+def test_resume_into_an_empty_folder_is_a_fresh_run(small_src, tmp_path, tiny_recipe):
+    summary = run(small_src, tmp_path / "new", tiny_recipe, resume=True)
+    assert summary["resumed_rows"] == 0 and summary["images_out"] == 45
+
+
 def test_resume_refuses_a_different_recipe(small_src, tmp_path, tiny_recipe):
     run(small_src, tmp_path / "out", tiny_recipe)
     with pytest.raises(DestinationError, match="different source, recipe, seed"):
