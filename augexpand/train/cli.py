@@ -2,18 +2,208 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import click
 
-__all__ = ["train_command", "evaluate_command"]
+__all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+NEED_TORCH = "training needs torch: pip install 'augexpand[train]'"
+MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
+
+# The command-line options that are TrainConfig fields (their defaults are TrainConfig's; a test checks it).
+TRAIN_OPTIONS = (
+    "val", "model", "width", "weights", "init", "size", "epochs", "steps", "batch_size", "optimizer", "lr",
+    "momentum", "weight_decay", "warmup_epochs", "freeze_epochs", "head_lr_mult", "label_smoothing", "teacher",
+    "kd_temperature", "kd_weight", "patience", "flip", "crop_pad", "device", "amp", "channels_last", "workers",
+    "cache", "seed",
+)
 
 
-@click.command()
-def train_command() -> None:
-    """Fine-tune a classifier on an expanded dataset (not built yet)."""
-    raise click.ClickException("train is not built yet")
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(NEED_TORCH) from None
 
 
-@click.command()
-def evaluate_command() -> None:
-    """Score a trained run on an ImageFolder (not built yet)."""
-    raise click.ClickException("evaluate is not built yet")
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    v = value.strip().lower()
+    if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise click.BadParameter(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def _logging(quiet: bool) -> None:
+    from augexpand.cli import _setup_logging
+
+    _setup_logging(quiet)
+
+
+def _progress(quiet: bool, as_json: bool) -> bool:
+    return not quiet and not as_json and sys.stderr.isatty()
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("dst", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="RUN",
+              help="Run folder: checkpoints, config.yaml, metrics.jsonl, curves.png, summary.json.")
+@click.option("--val", type=click.Path(path_type=Path), metavar="DIR",
+              help="Validation ImageFolder (default: DST/val when it exists).")
+@click.option("-m", "--model", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="auto",
+              show_default=True, help="auto: smallcnn up to 64 px, resnet18 above (resnet50 from 100k images).")
+@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Channels of the small CNN's first stage.")
+@click.option("--weights", type=click.Path(path_type=Path), metavar="PATH",
+              help="A torchvision ResNet state dict (e.g. resnet18-5c106cde.pth); the head is replaced.")
+@click.option("--init", type=click.Path(path_type=Path), metavar="RUN",
+              help="Start from an earlier run's best.pt (transfer; the head is replaced if the classes differ).")
+@click.option("--size", type=click.IntRange(8, 1024), help="Training resolution (default: the data's median "
+              "short side, at most 224).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Train for this many optimizer steps (overrides --epochs).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"], case_sensitive=False), default="sgd",
+              show_default=True, help="SGD with Nesterov momentum, or AdamW.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate of the backbone (default: sgd 0.05, or 0.005 from pretrained weights; "
+                   "adamw 2e-3, or 2e-4 from pretrained weights).")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="SGD momentum, or AdamW's beta1.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: sgd 5e-4, adamw 0.05 (never on "
+              "biases and norms).")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Linear warmup, then a cosine decay to zero.")
+@click.option("--freeze-epochs", type=click.IntRange(min=0), help="Train only the new head (backbone and its "
+              "BatchNorm statistics frozen) for K epochs, then unfreeze (default: 1 from pretrained weights, else 0).")
+@click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True),
+              help="The head's learning rate as a multiple of the backbone's (default: 10 from pretrained weights, "
+                   "else 1).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--teacher", type=click.Path(path_type=Path), metavar="RUN",
+              help="Distil from an earlier run's best.pt (same classes).")
+@click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
+@click.option("--kd-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the distillation term (the rest goes to the label loss).")
+@click.option("--patience", type=click.IntRange(min=0), help="Stop when val accuracy has not improved for this "
+              "many epochs (default: never).")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flip on the fly.")
+@click.option("--crop-pad", type=click.FloatRange(0, 0.5), default=0.125, show_default=True,
+              help="Random translation on the fly, as a fraction of the size (0 turns it off).")
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (bf16, else fp16).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="On CUDA.")
+@click.option("-w", "--workers", type=click.IntRange(min=0),
+              help="Data-loading processes (default: 2 on CPU, up to 8 with a GPU).")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Decode every image once into RUN/cache (uint8, memory-mapped) instead of every epoch.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Data order, augmentation and initial weights: the same seed repeats a CPU run.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN (its config.yaml).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in RUN.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool, overwrite: bool, quiet: bool,
+                  as_json: bool, **options) -> None:
+    """Fine-tune an image classifier on DST: an `augexpand expand` output (train/ with soft labels in
+    metadata.jsonl, optional val/) or any ImageFolder (one-hot labels).
+
+    The resolution follows the data (32x32 images train at 32x32), the model follows the resolution, and
+    CUDA is used when present (mixed precision, channels-last). Writes RUN/best.pt and RUN/last.pt
+    (torch.load(weights_only=True)), config.yaml, metrics.jsonl and curves.png.
+
+    \b
+    Example:
+      augexpand train dst/ --out runs/exp1
+      augexpand train dst/ --out runs/ft --model resnet18 --weights resnet18-5c106cde.pth --freeze-epochs 2
+      augexpand train target/ --out runs/transfer --init runs/exp1 --epochs 10
+      augexpand train --out runs/exp1 --resume --epochs 30
+    """
+    _need_torch()
+    from augexpand.train.config import make_config
+    from augexpand.train.loop import train
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite cannot be used together")
+    if dst is None:
+        if not resume:
+            raise click.UsageError("missing argument 'DST' (only --resume may leave it out)")
+        dst = _saved_data(out)
+    explicit = {name for name in options
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    values = {k: v for k, v in options.items() if v is not None}
+    _logging(quiet or as_json)
+    config = make_config(data=dst, out=out, progress=_progress(quiet, as_json), **values)
+    summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(_summary_line(summary))
+
+
+def _saved_data(out: Path) -> Path:
+    import yaml
+
+    try:
+        return Path(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["data"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise click.UsageError(f"cannot find the dataset of {out} (no readable {out}/config.yaml); give DST") from None
+
+
+def _summary_line(s: dict) -> str:
+    if s["best_val_acc"] is not None:
+        head = (f"best val acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of {s['epochs']}, "
+                f"last {s['last_val_acc']:.4f}")
+    else:
+        head = f"trained {s['epochs']} epochs (no validation split), last train loss {s['last_train_loss']:.4f}"
+    stop = " (stopped early)" if s["stopped_early"] else ""
+    return (f"{head}{stop}; {s['model']} at {s['size']}x{s['size']} on {s['train_images']} images, {s['steps']} "
+            f"steps in {s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s, {s['device']}); "
+            f"wrote {s['run']}/best.pt, last.pt, metrics.jsonl, curves.png")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of RUN (RUN may also be a .pt file).")
+@click.option("--device", default="auto", show_default=True, callback=_check_device)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--png", type=click.Path(path_type=Path), metavar="PATH",
+              help="Where to draw the confusion matrix (default: RUN/confusion_<DIR name>.png).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the accuracy line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results (with the confusion matrix) as JSON.")
+def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_size: int, workers: int,
+                     png: Path | None, quiet: bool, as_json: bool) -> None:
+    """Score a trained RUN on the ImageFolder DIR: top-1 accuracy, per-class accuracy, confusion matrix.
+
+    DIR's classes must be among the run's classes.
+
+    \b
+    Example:
+      augexpand evaluate runs/exp1 test/
+      augexpand evaluate runs/exp1 dst/val --checkpoint last --json > scores.json
+    """
+    _need_torch()
+    from augexpand.train.evaluate import evaluate_run, format_report, plot_confusion
+
+    _logging(quiet or as_json)
+    result = evaluate_run(run, folder, which, device, batch_size, workers)
+    if png is None:
+        base = run if run.is_dir() else run.parent
+        png = base / f"confusion_{folder.resolve().name or 'dir'}.png"
+    plot_confusion(result, png)
+    result["confusion_png"] = str(png)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif quiet:
+        click.echo(f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images")
+    else:
+        click.echo(format_report(result))
+        click.echo(f"\nconfusion matrix drawn in {png}")

@@ -1,0 +1,149 @@
+"""The training configuration: one pydantic model, validated once, resolved (``auto`` values filled in), saved.
+
+``TrainConfig`` is what the user asked for; ``resolve_config()`` turns every ``auto``/``None`` into the value the
+run actually uses (resolution from the data, model from resolution and dataset size, learning rate from the
+optimizer and whether the backbone is pretrained), and that resolved config is written to ``RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from augexpand.errors import TrainingError
+
+__all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_WEIGHT_DECAY",
+    "RESUMABLE_OVERRIDES",
+    "TrainConfig",
+    "load_config",
+    "make_config",
+    "save_config",
+]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+# Base learning rate of the backbone by (optimizer, starts from pretrained weights). The head gets
+# head_lr_mult times this when the backbone is pretrained; from scratch every layer shares one rate.
+DEFAULT_LR: dict[tuple[str, bool], float] = {
+    ("sgd", False): 0.05,
+    ("sgd", True): 0.005,
+    ("adamw", False): 2e-3,
+    ("adamw", True): 2e-4,
+}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+
+# Options that may change when a run is resumed (the rest must stay as the run was started).
+RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "patience", "amp", "progress"})
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on. ``None`` or ``"auto"`` means: decided from the data (see resolve)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    data: Path
+    out: Path
+    val: Path | None = None
+
+    model: str = "auto"
+    width: PositiveInt = 32  # channels of the small CNN's first stage
+    weights: Path | None = None
+    init: Path | None = None
+    size: Annotated[int, Field(ge=8, le=1024)] | None = None
+
+    epochs: PositiveInt = 20
+    steps: PositiveInt | None = None  # total optimizer steps; overrides epochs when given
+    batch_size: PositiveInt = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] | None = None
+    momentum: Probability = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    freeze_epochs: NonNegativeInt | None = None
+    head_lr_mult: Annotated[float, Field(gt=0)] | None = None  # 10 from pretrained weights, else 1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    teacher: Path | None = None
+    kd_temperature: Annotated[float, Field(gt=0)] = 4.0
+    kd_weight: Probability = 0.5
+    patience: NonNegativeInt | None = None
+    flip: bool = True
+    crop_pad: Annotated[float, Field(ge=0, le=0.5)] = 0.125  # random translation, as a fraction of the size
+
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    workers: NonNegativeInt | None = None
+    cache: bool = True
+    seed: NonNegativeInt = 0
+    progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        from augexpand.train.models import model_names  # torch is installed whenever a config is built
+
+        v = value.strip().lower()
+        if v == "auto" or v in model_names():
+            return v
+        raise ValueError(f"expected auto or one of {', '.join(model_names())}, got {value!r}")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone starts from weights (a torchvision file or an earlier run)."""
+        return self.weights is not None or self.init is not None
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"bad training configuration{where}: " + "; ".join(parts)
+
+
+def make_config(**values) -> TrainConfig:
+    """Validate the given values into a TrainConfig; a bad value is a TrainingError that names the key."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise TrainingError(_format_errors(exc, "")) from None
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    """Write the (resolved) config as YAML, paths as strings, keys in declaration order."""
+    import yaml
+
+    from augexpand.folder import write_atomic
+
+    data = config.model_dump(mode="json")
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a config.yaml written by save_config."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingError(f"{path} does not exist; is {path.parent} a training run?") from None
+    except yaml.YAMLError as exc:
+        raise TrainingError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        return TrainConfig(**(data or {}))
+    except ValidationError as exc:
+        raise TrainingError(_format_errors(exc, f" in {path}")) from None

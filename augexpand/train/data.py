@@ -1,0 +1,460 @@
+"""The training data path: splits and soft labels, a decoded uint8 cache, and batches with random crop and flip.
+
+A split is read through its ``metadata.jsonl`` when it has one (soft labels in class order), or as a plain
+ImageFolder (one-hot labels). Before the first epoch every image is decoded once (OpenCV, in worker processes),
+fitted to the training resolution and written to a memory-mapped ``.npy`` cache of uint8 pixels; every epoch then
+gathers whole batches from that cache and applies a random translation and flip in numpy. Batches leave the
+workers as uint8 NHWC tensors: conversion to float and normalisation happen on the device, not in the workers.
+
+Randomness is drawn per batch from (seed, epoch, batch index), so the batches are the same with any number of
+workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augexpand.errors import ImageReadError, TrainingError
+
+__all__ = [
+    "CachedBatches",
+    "EpochPlan",
+    "FileBatches",
+    "Split",
+    "augment_batch",
+    "batch_count",
+    "build_cache",
+    "epoch_batches",
+    "find_splits",
+    "fit_image",
+    "probe_resolution",
+    "read_classes",
+    "read_split",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+METADATA = "metadata.jsonl"
+CARD = "dataset.json"
+
+
+@dataclass
+class Split:
+    """The images of one split and their targets: ``targets[i]`` is a probability vector over ``classes``."""
+
+    root: Path
+    classes: list[str]
+    files: list[str]  # POSIX paths relative to root
+    targets: np.ndarray  # (N, C) float32, rows sum to 1
+    ops: list[str] = field(default_factory=list)
+    soft: bool = False  # whether any target is not one-hot (read from metadata)
+    rows: np.ndarray | None = None  # row of each image in the decoded cache, when some files failed to decode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The hard label of each image: the argmax of its soft label."""
+        return self.targets.argmax(1)
+
+    def subset(self, keep: np.ndarray) -> Split:
+        """The images whose index is in ``keep`` (used to drop files that failed to decode)."""
+        ops = [self.ops[i] for i in keep] if self.ops else []
+        rows = keep if self.rows is None else self.rows[keep]
+        return Split(self.root, self.classes, [self.files[i] for i in keep], self.targets[keep], ops, self.soft, rows)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__MACOSX"))
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def read_classes(data: Path, train_root: Path) -> list[str]:
+    """The class names in order: ``dataset.json``'s ``classes`` if there is one, else the sorted class folders."""
+    card = data / CARD
+    if card.is_file():
+        try:
+            classes = json.loads(card.read_text(encoding="utf-8")).get("classes")
+        except (OSError, ValueError, AttributeError):
+            classes = None
+        if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+            return list(classes)
+        log.warning("%s has no usable 'classes' list; using the class folders of %s", card, train_root)
+    return [p.name for p in _class_dirs(train_root)]
+
+
+def find_splits(data: Path, val: Path | None = None) -> tuple[Path, Path | None, list[str]]:
+    """Where the training and validation images are, and the class list.
+
+    ``data`` is an expanded dataset (``data/train``, optional ``data/val``) or a plain ImageFolder. ``val``
+    overrides ``data/val``. Returns (train root, val root or None, classes).
+    """
+    data = Path(data)
+    if not data.exists():
+        raise TrainingError(f"dataset folder {data} does not exist")
+    if not data.is_dir():
+        raise TrainingError(f"dataset {data} is not a folder")
+    if (data / "train").is_dir():
+        train_root = data / "train"
+        default_val = data / "val" if (data / "val").is_dir() else None
+    elif (data / "val").is_dir() or (data / "test").is_dir():
+        raise TrainingError(f"{data} has no train/ split (it has {', '.join(p.name for p in _class_dirs(data))})",
+                            hint="train on an `augexpand expand` output, or on an ImageFolder of class folders")
+    elif _class_dirs(data):
+        train_root, default_val = data, None
+    else:
+        raise TrainingError(f"{data} has neither a train/ split nor class folders",
+                            hint=f"expected {data}/train/<class>/<image> or {data}/<class>/<image>")
+    classes = read_classes(data, train_root)
+    if not classes:
+        raise TrainingError(f"no class folders in {train_root}")
+    if val is not None:
+        val = Path(val)
+        if not val.is_dir():
+            raise TrainingError(f"validation folder {val} does not exist" if not val.exists()
+                                else f"validation path {val} is not a folder")
+        return train_root, val, classes
+    return train_root, default_val, classes
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        found.extend(Path(dirpath) / f for f in filenames
+                     if not _hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(found)
+
+
+def _mismatch(where: Path, unknown: list[str], classes: list[str]) -> TrainingError:
+    shown = ", ".join(repr(u) for u in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+    return TrainingError(f"class mismatch: {where} has class(es) {shown} that the training set does not have "
+                         f"(its classes: {', '.join(classes)})")
+
+
+def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarray, list[str], bool]:
+    path = root / METADATA
+    index = {c: i for i, c in enumerate(classes)}
+    files, targets, ops, missing, unknown = [], [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                name = rec["file_name"]
+            except (ValueError, KeyError, TypeError):
+                raise TrainingError(f"{path}, line {n}: expected a JSON object with 'file_name'") from None
+            label = rec.get("label", name.split("/", 1)[0] if "/" in name else None)
+            soft = rec.get("soft_label")
+            if soft is not None:
+                vector = np.asarray(soft, dtype=np.float64)
+                if vector.ndim != 1 or len(vector) != len(classes):
+                    raise TrainingError(f"{path}, line {n}: soft_label has {vector.size} values, the dataset has "
+                                        f"{len(classes)} classes ({', '.join(classes)})")
+                total = vector.sum()
+                if (vector < 0).any() or abs(total - 1) > 1e-3:
+                    raise TrainingError(f"{path}, line {n}: soft_label must be non-negative and sum to 1, "
+                                        f"got sum {total:.4f}")
+                vector = vector / total
+            elif label in index:
+                vector = np.eye(len(classes))[index[label]]
+            else:
+                unknown.append(str(label))
+                continue
+            if label is not None and label not in index:
+                unknown.append(str(label))
+                continue
+            if not (root / name).is_file():
+                missing.append(name)
+                continue
+            files.append(name)
+            targets.append(vector)
+            ops.append(str(rec.get("op", "original")))
+    if unknown:
+        raise _mismatch(path, sorted(set(unknown)), classes)
+    if missing:
+        raise TrainingError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]!r}")
+    array = np.asarray(targets, dtype=np.float32).reshape(len(files), len(classes))
+    soft = bool(len(array)) and bool((array.max(1) < 1 - 1e-6).any())
+    return files, array, ops, soft
+
+
+def read_split(root: Path, classes: list[str]) -> Split:
+    """Read a split: through ``root/metadata.jsonl`` if present, else as an ImageFolder with one-hot labels.
+
+    A class (in metadata or as a folder) that is not in ``classes`` is a class mismatch; a split with no image
+    is an error; a class with no image is only a warning (validation sets are often incomplete).
+    """
+    root = Path(root)
+    if (root / METADATA).is_file():
+        files, targets, ops, soft = _read_metadata(root, classes)
+    else:
+        dirs = _class_dirs(root)
+        unknown = [d.name for d in dirs if d.name not in classes]
+        if unknown:
+            raise _mismatch(root, unknown, classes)
+        index = {c: i for i, c in enumerate(classes)}
+        files, labels = [], []
+        for d in dirs:
+            for path in _walk_images(d):
+                files.append(path.relative_to(root).as_posix())
+                labels.append(index[d.name])
+        targets = np.eye(len(classes), dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+        ops, soft = ["original"] * len(files), False
+    if not files:
+        raise TrainingError(f"no images in {root}",
+                            hint=f"expected {root}/<class>/<image> with {', '.join(sorted(IMAGE_EXTENSIONS))} files")
+    split = Split(root, list(classes), files, targets, ops, soft)
+    counts = np.bincount(split.labels, minlength=len(classes))
+    empty = [c for c, k in zip(classes, counts) if k == 0]
+    if empty:
+        log.warning("%s has no image of class(es) %s", root, ", ".join(empty))
+    return split
+
+
+def probe_resolution(split: Split, samples: int = 200) -> int:
+    """The median short side of (up to ``samples``, evenly spread) images of the split, read from headers."""
+    from PIL import Image
+
+    idx = np.unique(np.linspace(0, len(split) - 1, min(samples, len(split))).astype(int))
+    sides = []
+    for i in idx:
+        try:
+            with Image.open(split.root / split.files[i]) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, SyntaxError) as exc:  # reported again when the cache is built
+            log.debug("cannot read the size of %s: %s", split.files[i], exc)
+    if not sides:
+        raise TrainingError(f"no readable image in {split.root}")
+    return int(np.median(sides))
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale the short side to ``size`` and centre-crop to size x size (INTER_AREA down, INTER_LINEAR up)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    if (h, w) != (size, size) and scale != 1:
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        h, w = nh, nw
+    y, x = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[y:y + size, x:x + size])
+
+
+def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, pad: int) -> np.ndarray:
+    """Random translation (reflect-pad by ``pad`` then crop back) and horizontal flip of an (B, S, S, 3) batch.
+
+    Returns a new array; ``batch`` is not changed.
+    """
+    b, s = batch.shape[0], batch.shape[1]
+    out = np.empty_like(batch)
+    padded = np.pad(batch, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else batch
+    ys = rng.integers(0, 2 * pad + 1, size=b)
+    xs = rng.integers(0, 2 * pad + 1, size=b)
+    flips = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
+    for i in range(b):
+        crop = padded[i, ys[i]:ys[i] + s, xs[i]:xs[i] + s]
+        out[i] = crop[:, ::-1] if flips[i] else crop
+    return out
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """Batches per training epoch: a last partial batch is kept only if it holds at least half a batch."""
+    if n <= batch_size:
+        return 1
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= batch_size / 2 else 0)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+    """The index arrays of one epoch's batches: a permutation drawn from (seed, epoch), cut into batches."""
+    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n) if shuffle else np.arange(n)
+    if not shuffle:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    k = batch_count(n, batch_size)
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(k)]
+
+
+class EpochPlan:
+    """A DataLoader sampler that yields (epoch, batch index, indices) for the current epoch (``set_epoch``)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        for b, idx in enumerate(epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle)):
+            yield self.epoch, b, idx
+
+    def __len__(self) -> int:
+        return batch_count(self.n, self.batch_size) if self.shuffle else -(-self.n // self.batch_size)
+
+
+class _BatchSource:
+    """Common part of the batch datasets: targets, augmentation settings, and the per-batch generator."""
+
+    def __init__(self, targets: np.ndarray, size: int, seed: int, augment: bool, flip: bool, crop_pad: float):
+        self.targets = np.ascontiguousarray(targets, dtype=np.float32)
+        self.size, self.seed, self.augment, self.flip = size, seed, augment, flip
+        self.pad = round(crop_pad * size) if augment else 0
+
+    def _pixels(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, item: tuple[int, int, np.ndarray]):
+        import torch
+
+        epoch, b, idx = item
+        idx = np.sort(np.asarray(idx))  # sorted reads from the memory map; targets follow the same order
+        pixels = self._pixels(idx)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, epoch, b, 0xA06])
+            pixels = augment_batch(pixels, rng, self.flip, self.pad)
+        return torch.from_numpy(pixels), torch.from_numpy(self.targets[idx])
+
+
+class CachedBatches(_BatchSource):
+    """Whole batches gathered from the uint8 cache (memory-mapped, opened lazily in each worker)."""
+
+    def __init__(self, cache_path: Path, split: Split, size: int, seed: int = 0, augment: bool = True,
+                 flip: bool = True, crop_pad: float = 0.125) -> None:
+        super().__init__(split.targets, size, seed, augment, flip, crop_pad)
+        self.cache_path = Path(cache_path)
+        self.rows = split.rows
+        self._cache: np.ndarray | None = None
+
+    def _pixels(self, idx: np.ndarray) -> np.ndarray:
+        if self._cache is None:
+            self._cache = np.load(self.cache_path, mmap_mode="r")
+        return self._cache[idx if self.rows is None else self.rows[idx]]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}  # each worker maps the file itself
+
+
+class FileBatches(_BatchSource):
+    """Whole batches decoded from the image files on every access (``--no-cache``)."""
+
+    def __init__(self, split: Split, size: int, seed: int = 0, augment: bool = True, flip: bool = True,
+                 crop_pad: float = 0.125) -> None:
+        super().__init__(split.targets, size, seed, augment, flip, crop_pad)
+        self.root, self.files = split.root, split.files
+
+    def _pixels(self, idx: np.ndarray) -> np.ndarray:
+        from augexpand.folder import decode_image
+
+        out = np.empty((len(idx), self.size, self.size, 3), np.uint8)
+        for j, i in enumerate(idx):
+            try:
+                out[j] = fit_image(decode_image(self.root / self.files[i]), self.size)
+            except ImageReadError as exc:
+                raise TrainingError(f"{self.root / self.files[i]}: {exc}") from None
+        return out
+
+
+class _DecodeChunks:
+    """Decode and fit chunks of files (for the cache); a failed decode is returned as its reason."""
+
+    def __init__(self, root: Path, files: list[str], size: int, chunk: int) -> None:
+        self.root, self.files, self.size, self.chunk = root, files, size, chunk
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.files) / self.chunk)
+
+    def __getitem__(self, c: int):
+        from augexpand.folder import decode_image
+
+        start = c * self.chunk
+        stop = min(start + self.chunk, len(self.files))
+        pixels = np.zeros((stop - start, self.size, self.size, 3), np.uint8)
+        errors = {}
+        for j, i in enumerate(range(start, stop)):
+            try:
+                pixels[j] = fit_image(decode_image(self.root / self.files[i]), self.size)
+            except ImageReadError as exc:
+                errors[i] = str(exc)
+        return start, pixels, errors
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _fingerprint(split: Split, size: int) -> str:
+    h = hashlib.sha1(f"{split.root.resolve()}|{size}|{len(split)}".encode())
+    for name in split.files:
+        st = (split.root / name).stat()
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress: bool = False,
+                desc: str = "decode") -> tuple[Path, Split]:
+    """Decode every image of ``split`` once into ``path`` (an .npy of uint8 (N, size, size, 3)).
+
+    An existing cache of the same files (names, sizes, mtimes) and size is reused. Files that cannot be decoded
+    are logged and left out: returns the cache path and the split restricted to the decoded images.
+    """
+    import torch
+    from tqdm import tqdm
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    key = _fingerprint(split, size)
+    meta = None
+    if path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = None
+    if meta and meta.get("key") == key and meta.get("complete"):
+        failed = {int(k): v for k, v in meta.get("failed", {}).items()}
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
+        chunks = _DecodeChunks(split.root, split.files, size, chunk=32)
+        loader = torch.utils.data.DataLoader(chunks, batch_size=None, shuffle=False, num_workers=workers,
+                                             worker_init_fn=_worker_init if workers else None)
+        failed = {}
+        with tqdm(total=len(split), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for start, pixels, errors in loader:
+                array[start:start + len(pixels)] = pixels
+                failed.update(errors)
+                bar.update(len(pixels))
+        array.flush()
+        del array
+        from augexpand.folder import write_atomic
+
+        write_atomic(meta_path, json.dumps({"key": key, "size": size, "n": len(split), "complete": True,
+                                            "failed": {str(k): v for k, v in failed.items()}}))
+        for i, reason in sorted(failed.items()):
+            log.warning("skipped %s: %s", split.root / split.files[i], reason)
+    if failed:
+        if len(failed) == len(split):
+            raise TrainingError(f"no image in {split.root} could be decoded")
+        # The cache keeps every row (failed ones stay black); the returned split says which rows it uses.
+        return path, split.subset(np.array([i for i in range(len(split)) if i not in failed]))
+    return path, split

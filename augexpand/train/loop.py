@@ -1,0 +1,632 @@
+"""The training loop: resolve the config, cache the data, build the model, then ``train_one_epoch()`` and
+``evaluate()`` once per epoch, writing checkpoints, ``metrics.jsonl`` and ``curves.png`` to the run folder.
+
+Read ``train()`` top to bottom: each phase has a comment. The loss is soft-target cross-entropy,
+``sum(-target * log_softmax(logits))``, so mixed images (mixup, CutMix, RICAP) train on their soft labels; with
+one-hot targets it is the ordinary cross-entropy. Label smoothing blends the target with the uniform
+distribution; knowledge distillation adds ``T^2 * KL(teacher_T || student_T)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augexpand.errors import TrainingError
+from augexpand.folder import write_atomic
+from augexpand.train import data as D
+from augexpand.train.config import (
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    RESUMABLE_OVERRIDES,
+    TrainConfig,
+    load_config,
+    save_config,
+)
+from augexpand.train.models import build_model, guess_resnet, head_parameter_names, load_backbone_weights
+
+__all__ = [
+    "MEAN",
+    "STD",
+    "Runtime",
+    "build_optimizer",
+    "distillation_loss",
+    "evaluate",
+    "load_checkpoint",
+    "lr_factor",
+    "model_from_checkpoint",
+    "plot_curves",
+    "resolve_device",
+    "set_backbone_frozen",
+    "smooth_targets",
+    "soft_cross_entropy",
+    "train",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what torchvision's pretrained weights expect
+STD = (0.229, 0.224, 0.225)
+RUN_FILES = ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png", "summary.json")
+
+
+# --------------------------------------------------------------------------------------------------------- losses
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``sum(-target * log_softmax(logits))``; ``target`` rows are distributions."""
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def smooth_targets(target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing on (soft) targets: ``(1 - eps) * target + eps / C``."""
+    if smoothing <= 0:
+        return target
+    return target * (1 - smoothing) + smoothing / target.shape[-1]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
+                    log_target=True) * (t * t)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then a cosine from 1 to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+# --------------------------------------------------------------------------------------------------------- device
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: the device, mixed precision, memory format and input normalisation."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def create(cls, device: torch.device, amp: bool, channels_last: bool) -> Runtime:
+        amp_dtype = None
+        if amp and device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+        return cls(device, amp_dtype, channels_last and device.type == "cuda", mean, std)
+
+    def inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) from the loader -> normalised float (B, 3, H, W) on the device."""
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels-last view, no copy
+        x = x.float() if self.channels_last else x.contiguous().float()
+        return (x - self.mean) / self.std
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU; a GPU asked for but absent is a TrainingError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise TrainingError(f"--device {name} asked for a CUDA GPU, but torch ({torch.__version__}, {build}) "
+                                "sees none", hint="use --device cpu, or --device auto to use a GPU only when present")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("--device mps asked for Apple's GPU, but torch sees none", hint="use --device cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) every parameter but the head's, and hold BatchNorm statistics while frozen.
+
+    Call after ``model.train()``: frozen BatchNorm layers are switched to eval mode.
+    """
+    head = head_parameter_names(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in head or not frozen)
+    if frozen:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over four groups: backbone/head x decayed/not decayed.
+
+    Biases and normalisation weights are not decayed. The head's rate is ``head_lr_mult`` times the backbone's.
+    Each group keeps its peak rate in ``base_lr``; the schedule scales it every step.
+    """
+    head = head_parameter_names(model)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        groups.setdefault((name in head, p.ndim > 1), []).append(p)
+    params = []
+    for (is_head, decay), ps in sorted(groups.items()):
+        lr = config.lr * (config.head_lr_mult if is_head else 1.0)
+        params.append({"params": ps, "lr": lr, "base_lr": lr, "weight_decay": config.weight_decay if decay else 0.0,
+                       "name": ("head" if is_head else "backbone") + ("" if decay else "_no_decay")})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
+    return next((g["lr"] for g in optimizer.param_groups if g["name"] == name), 0.0)
+
+
+# --------------------------------------------------------------------------------------------------- one epoch
+
+@dataclass
+class _Schedule:
+    step: int
+    total: int
+    warmup: int
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler, rt: Runtime,
+                    config: TrainConfig, schedule: _Schedule, frozen: bool, teacher: nn.Module | None = None,
+                    progress: Any = None) -> dict[str, float]:
+    """One pass over the training batches (or until the step budget ends). Returns loss, accuracy, images/s."""
+    model.train()
+    set_backbone_frozen(model, frozen)
+    total_loss = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    for pixels, target in loader:
+        if schedule.step >= schedule.total:
+            break
+        # Learning rate for this step: warmup, then cosine
+        _set_lr(optimizer, lr_factor(schedule.step, schedule.warmup, schedule.total))
+        x = rt.inputs(pixels)
+        y = target.to(rt.device, non_blocking=True)
+        # Forward: soft-target cross-entropy (+ distillation from the teacher)
+        with rt.autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss = soft_cross_entropy(logits, smooth_targets(y, config.label_smoothing))
+        if teacher is not None:
+            with torch.no_grad(), rt.autocast():
+                t_logits = teacher(_teacher_input(x, teacher)).float()
+            kd = distillation_loss(logits, t_logits, config.kd_temperature)
+            loss = (1 - config.kd_weight) * loss + config.kd_weight * kd
+        # Backward and step (the scaler only scales with float16 autocast)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step += 1
+        # Running statistics, kept on the device (no sync per step)
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y.argmax(1)).sum()
+        seen += len(y)
+        if progress is not None:
+            progress.update(1)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    seconds = time.perf_counter() - start
+    seen = max(seen, 1)
+    return {"loss": total_loss.item() / seen, "acc": correct.item() / seen, "images": seen, "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else 0.0}
+
+
+def _teacher_input(x: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
+    size = getattr(teacher, "input_size", None)
+    if size and size != x.shape[-1]:
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, rt: Runtime, num_classes: int) -> dict[str, Any]:
+    """Loss, top-1 accuracy and the confusion matrix (rows: true class, columns: predicted) over a loader."""
+    model.eval()
+    total_loss = 0.0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=rt.device)
+    seen = 0
+    for pixels, target in loader:
+        x = rt.inputs(pixels)
+        y = target.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(x)
+        logits = logits.float()
+        total_loss += soft_cross_entropy(logits, y).item() * len(y)
+        pairs = y.argmax(1) * num_classes + logits.argmax(1)
+        confusion += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+        seen += len(y)
+    confusion = confusion.cpu().numpy()
+    return {"loss": total_loss / max(seen, 1), "acc": float(np.trace(confusion) / max(seen, 1)),
+            "confusion": confusion, "images": seen}
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by ``train`` (``weights_only=True``: tensors and plain values only)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}; is {path.parent} a training run (augexpand train --out)?")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling can fail in many ways; all mean the same to the user
+        raise TrainingError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args", "classes"} <= set(ckpt):
+        raise TrainingError(f"{path} is not an augexpand training checkpoint (no model_args/classes)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    args = dict(ckpt["model_args"])
+    model = build_model(args.pop("name"), **args)
+    model.load_state_dict(ckpt["model"])
+    model.input_size = int(ckpt.get("size", 0)) or None
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------- run folder
+
+def _prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise TrainingError(f"nothing to resume in {out}: no last.pt",
+                                hint="start the run without --resume")
+        return
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "config.yaml").is_file()
+        if not ours:
+            raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
+        if not overwrite:
+            raise TrainingError(f"{out} already holds a training run",
+                                hint="use --resume to continue it or --overwrite to start again")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for p in out.glob("confusion_*"):
+            p.unlink()
+        shutil.rmtree(out / "cache", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
+    saved = load_config(config.out / "config.yaml")
+    changed = sorted(k for k in explicit - RESUMABLE_OVERRIDES - {"data", "out"}
+                     if getattr(config, k) != getattr(saved, k))
+    if Path(config.data).resolve() != Path(saved.data).resolve():
+        changed.insert(0, "data")
+    if changed:
+        raise TrainingError(f"cannot change {', '.join(changed)} when resuming {config.out}",
+                            hint=f"resume with the run's own settings (see {config.out}/config.yaml)")
+    update = {k: getattr(config, k) for k in explicit & RESUMABLE_OVERRIDES}
+    return saved.model_copy(update={**update, "progress": config.progress})
+
+
+# ------------------------------------------------------------------------------------------------------ resolving
+
+def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> TrainConfig:
+    """Fill every ``auto``/``None`` of the config with the value this run will use."""
+    update: dict[str, Any] = {}
+    n = len(train_split)
+    size = config.size
+    if size is None:
+        if init_ckpt is not None:
+            size = int(init_ckpt["size"])
+        else:
+            size = min(224, D.probe_resolution(train_split))
+    update["size"] = size
+    model = config.model
+    if init_ckpt is not None:
+        init_name = init_ckpt["model_args"]["name"]
+        if model not in ("auto", init_name):
+            raise TrainingError(f"--model {model} does not match --init {config.init}, a {init_name}")
+        model = init_name
+        if "width" in init_ckpt["model_args"]:
+            update["width"] = init_ckpt["model_args"]["width"]
+    elif config.weights is not None and model == "auto":
+        model = guess_resnet(config.weights)
+        if model is None:
+            raise TrainingError(f"cannot tell which model the weights in {config.weights} are for",
+                                hint="pass --model resnet18, resnet34 or resnet50")
+    elif model == "auto":
+        model = "smallcnn" if size <= 64 else ("resnet18" if n < 100_000 else "resnet50")
+    if model.startswith("resnet") and size < 32:
+        log.warning("training a %s at %dx%d: ResNets downsample 32x; --model smallcnn suits tiny images",
+                    model, size, size)
+    update["model"] = model
+    pretrained = config.pretrained
+    update["lr"] = config.lr or DEFAULT_LR[(config.optimizer, pretrained)]
+    update["weight_decay"] = config.weight_decay if config.weight_decay is not None else \
+        DEFAULT_WEIGHT_DECAY[config.optimizer]
+    update["head_lr_mult"] = config.head_lr_mult or (10.0 if pretrained else 1.0)
+    update["freeze_epochs"] = config.freeze_epochs if config.freeze_epochs is not None else (1 if pretrained else 0)
+    if update["freeze_epochs"] and not pretrained:
+        log.warning("--freeze-epochs %d without --weights or --init freezes a randomly initialised backbone",
+                    update["freeze_epochs"])
+    if config.workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        update["workers"] = min(cpus, 8) if (config.device != "cpu" and torch.cuda.is_available()) else min(cpus, 2)
+    return config.model_copy(update=update)
+
+
+def _model_args(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    args: dict[str, Any] = {"name": config.model, "num_classes": num_classes}
+    if config.model == "smallcnn":
+        args["width"] = config.width
+    return args
+
+
+def _make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool):
+    kwargs: dict[str, Any] = {}
+    if workers:
+        kwargs = {"persistent_workers": True, "prefetch_factor": 4, "worker_init_fn": D._worker_init}
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
+                                       pin_memory=pin, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------- curves
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs val, as a PNG (a dotted line where the backbone unfreezes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], label="train")
+    ax2.plot(epochs, [m["train_acc"] for m in metrics], label="train")
+    if any(m.get("val_loss") is not None for m in metrics):
+        ax1.plot(epochs, [m.get("val_loss") for m in metrics], label="val")
+        ax2.plot(epochs, [m.get("val_acc") for m in metrics], label="val")
+    unfreeze = next((m["epoch"] for m in metrics if not m.get("frozen")), None)
+    if unfreeze is not None and metrics[0].get("frozen"):
+        for ax in (ax1, ax2):
+            ax.axvline(unfreeze - 0.5, color="grey", linestyle=":", label="unfreeze")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+          explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train as ``config`` says, writing the run folder ``config.out``. Returns the summary (also summary.json).
+
+    ``explicit`` names the options the user gave on the command line: on ``resume`` only those in
+    RESUMABLE_OVERRIDES may differ from the run's saved config.
+    """
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    _prepare_run_folder(out, resume, overwrite)
+    if resume:
+        config = _resume_config(config, explicit or set())
+
+    # Data: splits, class list, soft targets
+    train_root, val_root, classes = D.find_splits(config.data, config.val)
+    train_split = D.read_split(train_root, classes)
+    val_split = D.read_split(val_root, classes) if val_root is not None else None
+    if val_split is None:
+        log.warning("no validation split (%s/val does not exist and no --val): best.pt is the last epoch",
+                    config.data)
+        if config.patience is not None:
+            raise TrainingError("--patience (early stopping) needs a validation split: pass --val DIR")
+
+    # Resolve the config (auto values) and save it
+    init_ckpt = load_checkpoint(config.init) if config.init is not None else None
+    config = _resolve(config, train_split, init_ckpt)
+    save_config(config, out / "config.yaml")
+    device = resolve_device(config.device)
+    rt = Runtime.create(device, config.amp, config.channels_last)
+    torch.manual_seed(config.seed)
+
+    # The decoded uint8 cache at training resolution (built once, reused by every epoch and by --resume)
+    size = config.size
+    if config.cache:
+        train_cache, train_split = D.build_cache(train_split, size, out / "cache" / f"train_{size}.npy",
+                                                 workers=config.workers, progress=config.progress,
+                                                 desc="decode train")
+        train_ds = D.CachedBatches(train_cache, train_split, size, config.seed, True, config.flip, config.crop_pad)
+    else:
+        train_ds = D.FileBatches(train_split, size, config.seed, True, config.flip, config.crop_pad)
+    val_ds = None
+    if val_split is not None:
+        if config.cache:
+            val_cache, val_split = D.build_cache(val_split, size, out / "cache" / f"val_{size}.npy",
+                                                 workers=config.workers, progress=config.progress,
+                                                 desc="decode val")
+            val_ds = D.CachedBatches(val_cache, val_split, size, augment=False)
+        else:
+            val_ds = D.FileBatches(val_split, size, augment=False)
+    eval_batch = max(config.batch_size, 256)
+    plan = D.EpochPlan(len(train_split), config.batch_size, config.seed)
+    pin = device.type == "cuda"
+    train_loader = _make_loader(train_ds, plan, config.workers, pin)
+    val_loader = None
+    if val_ds is not None:
+        val_plan = D.EpochPlan(len(val_split), eval_batch, config.seed, shuffle=False)
+        val_loader = _make_loader(val_ds, val_plan, min(config.workers, 2), pin)
+
+    # Model: fresh, from torchvision weights, or from an earlier run (transfer: the head is replaced)
+    model_args = _model_args(config, len(classes))
+    args = dict(model_args)
+    model = build_model(args.pop("name"), **args)
+    if config.weights is not None:
+        info = load_backbone_weights(model, config.weights)
+        log.info("loaded %d tensors from %s (new %d-class head)", info["loaded"], config.weights, len(classes))
+    elif init_ckpt is not None:
+        same = list(init_ckpt["classes"]) == classes
+        init_path = config.init / "best.pt" if Path(config.init).is_dir() else config.init
+        info = load_backbone_weights(model, init_path, keep_head=same)
+        log.info("initialised from %s (%s)", config.init,
+                 "same classes: head kept" if same else f"{len(init_ckpt['classes'])} -> {len(classes)} classes: "
+                                                          "new head")
+    model.to(device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    # Teacher for knowledge distillation (same classes, frozen)
+    teacher = None
+    if config.teacher is not None:
+        t_ckpt = load_checkpoint(config.teacher)
+        if list(t_ckpt["classes"]) != classes:
+            raise TrainingError(f"the teacher {config.teacher} was trained on classes {t_ckpt['classes']}, "
+                                f"this run has {classes}; distillation needs the same classes")
+        teacher = model_from_checkpoint(t_ckpt).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if rt.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+
+    # Optimizer and schedule (in optimizer steps)
+    optimizer = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
+    steps_per_epoch = len(plan)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    schedule = _Schedule(0, total_steps, warmup)
+
+    # Resume: weights, optimizer, step, best so far, metrics up to the checkpoint
+    start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, -1, 0
+    metrics: list[dict[str, Any]] = []
+    if resume:
+        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # resuming may change the step budget, not the peak rates
+            group["base_lr"] = config.lr * (config.head_lr_mult if group["name"].startswith("head") else 1.0)
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        schedule.step = int(ckpt["step"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        best_acc, best_loss = float(ckpt["best_acc"]), float(ckpt["best_loss"])
+        best_epoch, bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
+        if (out / "metrics.jsonl").is_file():
+            lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+            metrics = [m for m in map(json.loads, filter(None, lines)) if m["epoch"] < start_epoch]
+        log.info("resuming %s at epoch %d (step %d of %d)", out, start_epoch + 1, schedule.step, total_steps)
+
+    def checkpoint(epoch: int, with_optimizer: bool) -> dict[str, Any]:
+        ckpt = {"model": model.state_dict(), "model_args": model_args, "classes": classes, "size": size,
+                "mean": list(MEAN), "std": list(STD), "epoch": epoch, "step": schedule.step,
+                "config": config.model_dump(mode="json")}
+        if with_optimizer:
+            ckpt.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": torch.get_rng_state(), "best_acc": best_acc, "best_loss": best_loss,
+                         "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+        return ckpt
+
+    # The epochs: train, validate, log, checkpoint, maybe stop early
+    log.info("training %s at %dx%d on %d images (%d classes%s), %d epochs of %d steps, on %s%s",
+             config.model, size, size, len(train_split), len(classes), ", soft labels" if train_split.soft else "",
+             epochs, steps_per_epoch, device, f" with {str(rt.amp_dtype).split('.')[-1]} autocast"
+             if rt.amp_dtype else "")
+    started = time.perf_counter()
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, epochs):
+        if schedule.step >= total_steps:
+            break
+        frozen = epoch < config.freeze_epochs
+        plan.set_epoch(epoch)
+        bar = tqdm(total=min(steps_per_epoch, total_steps - schedule.step), desc=f"epoch {epoch + 1}/{epochs}",
+                   unit="step", leave=False, disable=not config.progress)
+        with bar:
+            tr = train_one_epoch(model, train_loader, optimizer, scaler, rt, config, schedule, frozen, teacher, bar)
+            va = evaluate(model, val_loader, rt, len(classes)) if val_loader is not None else None
+            bar.set_postfix_str(f"loss {tr['loss']:.3f} acc {tr['acc']:.3f}"
+                                + (f" val {va['acc']:.3f}" if va else ""))
+        row = {"epoch": epoch, "step": schedule.step, "frozen": frozen,
+               "train_loss": round(tr["loss"], 5), "train_acc": round(tr["acc"], 5),
+               "val_loss": round(va["loss"], 5) if va else None, "val_acc": round(va["acc"], 5) if va else None,
+               "lr_backbone": _group_lr(optimizer, "backbone"), "lr_head": _group_lr(optimizer, "head"),
+               "images_per_s": round(tr["images_per_s"], 1), "seconds": round(tr["seconds"], 3)}
+        metrics.append(row)
+        log.info("epoch %d/%d: loss %.4f acc %.4f%s, %.0f img/s%s", epoch + 1, epochs, tr["loss"], tr["acc"],
+                 f", val loss {va['loss']:.4f} acc {va['acc']:.4f}" if va else "", tr["images_per_s"],
+                 " (head only)" if frozen else "")
+        # Best checkpoint: highest val accuracy, ties to the lower val loss (no val: the latest epoch)
+        improved = va is None or va["acc"] > best_acc or (va["acc"] == best_acc and va["loss"] < best_loss)
+        if improved:
+            best_acc, best_loss = (va["acc"], va["loss"]) if va else (tr["acc"], tr["loss"])
+            best_epoch, bad_epochs = epoch, 0
+            _save(checkpoint(epoch, False), out / "best.pt")
+        elif not frozen:
+            bad_epochs += 1
+        write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        _save(checkpoint(epoch, True), out / "last.pt")
+        if config.patience is not None and bad_epochs > config.patience:
+            log.info("early stop: no val improvement for %d epochs (best %.4f at epoch %d)", bad_epochs,
+                     best_acc, best_epoch + 1)
+            stopped_early = True
+            break
+    seconds = time.perf_counter() - started
+
+    # Curves and the summary
+    if metrics:
+        plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
+    last = metrics[-1] if metrics else {}
+    trained = [m for m in metrics if m["epoch"] >= start_epoch]
+    images = sum(m["images_per_s"] * m["seconds"] for m in trained)
+    summary = {
+        "run": str(out), "model": config.model, "size": size, "device": str(device),
+        "classes": classes, "train_images": len(train_split), "val_images": len(val_split) if val_split else 0,
+        "epochs": last.get("epoch", -1) + 1, "steps": schedule.step,
+        "best_val_acc": best_acc if val_split else None, "best_epoch": best_epoch + 1,
+        "last_val_acc": last.get("val_acc"), "last_train_loss": last.get("train_loss"),
+        "stopped_early": stopped_early, "seconds": round(seconds, 2),
+        "images_per_s": round(images / max(sum(m["seconds"] for m in trained), 1e-9), 1) if trained else 0.0,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,151 @@
+"""`augexpand train` and `augexpand evaluate` through Click: results, one-line errors, help, defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+
+from augexpand.cli import cli
+from augexpand.train.cli import TRAIN_OPTIONS, evaluate_command, train_command
+from augexpand.train.config import TrainConfig
+from tests.train_fixtures import write_digits, write_expanded
+
+FAST = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def dst(tmp_path):
+    return write_expanded(tmp_path / "dst", classes=(0, 1, 2), n=8, mixed=4)
+
+
+def test_train_then_evaluate(dst, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke("train", dst, "--out", run, "--epochs", "4", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "smallcnn" and summary["epochs"] == 4 and summary["train_images"] == 28
+    assert (run / "curves.png").stat().st_size > 1000
+
+    test = write_digits(tmp_path / "test", classes=(0, 1, 2), n=10, offset=60)
+    result = _invoke("evaluate", run, test, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["images"] == 30 and sum(map(sum, scores["confusion"])) == 30
+    assert scores["accuracy"] == pytest.approx(sum(scores["confusion"][i][i] for i in range(3)) / 30)
+    assert scores["per_class"]["d1"]["images"] == 10
+    assert (run / "confusion_test.png").is_file()
+
+    result = _invoke("evaluate", run, test, "--workers", "0")
+    assert result.exit_code == 0
+    assert result.output.startswith(f"top-1 accuracy {scores['accuracy']:.4f} on 30 images")
+    assert "confusion matrix (rows: true class, columns: predicted class)" in result.output
+
+    # a subset of the classes is fine; an unknown class is a mismatch
+    result = _invoke("evaluate", run, write_digits(tmp_path / "sub", classes=(2,), n=3), "--workers", "0", "-q")
+    assert result.exit_code == 0 and "on 3 images" in result.output
+    result = _invoke("evaluate", run, write_digits(tmp_path / "other", classes=(2, 9), n=2), "--workers", "0")
+    assert result.exit_code == 1
+    assert "Error: class mismatch:" in result.output and "'d9' that the training set does not have" in result.output
+
+
+def test_summary_line_and_resume_without_dst(dst, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("best val acc ") and "smallcnn at 16x16 on 28 images" in result.output
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert "at epoch" in result.output and "of 2" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "{tmp}/nowhere", "-o", "{tmp}/r"], "Error: dataset folder {tmp}/nowhere does not exist"),
+    (["train", "{tmp}/empty", "-o", "{tmp}/r"], "Error: {tmp}/empty has neither a train/ split nor class folders"),
+    (["train", "{tmp}/onlyval", "-o", "{tmp}/r"], "Error: {tmp}/onlyval has no train/ split (it has val)"),
+    (["train", "{tmp}/hollow", "-o", "{tmp}/r"], "Error: no images in {tmp}/hollow"),
+    (["train", "{tmp}/hollow", "-o", "{tmp}/r", "--val", "{tmp}/nope"],
+     "Error: validation folder {tmp}/nope does not exist"),
+    (["evaluate", "{tmp}/norun", "{tmp}/hollow"], "Error: run {tmp}/norun does not exist"),
+    (["evaluate", "{tmp}/empty", "{tmp}/hollow"], "Error: no checkpoint at {tmp}/empty/best.pt"),
+])
+def test_user_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "onlyval" / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "hollow" / "cat").mkdir(parents=True)
+    result = _invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(message.format(tmp=tmp_path))
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_gpu_asked_for_but_absent(dst, tmp_path):
+    result = _invoke("train", dst, "-o", tmp_path / "r", "--device", "cuda", *FAST)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --device cuda asked for a CUDA GPU, but torch")
+    assert "use --device cpu" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--label-smoothing", "1.5"], "Invalid value for '--label-smoothing'"),
+    (["--device", "tpu"], "expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["--model", "vgg"], "Invalid value for '-m' / '--model'"),
+    (["--resume", "--overwrite"], "--resume and --overwrite cannot be used together"),
+])
+def test_bad_flags_are_usage_errors(dst, tmp_path, args, message):
+    result = _invoke("train", dst, "-o", tmp_path / "r", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
+    run = tmp_path / "run"
+    assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q").exit_code == 0
+    result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q")
+    assert result.exit_code == 1 and "already holds a training run; use --resume" in result.output
+    assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q", "--overwrite").exit_code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    result = _invoke("train", dst, "-o", tmp_path / "mine", *FAST, "--overwrite")
+    assert result.exit_code == 1 and "is not empty and is not a training run" in result.output
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_missing_torch_is_explained(monkeypatch, dst, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    result = _invoke("train", dst, "-o", tmp_path / "r")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: training needs torch: pip install 'augexpand[train]'"
+
+
+def test_option_defaults_are_the_config_defaults():
+    params = {p.name: p for p in train_command.params}
+    unset = getattr(click.core, "UNSET", None)  # Click 8.3 marks "no default" with a sentinel
+    for name in TRAIN_OPTIONS:
+        assert name in params, name
+        default = TrainConfig.model_fields[name].default
+        given = None if params[name].default is unset else params[name].default
+        assert given == default, f"--{name.replace('_', '-')}: {given} != {default}"
+
+
+@pytest.mark.parametrize("command", [train_command, evaluate_command])
+def test_help_has_an_example(command):
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0
+    assert "Example:\n    augexpand " in result.output
+
+
+def test_the_cli_does_not_import_torch_for_help():
+    code = "import sys, augexpand.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,157 @@
+"""The training data path: splits, soft labels from metadata.jsonl, the decoded cache, batches and augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from augexpand.errors import TrainingError
+from augexpand.train import data as D
+from tests.train_fixtures import write_digits, write_expanded
+
+
+def test_expanded_split_reads_soft_labels_in_class_order(tmp_path):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1, 2), n=4, mixed=3)
+    train, val, classes = D.find_splits(dst)
+    assert (train, val, classes) == (dst / "train", dst / "val", ["d0", "d1", "d2"])
+    split = D.read_split(train, classes)
+    records = [json.loads(line) for line in (train / "metadata.jsonl").read_text().splitlines()]
+    assert split.files == [r["file_name"] for r in records]
+    np.testing.assert_allclose(split.targets, [r["soft_label"] for r in records], atol=1e-7)
+    assert split.soft and split.ops.count("mixup") == 3
+    assert split.targets.shape == (15, 3) and np.allclose(split.targets.sum(1), 1)
+
+
+def test_dataset_json_decides_the_class_order(tmp_path):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
+    (dst / "dataset.json").write_text(json.dumps({"classes": ["d1", "d0"]}))  # not the sorted order
+    _, _, classes = D.find_splits(dst)
+    assert classes == ["d1", "d0"]
+
+
+def test_plain_image_folder_gets_one_hot_labels(tmp_path):
+    root = write_digits(tmp_path / "plain", classes=(3, 5), n=3)
+    (root / "d5" / "nested").mkdir()
+    (root / "d5" / "5_0.png").rename(root / "d5" / "nested" / "deep.PNG")
+    (root / "d3" / "notes.txt").write_text("x")
+    (root / ".hidden").mkdir()
+    train, val, classes = D.find_splits(root)
+    assert (train, val, classes) == (root, None, ["d3", "d5"])
+    split = D.read_split(train, classes)
+    assert len(split) == 6 and "d5/nested/deep.PNG" in split.files
+    assert split.targets.tolist() == [[1, 0]] * 3 + [[0, 1]] * 3 and not split.soft
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: None, r"dataset folder .* does not exist"),
+    (lambda p: p.mkdir(), r"has neither a train/ split nor class folders"),
+    (lambda p: (p / "val" / "d0").mkdir(parents=True), r"has no train/ split \(it has val\)"),
+])
+def test_bad_dataset_folders(tmp_path, make, message):
+    make(tmp_path / "data")
+    with pytest.raises(TrainingError, match=message):
+        D.find_splits(tmp_path / "data")
+
+
+def test_empty_class_folders_are_an_error(tmp_path):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "dog").mkdir()
+    with pytest.raises(TrainingError, match=r"no images in .*data"):
+        D.read_split(tmp_path / "data", ["cat", "dog"])
+
+
+def test_class_mismatch_is_named(tmp_path):
+    root = write_digits(tmp_path / "val", classes=(0, 7), n=1)
+    with pytest.raises(TrainingError, match=r"class mismatch: .* has class\(es\) 'd7' that the training set does "
+                                            r"not have \(its classes: d0, d1\)"):
+        D.read_split(root, ["d0", "d1"])
+
+
+def test_missing_validation_folder(tmp_path):
+    dst = write_expanded(tmp_path / "dst", n=2, mixed=0, with_val=False)
+    with pytest.raises(TrainingError, match=r"validation folder .*nope does not exist"):
+        D.find_splits(dst, tmp_path / "nope")
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"file_name": "d0/0_0.png", "label": "d0", "soft_label": [0.5, 0.5]}, r"soft_label has 2 values, the data"),
+    ({"file_name": "d0/0_0.png", "label": "d0", "soft_label": [0.5, 0.6, 0]}, r"must be non-negative and sum to 1"),
+    ({"file_name": "d0/gone.png", "label": "d0"}, r"1 file\(s\) listed in .* do not exist, e.g. 'd0/gone.png'"),
+    ({"file_name": "d0/0_0.png", "label": "zebra"}, r"class mismatch: .*'zebra'"),
+    ({"name": "d0/0_0.png"}, r"line 1: expected a JSON object with 'file_name'"),
+])
+def test_bad_metadata_lines(tmp_path, record, message):
+    dst = write_expanded(tmp_path / "dst", n=1, mixed=0, with_val=False)
+    (dst / "train" / "metadata.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(TrainingError, match=message):
+        D.read_split(dst / "train", ["d0", "d1", "d2"])
+
+
+def test_cache_decodes_once_and_is_reused(tmp_path):
+    root = write_digits(tmp_path / "img", classes=(0, 1), n=3, size=20)
+    (root / "d1" / "broken.png").write_bytes(b"not a png")
+    split = D.read_split(root, ["d0", "d1"])
+    path, used = D.build_cache(split, 16, tmp_path / "cache" / "train_16.npy", workers=0)
+    cache = np.load(path, mmap_mode="r")
+    assert cache.shape == (7, 16, 16, 3) and cache.dtype == np.uint8
+    assert len(used) == 6 and "d1/broken.png" not in used.files  # the broken file is left out, with a warning
+    from augexpand.folder import decode_image
+
+    first = used.files[0]
+    np.testing.assert_array_equal(cache[used.rows[0]], D.fit_image(decode_image(root / first), 16))
+    mtime = path.stat().st_mtime_ns
+    D.build_cache(split, 16, path, workers=0)
+    assert path.stat().st_mtime_ns == mtime  # same files, same size: not rebuilt
+
+
+def test_batches_are_the_same_with_or_without_workers(tmp_path):
+    root = write_digits(tmp_path / "img", classes=(0, 1, 2), n=5)
+    split = D.read_split(root, ["d0", "d1", "d2"])
+    path, split = D.build_cache(split, 16, tmp_path / "c.npy")
+    dataset = D.CachedBatches(path, split, 16, seed=3)
+    plan = D.EpochPlan(len(split), 4, seed=3)
+
+    def epoch(workers):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    a, b = epoch(0), epoch(2)
+    assert len(a) == len(plan) == 4  # 15 images, batches of 4: the last batch of 3 is kept (>= half a batch)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == torch.uint8 and xa.shape[1:] == (16, 16, 3)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    plan.set_epoch(1)
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, epoch(0)))  # a new epoch, a new order
+
+
+def test_augment_batch_translates_and_flips():
+    batch = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    same = D.augment_batch(batch, np.random.default_rng(0), flip=False, pad=0)
+    np.testing.assert_array_equal(same, batch)
+    out = D.augment_batch(batch, np.random.default_rng(0), flip=True, pad=1)
+    assert out.shape == batch.shape and not np.shares_memory(out, batch)
+    padded = np.pad(batch, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    for i in range(2):  # every output is some 4x4 window of the padded image, maybe mirrored
+        windows = [padded[i, y:y + 4, x:x + 4] for y in range(3) for x in range(3)]
+        assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
+
+
+@pytest.mark.parametrize(("n", "batch", "expected"), [
+    (10, 16, 1),   # fewer images than a batch: one batch of all of them
+    (32, 16, 2),
+    (40, 16, 3),   # a last batch of 8 (half a batch) is kept
+    (39, 16, 2),   # a last batch of 7 is dropped
+])
+def test_batch_count(n, batch, expected):
+    assert D.batch_count(n, batch) == expected
+
+
+def test_fit_image_scales_the_short_side_and_centre_crops():
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 30:50] = 255  # a centred vertical band
+    out = D.fit_image(image, 20)
+    assert out.shape == (20, 20, 3)
+    assert out[:, 5:15].min() > 200 and out[:, :3].max() < 50
