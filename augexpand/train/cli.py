@@ -96,7 +96,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (bf16, else fp16).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="On CUDA.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="Channels-last memory format (CUDA and CPU).")
 @click.option("-w", "--workers", type=click.IntRange(min=0),
               help="Data-loading processes (default: 2 on CPU, up to 8 with a GPU).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
