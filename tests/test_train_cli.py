@@ -77,11 +77,16 @@ def test_summary_line_and_resume_without_dst(dst, tmp_path):
      "Error: validation folder {tmp}/nope does not exist"),
     (["evaluate", "{tmp}/norun", "{tmp}/hollow"], "Error: run {tmp}/norun does not exist"),
     (["evaluate", "{tmp}/empty", "{tmp}/hollow"], "Error: no checkpoint at {tmp}/empty/best.pt"),
+    (["evaluate", "{tmp}/run", "{tmp}/onlyval"],
+     "Error: {tmp}/onlyval holds splits (val), not class folders; evaluate one split, e.g. {tmp}/onlyval/val"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "onlyval" / "val" / "cat").mkdir(parents=True)
     (tmp_path / "hollow" / "cat").mkdir(parents=True)
+    if "{tmp}/run" in args:
+        write_digits(tmp_path / "tiny", classes=(0, 1), n=2)
+        assert _invoke("train", tmp_path / "tiny", "-o", tmp_path / "run", "--epochs", "1", *FAST).exit_code == 0
     result = _invoke(*[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(message.format(tmp=tmp_path))

@@ -41,6 +41,10 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
     if not folder.is_dir():
         raise TrainingError(f"evaluation folder {folder} does not exist" if not folder.exists()
                             else f"evaluation path {folder} is not a folder")
+    splits = [name for name in ("train", "val", "test") if (folder / name).is_dir() and name not in classes]
+    if splits:
+        raise TrainingError(f"{folder} holds splits ({', '.join(splits)}), not class folders",
+                            hint=f"evaluate one split, e.g. {folder / splits[-1]}")
     split = D.read_split(folder, classes)
     size = int(ckpt["size"])
     model = model_from_checkpoint(ckpt)
