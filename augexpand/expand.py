@@ -149,15 +149,28 @@ class _Worker:
     def run_row(self, row: Row) -> dict[str, Any]:
         """Make one output image and write it; return its manifest record."""
         ctx, recipe = self.ctx, self.recipe
-        size, fit = recipe.output.size, recipe.output.fit
         seed = row_seed(recipe.seed, row.index)
-        rng = np.random.default_rng(seed)
+        if row.split == "val":
+            return self._copy_val(row, soft_label([ctx.labels[row.sources[0]]], [1.0], self.n_classes), seed)
+        image, target, params = self.make_image(row)
+        folder = ctx.classes[int(np.argmax(target))]
+        data = encode_image(np.ascontiguousarray(image), recipe.output.format, recipe.output.quality,
+                            recipe.output.png_compression)
+        write_atomic(Path(ctx.dst) / "train" / folder / row.name, data)
+        return self._record(row, folder, target, seed, params)
+
+    def make_image(self, row: Row) -> tuple[np.ndarray, list[float], dict[str, Any]]:
+        """Make one training row's image in memory, writing nothing: (image, soft label, the op's parameters).
+
+        Everything it draws comes from the row's own generator, so ``augexpand preview`` shows exactly the
+        image ``expand`` writes for the same row (before encoding)."""
+        ctx, recipe = self.ctx, self.recipe
+        size, fit = recipe.output.size, recipe.output.fit
+        rng = np.random.default_rng(row_seed(recipe.seed, row.index))
         params: dict[str, Any] = {}
         labels = [ctx.labels[s] for s in row.sources]
         target = soft_label(labels[:1], [1.0], self.n_classes)
 
-        if row.split == "val":
-            return self._copy_val(row, target, seed)
         if row.op == "original":
             image = fit_to_size(self.load(row.sources[0]), size, fit)
         elif row.op == "augment":
@@ -186,12 +199,7 @@ class _Worker:
             image, target, params = MIXERS[row.op].mix(images, labels, self.n_classes, spec, rng)
         else:
             raise ValueError(f"unknown op {row.op!r}")
-
-        folder = ctx.classes[int(np.argmax(target))]
-        data = encode_image(np.ascontiguousarray(image), recipe.output.format, recipe.output.quality,
-                            recipe.output.png_compression)
-        write_atomic(Path(ctx.dst) / "train" / folder / row.name, data)
-        return self._record(row, folder, target, seed, params)
+        return image, target, params
 
     def _copy_val(self, row: Row, target: list[float], seed: int) -> dict[str, Any]:
         src = Path(self.ctx.src) / self.ctx.rels[row.sources[0]]
