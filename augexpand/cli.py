@@ -266,6 +266,72 @@ def example_command(dst: Path) -> None:
 
 
 
+@cli.command("preview", context_settings=CONTEXT)
+@click.argument("src", required=False, type=click.Path(path_type=Path), metavar="SRC")
+@click.option("-r", "--recipe", default="light", show_default=True, metavar="NAME|PATH",
+              help="A recipe YAML file, or a builtin recipe name (see `augexpand recipes`).")
+@click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="The sheet to write: .png (or .jpg, .webp).")
+@click.option("-n", "--samples", type=click.IntRange(1, 24), default=6, show_default=True,
+              help="Samples per op (one row per op).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's; also picks the samples).")
+@click.option("--tile", type=click.IntRange(32, 512), default=160, show_default=True,
+              help="Tile side in pixels.")
+@_json_option
+def preview_command(src, recipe, example, out, samples, seed, tile, as_json):
+    """Draw a contact sheet of what a recipe makes from SRC, without writing a dataset.
+
+    One row per op the recipe produces (original, augment, smote or duplicate, each mix method), a few
+    samples each, captioned with their label(s) and weights, lambda, areas or SMOTE gap. The tiles are made
+    by the same code as `augexpand expand`, from the same plan; only their sources are decoded.
+
+    \b
+    Example:
+      augexpand preview --recipe heavy --example -o preview.png
+      augexpand preview -r my_recipe.yaml photos/ -o grid.png --samples 8 --seed 3
+    """
+    from augexpand.preview import preview
+
+    if example == (src is not None):
+        raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
+    if src is not None and not src.is_dir():
+        raise click.BadParameter(f"{src} is not a folder" if src.exists() else f"{src} does not exist",
+                                 param_hint="SRC")
+    _setup_logging(as_json)
+    summary = preview(src, out, recipe, samples=samples, seed=seed, tile=tile)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        shown = ", ".join(f"{s['op']} {len(s['samples'])}" for s in summary["ops"])
+        click.echo(f"wrote {summary['output']} ({summary['width']}x{summary['height']}): {shown}")
+
+
+@cli.command("inspect", context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG", help="Also draw the counts as a bar chart.")
+@_json_option
+def inspect_command(folder, plot, as_json):
+    """Print the class counts of DIR: a source ImageFolder, or an `augexpand expand` output.
+
+    For an output folder: images per class and per op (from train/metadata.jsonl), the soft-label
+    share of each class, val counts and the source counts. Always: the imbalance ratio (largest over
+    smallest class). A source folder is counted by file extension, without opening any image.
+
+    \b
+    Example:
+      augexpand inspect photos/
+      augexpand inspect out/ --plot counts.png
+      augexpand inspect out/ --json
+    """
+    from augexpand.inspection import format_report, inspect_folder, plot_counts
+
+    report = inspect_folder(folder)
+    if plot is not None:
+        report["plot"] = str(plot_counts(report, plot))
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 def _register_train_commands() -> None:
     from augexpand.train.cli import evaluate_command, train_command
 

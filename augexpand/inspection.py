@@ -1,0 +1,240 @@
+"""Class counts of a folder: a source ImageFolder, or an ``augexpand expand`` output (per op, val, imbalance).
+
+A source folder is counted by file extension alone (no image is opened), with the scanner's rules: classes are
+the sorted non-hidden folders, images anywhere below them, hidden files and folders skipped. An expanded folder is
+counted from its ``train/metadata.jsonl`` (hard label, op and soft label of every image) and ``val/``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from augexpand.errors import AugexpandError, SourceError
+from augexpand.folder import IMAGE_EXTENSIONS, _hidden, _walk_files, write_atomic
+from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card, read_metadata
+
+__all__ = ["InspectError", "count_image_folder", "format_report", "inspect_folder", "plot_counts"]
+
+
+class InspectError(AugexpandError):
+    """A folder that is neither an ImageFolder nor an augexpand output, or a manifest that cannot be read."""
+
+
+def count_image_folder(root: Path) -> dict[str, Any]:
+    """Image files per class folder of ``root`` by extension: counts, empty classes, non-image files, and images
+    lying outside any class folder."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    counts: dict[str, int] = {}
+    ignored = 0
+    for d in class_dirs:
+        files = _walk_files(d)
+        images = sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
+        counts[d.name] = images
+        ignored += len(files) - images
+    outside = sum(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name) for p in root.iterdir())
+    return {"counts": counts, "empty_classes": [c for c, n in counts.items() if n == 0], "ignored_files": ignored,
+            "outside_class_folders": outside}
+
+
+def imbalance_ratio(counts: dict[str, float]) -> float | None:
+    """Largest over smallest class count, empty classes left out (None with no images)."""
+    values = [v for v in counts.values() if v > 0]
+    return round(max(values) / min(values), 3) if values else None
+
+
+def inspect_folder(path: str | Path) -> dict[str, Any]:
+    """Count the images of a source ImageFolder or of an expanded folder (detected by ``dataset.json`` or
+    ``train/metadata.jsonl``; a ``train`` folder with its ``metadata.jsonl`` works too). Returns the report that
+    ``--json`` prints."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise SourceError(f"{root} does not exist")
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a folder")
+    card = read_card(root)
+    if card is not None or (root / "train" / METADATA_NAME).is_file():
+        return _inspect_expanded(root, root / "train", card)
+    if (root / METADATA_NAME).is_file():  # DST/train itself
+        return _inspect_expanded(root, root, read_card(root.parent) if root.name == "train" else None)
+    found = count_image_folder(root)
+    if not found["counts"]:
+        raise InspectError(f"{root} has no class folders; expected an ImageFolder ({root}/<class>/<image>) or an "
+                           f"augexpand output (with {CARD_NAME} and train/{METADATA_NAME})")
+    counts = found["counts"]
+    return {"dir": str(root), "kind": "source", "classes": list(counts), "counts": counts,
+            "total": sum(counts.values()), "imbalance_ratio": imbalance_ratio(counts), **found}
+
+
+def _inspect_expanded(root: Path, train: Path, card: dict | None) -> dict[str, Any]:
+    from augexpand.plan import OPS
+
+    manifest = train / METADATA_NAME
+    records: list[dict[str, Any]] = []
+    if manifest.is_file():
+        try:
+            records = read_metadata(manifest)
+        except (OSError, ValueError) as exc:
+            raise InspectError(f"cannot read {manifest}: {exc}") from None
+    folders = count_image_folder(train) if train.is_dir() else {"counts": {}}
+    classes = list(card["classes"]) if card else sorted({r["label"] for r in records} | set(folders["counts"]))
+    notes = []
+    if records:
+        per_class_op = {c: Counter() for c in classes}
+        soft = {c: 0.0 for c in classes}
+        for r in records:
+            per_class_op.setdefault(r["label"], Counter())[r.get("op", "?")] += 1
+            for c, w in zip(classes, r.get("soft_label") or []):
+                soft[c] += w
+        order = {op: i for i, op in enumerate(OPS)}
+        per_class_op = {c: dict(sorted(v.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+                        for c, v in per_class_op.items()}
+        counts = {c: sum(v.values()) for c, v in per_class_op.items()}
+        per_op: Counter = Counter()
+        for v in per_class_op.values():
+            per_op.update(v)
+        per_op_sorted = dict(sorted(per_op.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        soft_counts = {c: round(v, 3) for c, v in soft.items()}
+    else:
+        notes.append(f"no {manifest.relative_to(root) if manifest.is_relative_to(root) else manifest}: "
+                     f"counted image files per class folder (no per-op counts)")
+        counts = {c: folders["counts"].get(c, 0) for c in classes}
+        per_class_op, per_op_sorted, soft_counts = {}, {}, None
+    val = _val_counts(root / "val", classes) if train != root else None
+    source = dict(card["counts"]["source"]) if card and "counts" in card else None
+    return {
+        "dir": str(root),
+        "kind": "expanded",
+        "classes": classes,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "per_op": per_op_sorted,
+        "per_class_op": per_class_op,
+        "soft_counts": soft_counts,
+        "val": val,
+        "source": source,
+        "imbalance_ratio": imbalance_ratio(counts),
+        "imbalance_ratio_soft": imbalance_ratio(soft_counts) if soft_counts else None,
+        "imbalance_ratio_source": imbalance_ratio(source) if source else None,
+        "recipe": (card.get("recipe") or {}).get("source") if card else None,
+        "seed": card.get("seed") if card else None,
+        "notes": notes,
+    }
+
+
+def _val_counts(val: Path, classes: list[str]) -> dict[str, int] | None:
+    if not val.is_dir():
+        return None
+    manifest = val / METADATA_NAME
+    if manifest.is_file():
+        per = Counter(r["label"] for r in read_metadata(manifest))
+    else:
+        per = Counter(count_image_folder(val)["counts"])
+    return {c: per.get(c, 0) for c in classes}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Showing a report
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [[str(v) for v in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+            for r in cells]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table: one line per class, a total line, and the imbalance ratio."""
+    classes, counts = report["classes"], report["counts"]
+    if report["kind"] == "source":
+        lines = [f"ImageFolder {report['dir']}: {report['total']} images in {len(classes)} classes (by extension)"]
+        lines += _table(["class", "images"], [[c, counts[c]] for c in classes] + [["total", report["total"]]])
+        lines.append(f"imbalance (largest/smallest class): {report['imbalance_ratio']}")
+        if report["empty_classes"]:
+            lines.append(f"class folders with no image: {', '.join(report['empty_classes'])}")
+        if report["outside_class_folders"]:
+            lines.append(f"{report['outside_class_folders']} image(s) outside any class folder (not counted)")
+        if report["ignored_files"]:
+            lines.append(f"{report['ignored_files']} non-image file(s) ignored")
+        return "\n".join(lines)
+
+    ops = list(report["per_op"])
+    source, val, soft = report["source"], report["val"], report["soft_counts"]
+    recipe = f"recipe {Path(report['recipe']).stem}, " if report.get("recipe") else ""
+    seed = f"seed {report['seed']}" if report.get("seed") is not None else ""
+    extra = f" ({recipe}{seed})" if recipe or seed else ""
+    n_val = sum(val.values()) if val else 0
+    lines = [f"augexpand output {report['dir']}: {report['total']} training images in {len(classes)} classes"
+             + (f", {n_val} val" if val else "") + extra]
+    header = ["class", *(["source"] if source else []), *(["val"] if val else []), *ops, "train",
+              *(["soft"] if soft else [])]
+    rows = []
+    for c in classes:
+        per = report["per_class_op"].get(c, {})
+        rows.append([c, *([source.get(c, 0)] if source else []), *([val[c]] if val else []),
+                     *(per.get(op, 0) for op in ops), counts[c], *([f"{soft[c]:.1f}"] if soft else [])])
+    rows.append(["total", *([sum(source.values())] if source else []), *([n_val] if val else []),
+                 *(report["per_op"][op] for op in ops), report["total"],
+                 *([f"{sum(soft.values()):.1f}"] if soft else [])])
+    lines += _table(header, rows)
+    ratio = f"imbalance (largest/smallest class): {report['imbalance_ratio']} in train by label"
+    if report["imbalance_ratio_soft"] is not None:
+        ratio += f", {report['imbalance_ratio_soft']} by soft label"
+    if report["imbalance_ratio_source"] is not None:
+        ratio += f"; {report['imbalance_ratio_source']} in the source"
+    lines.append(ratio)
+    if soft:
+        lines.append("soft: each class's share of the soft labels (a mixup image counts 0.7 + 0.3)")
+    lines += report["notes"]
+    return "\n".join(lines)
+
+
+def plot_counts(report: dict[str, Any], out: str | Path) -> Path:
+    """Draw the counts as horizontal bars (stacked by op for an expanded set, val hatched) into a PNG, atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out).expanduser()
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InspectError(f"the chart's file name must end in .png, .svg or .pdf, got {out.name!r}")
+    classes = report["classes"]
+    fig = Figure(figsize=(8, 1.4 + 0.38 * len(classes)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    y = list(range(len(classes)))
+    left = [0.0] * len(classes)
+    if report["kind"] == "expanded" and report["per_op"]:
+        segments = [(op, [report["per_class_op"][c].get(op, 0) for c in classes]) for op in report["per_op"]]
+    else:
+        segments = [("train" if report["kind"] == "expanded" else "images", [report["counts"][c] for c in classes])]
+    colours = [f"C{i % 10}" for i in range(len(segments))]
+    for (name, values), colour in zip(segments, colours):
+        ax.barh(y, values, left=left, color=colour, label=name, height=0.7)
+        left = [a + b for a, b in zip(left, values)]
+    if report.get("val"):
+        values = [report["val"][c] for c in classes]
+        ax.barh(y, values, left=left, color="white", edgecolor="0.35", hatch="///", label="val (held out)",
+                height=0.7)
+        left = [a + b for a, b in zip(left, values)]
+    for yi, c, total in zip(y, classes, left):
+        ax.text(total, yi, f" {report['counts'][c]}", va="center", fontsize=8)
+    ax.set_yticks(y, classes)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left + [1]) * 1.12)
+    ax.set_xlabel("images")
+    kind = "augexpand output" if report["kind"] == "expanded" else "ImageFolder"
+    n_val = sum(report["val"].values()) if report.get("val") else 0
+    what = f"{report['total']} training images" + (f" + {n_val} val" if n_val else "") \
+        if report["kind"] == "expanded" else f"{report['total']} images"
+    ax.set_title(f"{kind} {Path(report['dir']).name}: {what}, imbalance {report['imbalance_ratio']}", fontsize=10)
+    if len(segments) > 1 or report.get("val"):
+        fig.legend(fontsize=8, loc="outside right upper", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=110)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, buf.getvalue())
+    return out
