@@ -166,7 +166,8 @@ def caption(op: str, soft: list[float], params: dict[str, Any], classes: list[st
             sources: list[str]) -> tuple[str, str]:
     """Two caption lines for a tile: its label(s) with their weights, and the op's parameters.
 
-    ``cutmix cat 0.62 / dog 0.38`` reads: 62% of the pixels (and of the label) come from a cat image."""
+    ``cutmix cat 0.62 / dog 0.38`` reads: 62% of the pixels (and of the label) come from a cat image; ``lam`` is
+    the share of the first image (named on the second line), as in metadata.jsonl."""
     shares = sorted(((w, c) for w, c in zip(soft, classes) if round(w, 2) > 0), key=lambda wc: -wc[0])
     labels = classes[int(np.argmax(soft))] if len(shares) == 1 else " / ".join(f"{c} {w:.2f}" for w, c in shares)
     name = Path(sources[0]).name
@@ -176,7 +177,7 @@ def caption(op: str, soft: list[float], params: dict[str, Any], classes: list[st
         partner = sources[1].split("/", 1)[0]
         detail = f"mean with a {partner}, label of 1st"
     elif op == "mixup":
-        detail = f"lam {params['lam']:.2f}"
+        detail = f"lam {params['lam']:.2f} on {name}"
     elif op == "cutmix":
         y0, y1, x0, x1 = params["box"]
         detail = f"box {y1 - y0}x{x1 - x0}, area {1.0 - params['lam']:.2f}"

@@ -85,7 +85,7 @@ def test_preview_draws_one_row_per_op_with_the_images_expand_writes(tmp_path, re
             assert np.array_equal(tile, decode_image(tmp_path / "out" / "train" / written["file_name"]))
             if section["op"] == "mixup":
                 first, second = s["caption"]
-                assert first.startswith("mixup ") and f"lam {written['lam']:.2f}" == second
+                assert first.startswith("mixup ") and second == f"lam {written['lam']:.2f} on {Path(s['sources'][0]).name}"
                 assert all(f"{c} {w:.2f}" in first
                            for c, w in zip(summary["classes"], written["soft_label"]) if round(w, 2) > 0) \
                     or len([w for w in written["soft_label"] if w > 0]) == 1
