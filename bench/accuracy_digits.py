@@ -112,6 +112,27 @@ def plot(work: Path, arms: list[str], seed: int, path: Path, title: str) -> None
     plt.close(fig)
 
 
+def report(results: dict[str, list[dict]]) -> str:
+    """A Markdown table: test accuracy per training set (mean ± std over seeds), and the paired gain over the
+    original images of the same seed (mean ± std, and on how many seeds the expanded set won)."""
+    header = "| training set | images | test accuracy (mean ± std) | gain over original, paired (mean ± std) | wins |"
+    lines = [header, "|---|---:|---:|---:|---:|"]
+    base = [r["test_acc"] for r in results["original"]]
+    for arm, rows in results.items():
+        accs = [r["test_acc"] for r in rows]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        images = statistics.mean(r["train_images"] for r in rows)
+        if arm == "original":
+            lines.append(f"| {arm} | {images:.0f} | {statistics.mean(accs):.4f} ± {sd:.4f} | | |")
+            continue
+        gains = [100 * (a - b) for a, b in zip(accs, base)]
+        gsd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        wins = sum(g > 0 for g in gains)
+        lines.append(f"| {arm} | {images:.0f} | {statistics.mean(accs):.4f} ± {sd:.4f} | "
+                     f"{statistics.mean(gains):+.1f} ± {gsd:.1f} pts | {wins}/{len(gains)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", nargs="+", default=["light", "heavy"])
@@ -128,7 +149,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "augexpand_digits")
     parser.add_argument("--curves", type=Path, default=None, help="Draw the first seed's curves here (PNG).")
     parser.add_argument("--json", type=Path, default=None, help="Write every result to this JSON file.")
+    parser.add_argument("--report", type=Path, default=None, help="Only print the table of an earlier --json file.")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(args.report.read_text())["results"]))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("augexpand").setLevel(logging.ERROR)
 
@@ -155,15 +180,7 @@ def main() -> None:
     print(f"\nsmallcnn (width 32) at {args.size}x{args.size}, {args.shots} images per class, {args.steps} steps of "
           f"{args.batch_size}, on-the-fly translation {args.crop_pad}, flip {'on' if args.flip else 'off'}; "
           f"test: the {n_test} other digits; {args.seeds} seeds\n")
-    print("| training set | images | test accuracy (mean ± std) | min | max |\n|---|---:|---:|---:|---:|")
-    base = statistics.mean(r["test_acc"] for r in results["original"])
-    for arm in arms:
-        accs = [r["test_acc"] for r in results[arm]]
-        images_n = statistics.mean(r["train_images"] for r in results[arm])
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        gain = "" if arm == "original" else f" ({100 * (statistics.mean(accs) - base):+.1f} pts)"
-        print(f"| {arm} | {images_n:.0f} | {statistics.mean(accs):.4f} ± {sd:.4f}{gain} | {min(accs):.4f} | "
-              f"{max(accs):.4f} |")
+    print(report(results))
     if args.curves:
         plot(args.work, arms, 0, args.curves, f"digits, {args.shots} per class, seed 0: same model, same steps")
         print(f"\ncurves of seed 0: {args.curves}")

@@ -45,6 +45,7 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "lr_factor",
+    "make_loader",
     "model_from_checkpoint",
     "plot_curves",
     "resolve_device",
@@ -396,7 +397,8 @@ def _model_args(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     return args
 
 
-def _make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool):
+def make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """The DataLoader of whole batches: ``plan`` yields each batch's indices, ``dataset`` makes the batch."""
     kwargs: dict[str, Any] = {}
     if workers:
         kwargs = {"persistent_workers": True, "prefetch_factor": 4, "worker_init_fn": D._worker_init}
@@ -493,11 +495,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     eval_batch = max(config.batch_size, 256)
     plan = D.EpochPlan(len(train_split), config.batch_size, config.seed)
     pin = device.type == "cuda"
-    train_loader = _make_loader(train_ds, plan, config.workers, pin)
+    train_loader = make_loader(train_ds, plan, config.workers, pin)
     val_loader = None
     if val_ds is not None:
         val_plan = D.EpochPlan(len(val_split), eval_batch, config.seed, shuffle=False)
-        val_loader = _make_loader(val_ds, val_plan, min(config.workers, 2), pin)
+        val_loader = make_loader(val_ds, val_plan, min(config.workers, 2), pin)
 
     # Model: fresh, from torchvision weights, or from an earlier run (transfer: the head is replaced)
     model_args = _model_args(config, len(classes))
