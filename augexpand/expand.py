@@ -1,7 +1,8 @@
 """Running an expansion: check the destination, scan, plan, execute rows with workers, write the manifest and card.
 
-Workers receive whole sources at a time (every row whose first image is that source), decode each source once
-for all its rows, keep recently decoded partners in a bounded cache, and write every file atomically. The parent
+Workers receive a partner group at a time (every row whose first image is one of a seeded group of about 32
+sources, from which mixing partners are also drawn), decode each image once for all the rows of the group that
+use it, keep it in a bounded cache only while the group runs, and write every file atomically. The parent
 journals finished rows, so that ``--resume`` redoes nothing, and writes metadata.jsonl and dataset.json last.
 """
 
@@ -31,12 +32,12 @@ from augexpand.mixing import MIXERS, smote_interpolate, soft_label
 from augexpand.plan import OPS, Plan, Row, make_plan, row_seed
 from augexpand.recipe import Recipe, build_pipeline, load_recipe
 
-__all__ = ["expand", "default_workers", "fit_to_size", "ExpandError"]
+__all__ = ["ExpandError", "default_workers", "expand", "fit_to_size"]
 
 log = logging.getLogger("augexpand")
 
 STATE_DIR = ".augexpand"  # inside dst while a run is in progress: run.json and the journal
-CACHE_BYTES = 256 << 20  # decoded images kept per worker (sources are shared by many rows)
+CACHE_BYTES = 128 << 20  # decoded images a worker keeps while it runs one task (a partner group)
 
 
 class ExpandError(AugexpandError):
@@ -126,6 +127,7 @@ class _Worker:
         return self.pipeline(image=image)["image"]
 
     def run_task(self, rows: list[Row]) -> list[dict[str, Any]]:
+        """Run a task's rows; then forget its images (later tasks draw on other groups)."""
         out = []
         for row in rows:
             try:
@@ -133,10 +135,12 @@ class _Worker:
             except ImageReadError as exc:
                 bad = next((s for s in row.sources if self._unreadable(s)), row.sources[0])
                 out.append({"row": row.index, "error": str(exc), "source": self.ctx.rels[bad], "unreadable": True})
-            except Exception as exc:  # a recipe that fails on this image (e.g. a crop larger than it)
+            except Exception as exc:  # noqa: BLE001 -- a recipe that fails on this image (a crop larger than it)
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 out.append({"row": row.index, "error": message, "source": self.ctx.rels[row.sources[0]],
                             "unreadable": False})
+        self.cache.clear()
+        self.cached_bytes = 0
         return out
 
     def _unreadable(self, i: int) -> bool:
@@ -319,12 +323,22 @@ def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
-def _tasks(rows: list[Row]) -> list[list[Row]]:
-    """Group rows by their first source, so each worker decodes a source once for all of its rows."""
-    groups: dict[tuple[str, int], list[Row]] = {}
+def _tasks(rows: list[Row], groups: dict[int, int], workers: int) -> list[list[Row]]:
+    """One task per partner group: its rows, each source's rows together, so a worker decodes each image of the
+    group once. With fewer groups than 4 per worker, groups are cut at source boundaries to keep every worker
+    busy to the end (the output is the same: rows do not depend on who runs them)."""
+    by_group: dict[tuple[str, int], dict[int, list[Row]]] = {}
     for row in rows:
-        groups.setdefault((row.split, row.sources[0]), []).append(row)
-    return list(groups.values())
+        first = row.sources[0]
+        by_group.setdefault((row.split, groups.get(first, -1)), {}).setdefault(first, []).append(row)
+    pieces = -(-4 * workers // max(1, len(by_group)))
+    tasks = []
+    for per_source in by_group.values():
+        sources = list(per_source.values())
+        n = min(pieces, len(sources))
+        for k in range(n):
+            tasks.append([row for rs in sources[k * len(sources) // n:(k + 1) * len(sources) // n] for row in rs])
+    return tasks
 
 
 def _versions(recipe: Recipe) -> dict[str, str]:
@@ -431,7 +445,7 @@ def expand(
     t_run = time.perf_counter()
 
     unreadable = sorted({f["source"]: f["error"] for f in failures if f["unreadable"]}.items())
-    broken = [f for f in failures if not f["unreadable"]]
+    broken = sorted((f for f in failures if not f["unreadable"]), key=lambda f: f["row"])
     for rel, reason in unreadable:
         log.warning("skipped %s: %s", rel, reason)
     if broken:
@@ -492,9 +506,7 @@ def _execute(pool: _Pool, plan: Plan, scan: ScanResult, recipe: Recipe, dst: Pat
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     with open(journal_path, "a", encoding="utf-8") as journal:
-        tasks = _tasks(todo)
-        chunk = max(1, min(16, len(tasks) // (8 * pool.workers)))  # fewer round trips, still balanced at the end
-        for results in pool.imap(_run_task, tasks, unordered=True, chunksize=chunk):
+        for results in pool.imap(_run_task, _tasks(todo, plan.groups, pool.workers), unordered=True):
             for r in results:
                 if "error" in r:
                     if strict and r["unreadable"]:
@@ -539,7 +551,6 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         per_op.update(ops)
     skipped = [{"file": s.rel, "reason": s.reason} for s in scan.skipped]
     skipped += [{"file": rel, "reason": reason} for rel, reason in unreadable]
-    seconds = sum(timings.values())
     counts_after = [n for n in train_counts.values() if n]
     return {
         "src": str(scan.root),

@@ -19,7 +19,7 @@ from augexpand.folder import OUTPUT_EXTENSIONS, ScanResult
 from augexpand.mixing import MIXERS
 from augexpand.recipe import Recipe
 
-__all__ = ["Row", "Plan", "make_plan", "row_seed", "row_rng", "OPS"]
+__all__ = ["OPS", "PARTNER_GROUP", "Plan", "Row", "make_plan", "row_rng", "row_seed"]
 
 # Every op a row can have, in the order rows are planned.
 OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
@@ -27,6 +27,13 @@ OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
 # Streams of randomness that are not a row's own (a row's own stream is SeedSequence([seed, index])).
 _VAL_STREAM = 1_000_001
 _PLAN_STREAM = 1_000_002
+_GROUP_STREAM = 1_000_003
+
+# Mixing partners are drawn from the first image's partner group: a seeded random set of this many training
+# images, like mixup within a minibatch. A worker runs a whole group at once, so it decodes each image of the
+# group once for all the rows that use it, and memory does not grow with the number of source images.
+PARTNER_GROUP = 32
+MIN_GROUP_CHOICE = 4  # fewer allowed partners than this in the group: draw from the whole pool (more variety)
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -66,6 +73,7 @@ class Plan:
     val_sources: list[int]
     oversample_counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    groups: dict[int, int] = field(default_factory=dict)  # source index -> its partner group (val: its own)
 
     def counts(self, classes: list[str], split: str = "train") -> dict[str, dict[str, int]]:
         """Planned rows per class and op (mixed rows counted under their first source's class)."""
@@ -90,6 +98,17 @@ def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int],
         for j, i in enumerate(members):
             (val if j in chosen else train).append(i)
     return sorted(train), sorted(val)
+
+
+def _partner_groups(train: list[int], val: list[int], seed: int) -> dict[int, int]:
+    """Split the training sources into seeded random groups of about PARTNER_GROUP (a short last group joins the
+    one before it); validation sources get groups of their own, in order."""
+    order = np.random.default_rng([seed, _GROUP_STREAM]).permutation(len(train))
+    n_groups = max(1, int(round(len(train) / PARTNER_GROUP)))
+    groups = {train[int(j)]: min(k // PARTNER_GROUP, n_groups - 1) for k, j in enumerate(order)}
+    for k, i in enumerate(val):
+        groups[i] = n_groups + k // PARTNER_GROUP
+    return groups
 
 
 class _Names:
@@ -120,6 +139,7 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
     """Plan every output row of an expansion. ``imap`` runs the SMOTE descriptor pass (a pool's imap, or map)."""
     seed = recipe.seed
     train, val = _split_val(scan, val_fraction, seed)
+    groups = _partner_groups(train, val, seed)
     n_classes = len(scan.classes)
     by_class: dict[int, list[int]] = {c: [] for c in range(n_classes)}
     for i in train:
@@ -180,9 +200,11 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
                 add("smote", label, (members[base], members[choice]))
 
     # Sample mixing: each method makes `count` rows per source image (or per class), first image cycling
-    # through the class, partners drawn from the pool the recipe names.
+    # through the class, partners drawn from the pool the recipe names, within the first image's partner group
+    # (or from the whole pool when the group holds fewer than MIN_GROUP_CHOICE images the recipe allows).
     everyone = np.asarray(train, dtype=np.int64)
     labels_of = np.asarray([scan.sources[i].label for i in train], dtype=np.int64)
+    group_of = np.asarray([groups[i] for i in train], dtype=np.int64)
     for method, spec in recipe.mix.enabled().items():
         n_partners = MIXERS[method].n_inputs - 1
         for label, members in by_class.items():
@@ -190,21 +212,25 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
                 continue
             n_rows = int(round(spec.count * len(members))) if spec.per == "image" else int(spec.count)
             if spec.partner == "same":
-                pool = np.asarray(members, dtype=np.int64)
+                allowed = labels_of == label
             elif spec.partner == "other":
-                pool = everyone[labels_of != label]
-                if n_rows and pool.size == 0:
+                allowed = labels_of != label
+                if n_rows and not allowed.any():
                     raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
             else:
-                pool = everyone
+                allowed = np.ones(len(train), dtype=bool)
             for j in range(n_rows):
                 first = members[j % len(members)]
                 rng = _plan_rng(seed, len(rows))
-                candidates = pool[pool != first] if pool.size > 1 else pool
+                candidates = everyone[allowed & (everyone != first) & (group_of == groups[first])]
+                if candidates.size < MIN_GROUP_CHOICE:
+                    candidates = everyone[allowed & (everyone != first)]
+                if candidates.size == 0:  # a class of one image mixed with its own class
+                    candidates = np.asarray([first], dtype=np.int64)
                 partners = candidates[rng.integers(0, candidates.size, size=n_partners)]
                 add(method, label, (first, *map(int, partners)))
 
-    return Plan(rows, train, val, counts, notes)
+    return Plan(rows, train, val, counts, notes, groups)
 
 
 def _oversample_counts(class_counts: dict[str, int], strategy) -> dict[str, int]:
@@ -225,8 +251,9 @@ def _class_neighbours(scan: ScanResult, members: list[int], k: int, imap, notes:
     table = nearest_neighbours(np.stack([descs[j] for j in good]), k)
     label = scan.classes[scan.sources[members[0]].label]
     if len(good) - 1 < k:
-        notes.append(f"class {label!r} has {len(good)} images: SMOTE uses {max(len(good) - 1, 1)} "
-                     f"nearest neighbour(s) instead of k={k}")
+        n_used = max(len(good) - 1, 1)
+        notes.append(f"class {label!r} has {len(good)} image{'s' * (len(good) != 1)}: SMOTE uses {n_used} nearest "
+                     f"neighbour{'s' * (n_used != 1)} instead of k={k}")
     neighbours: list[list[int]] = [[j] for j in range(len(members))]
     for row, j in enumerate(good):
         neighbours[j] = [good[t] for t in table[row]]
