@@ -14,7 +14,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "expand", "load_recipe", "scan_image_folder", "AugexpandError"]
+__all__ = ["AugexpandError", "__version__", "expand", "load_recipe", "scan_image_folder"]
 
 from augexpand.errors import AugexpandError
 

@@ -189,9 +189,9 @@ def recipes_command(as_json: bool) -> None:
       augexpand recipes
       augexpand expand --recipe balance src/ dst/
     """
-    from augexpand.recipe import builtin_recipes
-
     import yaml
+
+    from augexpand.recipe import builtin_recipes
 
     items = []
     for name, path in builtin_recipes().items():

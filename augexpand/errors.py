@@ -4,10 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "AugexpandError",
-    "RecipeError",
-    "SourceError",
     "DestinationError",
     "ImageReadError",
+    "RecipeError",
+    "SourceError",
     "TrainingError",
 ]
 

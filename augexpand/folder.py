@@ -20,16 +20,16 @@ from augexpand.errors import ImageReadError, SourceError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "Source",
-    "Skipped",
     "ScanResult",
-    "scan_image_folder",
-    "probe_image",
+    "Skipped",
+    "Source",
     "decode_image",
     "encode_image",
-    "write_atomic",
-    "safe_stem",
     "is_temp_file",
+    "probe_image",
+    "safe_stem",
+    "scan_image_folder",
+    "write_atomic",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -116,7 +116,7 @@ def is_temp_file(name: str) -> bool:
 
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__MACOSX")
+    return name.startswith((".", "__MACOSX"))
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -160,7 +160,7 @@ def probe_image(path: Path) -> tuple[str, int, int]:
             fmt, mode, (width, height) = im.format or "", im.mode, im.size
             try:
                 orientation = im.getexif().get(0x0112, 1)
-            except Exception:  # a broken EXIF block does not make the pixels unreadable
+            except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
                 orientation = 1
     except UnidentifiedImageError:
         raise ImageReadError("not an image Pillow or OpenCV can identify") from None

@@ -13,11 +13,11 @@ __all__ = [
     "CARD_NAME",
     "METADATA_NAME",
     "TOOL",
-    "write_metadata",
+    "is_our_card",
+    "read_card",
     "read_metadata",
     "write_card",
-    "read_card",
-    "is_our_card",
+    "write_metadata",
 ]
 
 CARD_NAME = "dataset.json"

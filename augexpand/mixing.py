@@ -7,24 +7,25 @@ generator and returns the mixed image, its soft label and the parameters to reco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = [
+    "MIXERS",
+    "Mixer",
     "blend",
-    "mixup",
-    "sample_pairing",
-    "cutmix_box",
     "cutmix",
-    "ricap_boundary",
+    "cutmix_box",
+    "mixup",
     "ricap",
+    "ricap_boundary",
+    "sample_pairing",
     "smote_interpolate",
     "soft_label",
-    "Mixer",
-    "MIXERS",
 ]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from augexpand.errors import RecipeError
 
-__all__ = ["OVERSAMPLERS", "oversample_counts", "descriptor", "image_descriptor", "nearest_neighbours"]
+__all__ = ["OVERSAMPLERS", "descriptor", "image_descriptor", "nearest_neighbours", "oversample_counts"]
 
 # Which imbalanced-learn sampler each method's counts follow (both use "over-sampling" semantics).
 OVERSAMPLERS = {"smote": "SMOTE", "random": "RandomOverSampler"}

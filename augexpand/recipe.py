@@ -13,7 +13,7 @@ import os
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,15 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from augexpand.errors import RecipeError
 
 __all__ = [
-    "Recipe",
-    "OutputSpec",
     "MixSection",
+    "OutputSpec",
     "OversampleSpec",
-    "load_recipe",
-    "builtin_recipes",
-    "recipes_dir",
-    "import_albumentations",
+    "Recipe",
     "build_pipeline",
+    "builtin_recipes",
+    "import_albumentations",
+    "load_recipe",
+    "recipes_dir",
 ]
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -134,11 +134,11 @@ class MixSection(_Strict):
         return {name: spec for name in type(self).model_fields if (spec := getattr(self, name)) is not None}
 
 
-SamplingStrategy = Union[
-    Literal["auto", "minority", "not minority", "not majority", "all"],
-    Annotated[float, Field(gt=0.0, le=1.0)],
-    dict[str, NonNegativeInt],
-]
+SamplingStrategy = (
+    Literal["auto", "minority", "not minority", "not majority", "all"]
+    | Annotated[float, Field(gt=0.0, le=1.0)]
+    | dict[str, NonNegativeInt]
+)
 
 
 class OversampleSpec(_Strict):
