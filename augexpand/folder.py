@@ -11,6 +11,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,11 +235,19 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def scan_image_folder(root: Path, strict: bool = False) -> ScanResult:
+def _probe_or_reason(path: Path) -> tuple[str, int, int] | str:
+    try:
+        return probe_image(path)
+    except ImageReadError as exc:
+        return str(exc)
+
+
+def scan_image_folder(root: Path, strict: bool = False, imap: Callable | None = None) -> ScanResult:
     """Scan ``root/<class>/**/<image>``: classes are the sorted folder names, as torchvision's ImageFolder.
 
     Unreadable files are recorded in ``skipped`` with a reason (or, with ``strict``, raise SourceError);
-    a class folder with no readable image is reported in ``empty_classes`` and left out.
+    a class folder with no readable image is reported in ``empty_classes`` and left out. ``imap(fn, paths)``
+    probes the image headers (a process pool's map for large folders; ``map`` by default), in order.
     """
     root = Path(root)
     if not root.exists():
@@ -259,21 +268,23 @@ def scan_image_folder(root: Path, strict: bool = False) -> ScanResult:
     sources: list[Source] = []
     empty: list[str] = []
     used: set[str] = set()  # stems are unique across classes: a mixed image may land in another class folder
+    candidates: list[list[Path]] = []
     for class_dir in class_dirs:
+        files = _walk_files(class_dir)
+        candidates.append([p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS])
+        ignored += len(files) - len(candidates[-1])
+    probes = iter((imap or map)(_probe_or_reason, [p for paths in candidates for p in paths]))
+    for class_dir, paths in zip(class_dirs, candidates):
         found: list[tuple[str, str, int, int]] = []
-        for path in _walk_files(class_dir):
+        for path in paths:
             rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored += 1
-                continue
-            try:
-                mode, width, height = probe_image(path)
-            except ImageReadError as exc:
+            probe = next(probes)
+            if isinstance(probe, str):
                 if strict:
-                    raise SourceError(f"{rel}: {exc} (--strict)") from None
-                skipped.append(Skipped(rel, str(exc)))
+                    raise SourceError(f"{rel}: {probe} (--strict)")
+                skipped.append(Skipped(rel, probe))
                 continue
-            found.append((rel, mode, width, height))
+            found.append((rel, *probe))
         if not found:
             empty.append(class_dir.name)
             continue

@@ -107,3 +107,20 @@ def test_write_atomic_leaves_only_the_file(tmp_path: Path):
     write_atomic(tmp_path / "a.bin", b"678")
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
     assert (tmp_path / "a.bin").read_bytes() == b"678"
+
+
+def test_a_parallel_scan_finds_exactly_what_a_serial_one_does(messy_src: Path, monkeypatch):
+    import augexpand.expand as expand_module
+
+    calls = []
+    monkeypatch.setattr(expand_module, "PARALLEL_SCAN_FILES", 1)
+    real_map = expand_module._probe_map(2)
+    serial = scan_image_folder(messy_src)
+    parallel = scan_image_folder(messy_src, imap=lambda fn, paths: calls.append(len(paths)) or real_map(fn, paths))
+    assert calls and calls[0] == len(serial.sources) + len(serial.skipped) - 1  # all but the root-level image
+    assert parallel == serial
+    with pytest.raises(SourceError) as info:
+        scan_image_folder(messy_src, strict=True, imap=real_map)
+    with pytest.raises(SourceError) as serial_info:
+        scan_image_folder(messy_src, strict=True)
+    assert str(info.value) == str(serial_info.value)
