@@ -129,13 +129,12 @@ def _walk_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _check_tail(path: Path, fmt: str, size: int) -> None:
-    """Cheap truncation check: a JPEG must end with its EOI marker, a PNG with its IEND chunk."""
+def _check_tail(f, fmt: str, size: int) -> None:
+    """Cheap truncation check on an open file: a JPEG must end with its EOI marker, a PNG with its IEND chunk."""
     if fmt not in ("JPEG", "PNG"):
         return
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 4096))
-        tail = f.read()
+    f.seek(max(0, size - 4096))
+    tail = f.read()
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
         raise ImageReadError("truncated JPEG (no end-of-image marker)")
     if fmt == "PNG" and b"IEND" not in tail[-64:]:
@@ -151,27 +150,29 @@ def probe_image(path: Path) -> tuple[str, int, int]:
 
     Image.MAX_IMAGE_PIXELS = None  # only the header is read here; OpenCV decodes, with its own limit
     try:
-        size = path.stat().st_size
+        f = open(path, "rb")  # noqa: SIM115 -- one open for size, header and tail (system calls are the cost)
     except OSError as exc:
-        raise ImageReadError(f"cannot stat: {exc.strerror or exc}") from None
-    if size == 0:
-        raise ImageReadError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as im:
-            fmt, mode, (width, height) = im.format or "", im.mode, im.size
-            try:
-                orientation = im.getexif().get(0x0112, 1)
-            except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
-                orientation = 1
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image Pillow or OpenCV can identify") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        if "truncated" in str(exc).lower():
-            raise ImageReadError("truncated file (cut short inside its header)") from None
-        raise ImageReadError(f"unreadable image header ({exc})") from None
-    if width <= 0 or height <= 0:
-        raise ImageReadError(f"image has no pixels ({width}x{height})")
-    _check_tail(path, fmt, size)
+        raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        try:
+            with Image.open(f) as im:
+                fmt, mode, (width, height) = im.format or "", im.mode, im.size
+                try:
+                    orientation = im.getexif().get(0x0112, 1)
+                except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
+                    orientation = 1
+        except UnidentifiedImageError:
+            raise ImageReadError("not an image Pillow or OpenCV can identify") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            if "truncated" in str(exc).lower():
+                raise ImageReadError("truncated file (cut short inside its header)") from None
+            raise ImageReadError(f"unreadable image header ({exc})") from None
+        if width <= 0 or height <= 0:
+            raise ImageReadError(f"image has no pixels ({width}x{height})")
+        _check_tail(f, fmt, size)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return mode, width, height

@@ -50,20 +50,25 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def import_albumentations():
-    """Import albumentations without its update check (no network here) and, if torch is not loaded yet,
-    without its optional ``albumentations.pytorch`` part, which would import torch (over a second of start-up).
+    """Import albumentations without its update check (no network here) and without the optional parts that
+    augexpand never uses but albumentations imports when it finds them: ``albumentations.pytorch`` (torch: over
+    a second of start-up) and the Hugging Face Hub client (~0.3 s). Those stay importable afterwards; one that is
+    already loaded is left alone.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if "albumentations" in sys.modules:
         return sys.modules["albumentations"]
-    blocked = "torch" not in sys.modules and "albumentations.pytorch" not in sys.modules
-    if blocked:
-        sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # albumentations skips it
+    optional = ["huggingface_hub"]
+    if "torch" not in sys.modules:
+        optional.append("albumentations.pytorch")
+    blocked = [name for name in optional if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError: albumentations skips it
     try:
         import albumentations
     finally:
-        if blocked:
-            sys.modules.pop("albumentations.pytorch", None)
+        for name in blocked:
+            sys.modules.pop(name, None)
     return albumentations
 
 

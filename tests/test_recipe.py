@@ -102,3 +102,15 @@ def test_overrides_reach_into_sections():
     assert (recipe.seed, recipe.copies, recipe.output.format, recipe.output.size) == (5, 0, "png", None)
     with pytest.raises(RecipeError, match=r"output\.quality"):
         load_recipe("light", {"output.quality": 0})
+
+
+def test_albumentations_is_imported_without_torch_or_the_hub_client_which_stay_importable():
+    import subprocess
+    import sys
+
+    code = ("import sys; from augexpand.recipe import import_albumentations; A = import_albumentations(); "
+            "print(sorted(m for m in ('torch', 'huggingface_hub', 'albumentations.pytorch') if m in sys.modules)); "
+            "import huggingface_hub, albumentations.pytorch; print(A.HorizontalFlip(p=1.0)(image=__import__("
+            "'numpy').arange(6, dtype='uint8').reshape(1, 2, 3))['image'].tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "[[[3, 4, 5], [0, 1, 2]]]"]
