@@ -62,6 +62,16 @@ class _EchoHandler(logging.Handler):
         click.echo(f"{level}: {record.getMessage()}", err=True)
 
 
+def require_path(path: Path | None, hint: str, folder: bool = True) -> None:
+    """A missing (or, where a folder is needed, non-folder) path given on the command line is a usage error: exit 2."""
+    if path is None:
+        return
+    if not path.exists():
+        raise click.BadParameter(f"{path} does not exist", param_hint=hint)
+    if folder and not path.is_dir():
+        raise click.BadParameter(f"{path} is not a folder", param_hint=hint)
+
+
 def _parse_size(value: str | None) -> tuple[int, int] | str | None:
     if value is None:
         return None
@@ -124,9 +134,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite cannot be used together")
     src, dst = (None, paths[0]) if example else paths
-    if src is not None and not src.is_dir():
-        raise click.BadParameter(f"{src} is not a folder" if src.exists() else f"{src} does not exist",
-                                 param_hint="SRC")
+    require_path(src, "SRC")
     given = {"seed": seed, "copies": copies, "target_per_class": target_per_class, "keep_originals": originals,
              "output.format": fmt, "output.quality": quality, "output.size": _parse_size(size)}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -295,9 +303,7 @@ def preview_command(src, recipe, example, out, samples, seed, tile, as_json):
 
     if example == (src is not None):
         raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
-    if src is not None and not src.is_dir():
-        raise click.BadParameter(f"{src} is not a folder" if src.exists() else f"{src} does not exist",
-                                 param_hint="SRC")
+    require_path(src, "SRC")
     _setup_logging(as_json)
     summary = preview(src, out, recipe, samples=samples, seed=seed, tile=tile)
     if as_json:
@@ -326,6 +332,7 @@ def inspect_command(folder, plot, as_json):
     """
     from augexpand.inspection import format_report, inspect_folder, plot_counts
 
+    require_path(folder, "DIR")
     report = inspect_folder(folder)
     if plot is not None:
         report["plot"] = str(plot_counts(report, plot))

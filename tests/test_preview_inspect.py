@@ -200,12 +200,12 @@ def test_inspect_an_expanded_folder_matches_a_hand_count_and_plots(tmp_path):
     assert json.loads(invoke("inspect", dst / "train", "--json").output)["counts"] == report["counts"]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p, "Error: {p} does not exist"),
-    (lambda p: (p.write_text("x"), p)[1], "Error: {p} is not a folder"),
-    (lambda p: (p.mkdir(), (p / "a.jpg").write_bytes(b"x"), p)[2], "Error: {p} has no class folders"),
+@pytest.mark.parametrize("make, code, message", [
+    (lambda p: p, 2, "Error: Invalid value for DIR: {p} does not exist"),
+    (lambda p: (p.write_text("x"), p)[1], 2, "Error: Invalid value for DIR: {p} is not a folder"),
+    (lambda p: (p.mkdir(), (p / "a.jpg").write_bytes(b"x"), p)[2], 1, "Error: {p} has no class folders"),
 ])
-def test_inspect_errors(tmp_path, make, message):
+def test_inspect_errors(tmp_path, make, code, message):
     path = make(tmp_path / "thing")
     result = invoke("inspect", path)
-    assert result.exit_code == 1 and result.output.startswith(message.format(p=path))
+    assert result.exit_code == code and result.output.strip().splitlines()[-1].startswith(message.format(p=path))

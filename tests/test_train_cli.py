@@ -63,19 +63,18 @@ def test_summary_line_and_resume_without_dst(dst, tmp_path):
     result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("best val acc ") and "smallcnn at 16x16 on 28 images" in result.output
+    first = json.loads((run / "summary.json").read_text())
     result = _invoke("train", "-o", run, "--resume", "--epochs", "2", "-q")
     assert result.exit_code == 0, result.output
     assert "at epoch" in result.output and "of 2" in result.output
+    steps = first["steps"]
+    assert f"{2 * steps} steps ({steps} step{'s' if steps > 1 else ''} after resuming) in" in result.output
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["train", "{tmp}/nowhere", "-o", "{tmp}/r"], "Error: dataset folder {tmp}/nowhere does not exist"),
     (["train", "{tmp}/empty", "-o", "{tmp}/r"], "Error: {tmp}/empty has neither a train/ split nor class folders"),
     (["train", "{tmp}/onlyval", "-o", "{tmp}/r"], "Error: {tmp}/onlyval has no train/ split (it has val)"),
     (["train", "{tmp}/hollow", "-o", "{tmp}/r"], "Error: no images in {tmp}/hollow"),
-    (["train", "{tmp}/hollow", "-o", "{tmp}/r", "--val", "{tmp}/nope"],
-     "Error: validation folder {tmp}/nope does not exist"),
-    (["evaluate", "{tmp}/norun", "{tmp}/hollow"], "Error: run {tmp}/norun does not exist"),
     (["evaluate", "{tmp}/empty", "{tmp}/hollow"], "Error: no checkpoint at {tmp}/empty/best.pt"),
     (["evaluate", "{tmp}/run", "{tmp}/onlyval"],
      "Error: {tmp}/onlyval holds splits (val), not class folders; evaluate one split, e.g. {tmp}/onlyval/val"),
@@ -91,6 +90,28 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert result.exit_code == 1, result.output
     assert result.output.startswith(message.format(tmp=tmp_path))
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "{tmp}/nowhere", "-o", "{tmp}/r"], "Invalid value for DST: {tmp}/nowhere does not exist"),
+    (["train", "{tmp}/file", "-o", "{tmp}/r"], "Invalid value for DST: {tmp}/file is not a folder"),
+    (["train", "{tmp}/hollow", "-o", "{tmp}/r", "--val", "{tmp}/nope"],
+     "Invalid value for --val: {tmp}/nope does not exist"),
+    (["train", "{tmp}/hollow", "-o", "{tmp}/r", "--weights", "{tmp}/w.pth"],
+     "Invalid value for --weights: {tmp}/w.pth does not exist"),
+    (["train", "{tmp}/hollow", "-o", "{tmp}/r", "--teacher", "{tmp}/t"],
+     "Invalid value for --teacher: {tmp}/t does not exist"),
+    (["evaluate", "{tmp}/norun", "{tmp}/hollow"], "Invalid value for RUN: {tmp}/norun does not exist"),
+    (["evaluate", "{tmp}/file", "{tmp}/nope"], "Invalid value for DIR: {tmp}/nope does not exist"),
+    (["inspect", "{tmp}/nope"], "Invalid value for DIR: {tmp}/nope does not exist"),
+])
+def test_a_missing_path_is_a_usage_error_exit_2_like_expand(tmp_path, args, message):
+    (tmp_path / "hollow" / "cat").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    result = _invoke(*[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == "Error: " + message.format(tmp=tmp_path)
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")

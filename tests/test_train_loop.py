@@ -103,6 +103,17 @@ def test_same_seed_repeats_a_cpu_run(dst, tmp_path):
     assert a["last_train_loss"] == b["last_train_loss"]
 
 
+def test_the_number_of_loader_workers_does_not_change_the_weights(dst, tmp_path):
+    # Three epochs: persistent workers draw no per-epoch seed from the global RNG that dropout uses, so a main-process
+    # loader must not draw one either.
+    for w in (0, 2):
+        train(_config(dst, tmp_path / f"w{w}", epochs=3, seed=3, flip=True, workers=w))
+    assert _strip(_metrics(tmp_path / "w0")) == _strip(_metrics(tmp_path / "w2"))
+    w0 = torch.load(tmp_path / "w0" / "last.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "w2" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+
+
 def test_resume_continues_to_the_same_result(dst, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     train(_config(dst, whole, epochs=3))
@@ -125,8 +136,16 @@ def test_resume_continues_to_the_same_result(dst, tmp_path, monkeypatch):
     assert len(_metrics(part)) == 2
     with pytest.raises(TrainingError, match="already holds a training run"):
         train(_config(dst, part, epochs=3))
-    train(_config(dst, part, epochs=3), resume=True)
+    resumed = train(_config(dst, part, epochs=3), resume=True)
     assert _strip(_metrics(part)) == _strip(_metrics(whole))
+    # Epochs are numbered from 1 everywhere: metrics.jsonl, checkpoints and the summary
+    assert [m["epoch"] for m in _metrics(part)] == [1, 2, 3]
+    assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 3 and resumed["epochs"] == 3
+    steps = [m["step"] for m in _metrics(part)]
+    assert (resumed["steps"], resumed["resumed_at_step"]) == (steps[2], steps[1])
+    # images/s after resuming counts the images of the resumed epoch only, over its time only
+    third = _metrics(part)[2]
+    assert resumed["images_per_s"] == pytest.approx(third["images_per_s"], rel=1e-3)
     a = torch.load(whole / "last.pt", weights_only=True)["model"]
     b = torch.load(part / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

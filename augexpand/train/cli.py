@@ -37,6 +37,12 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
     raise click.BadParameter(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
 
+def _require(path: Path | None, hint: str, folder: bool = True) -> None:
+    from augexpand.cli import require_path
+
+    require_path(path, hint, folder)
+
+
 def _logging(quiet: bool) -> None:
     from augexpand.cli import _setup_logging
 
@@ -134,6 +140,10 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         if not resume:
             raise click.UsageError("missing argument 'DST' (only --resume may leave it out)")
         dst = _saved_data(out)
+    _require(dst, "DST")
+    _require(options.get("val"), "--val")
+    for name in ("weights", "init", "teacher"):
+        _require(options.get(name), f"--{name}", folder=False)
     explicit = {name for name in options
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     values = {k: v for k, v in options.items() if v is not None}
@@ -156,15 +166,22 @@ def _saved_data(out: Path) -> Path:
 
 
 def _summary_line(s: dict) -> str:
+    from augexpand.train.loop import _plural
+
     if s["best_val_acc"] is not None:
         head = (f"best val acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of {s['epochs']}, "
                 f"last {s['last_val_acc']:.4f}")
     else:
-        head = f"trained {s['epochs']} epochs (no validation split), last train loss {s['last_train_loss']:.4f}"
+        head = (f"trained {_plural(s['epochs'], 'epoch')} (no validation split), "
+                f"last train loss {s['last_train_loss']:.4f}")
     stop = " (stopped early)" if s["stopped_early"] else ""
-    return (f"{head}{stop}; {s['model']} at {s['size']}x{s['size']} on {s['train_images']} images, {s['steps']} "
-            f"steps in {s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s, {s['device']}); "
+    resumed = s.get("resumed_at_step", 0)
+    steps = _plural(s["steps"], "step") + (f" ({_plural(s['steps'] - resumed, 'step')} after resuming)"
+                                            if resumed else "")
+    return (f"{head}{stop}; {s['model']} at {s['size']}x{s['size']} on {_plural(s['train_images'], 'image')}, "
+            f"{steps} in {s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s, {s['device']}); "
             f"wrote {s['run']}/best.pt, last.pt, metrics.jsonl, curves.png")
+
 
 
 @click.command(context_settings=CONTEXT)
@@ -193,6 +210,8 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
     _need_torch()
     from augexpand.train.evaluate import evaluate_run, format_report, plot_confusion
 
+    _require(run, "RUN", folder=False)
+    _require(folder, "DIR")
     _logging(quiet or as_json)
     result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:

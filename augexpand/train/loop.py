@@ -402,11 +402,17 @@ def make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool) -> torch.ut
     kwargs: dict[str, Any] = {}
     if workers:
         kwargs = {"persistent_workers": True, "prefetch_factor": 4, "worker_init_fn": D._worker_init}
+    # A private generator for the loader's own seed draws: otherwise each epoch's iterator takes one from the global
+    # RNG with 0 workers but not with persistent workers, and dropout would differ between --workers 0 and N.
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
-                                       pin_memory=pin, **kwargs)
+                                       pin_memory=pin, generator=torch.Generator().manual_seed(plan.seed), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------- curves
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs val, as a PNG (a dotted line where the backbone unfreezes)."""
@@ -542,7 +548,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     schedule = _Schedule(0, total_steps, warmup)
 
     # Resume: weights, optimizer, step, best so far, metrics up to the checkpoint
-    start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, -1, 0
+    start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, 0, 0
     metrics: list[dict[str, Any]] = []
     if resume:
         ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
@@ -553,17 +559,17 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"])
         schedule.step = int(ckpt["step"])
-        start_epoch = int(ckpt["epoch"]) + 1
+        start_epoch = int(ckpt["epoch"])  # epochs finished (1-based number of the last one)
         best_acc, best_loss = float(ckpt["best_acc"]), float(ckpt["best_loss"])
         best_epoch, bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
         if (out / "metrics.jsonl").is_file():
             lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-            metrics = [m for m in map(json.loads, filter(None, lines)) if m["epoch"] < start_epoch]
+            metrics = [m for m in map(json.loads, filter(None, lines)) if m["epoch"] <= start_epoch]
         log.info("resuming %s at epoch %d (step %d of %d)", out, start_epoch + 1, schedule.step, total_steps)
 
     def checkpoint(epoch: int, with_optimizer: bool) -> dict[str, Any]:
         ckpt = {"model": model.state_dict(), "model_args": model_args, "classes": classes, "size": size,
-                "mean": list(MEAN), "std": list(STD), "epoch": epoch, "step": schedule.step,
+                "mean": list(MEAN), "std": list(STD), "epoch": epoch + 1, "step": schedule.step,
                 "config": config.model_dump(mode="json")}
         if with_optimizer:
             ckpt.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -572,11 +578,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         return ckpt
 
     # The epochs: train, validate, log, checkpoint, maybe stop early
-    log.info("training %s at %dx%d on %d images (%d classes%s), %d epochs of %d steps, on %s%s",
+    log.info("training %s at %dx%d on %d images (%d classes%s), %s of %s, on %s%s",
              config.model, size, size, len(train_split), len(classes), ", soft labels" if train_split.soft else "",
-             epochs, steps_per_epoch, device, f" with {str(rt.amp_dtype).split('.')[-1]} autocast"
-             if rt.amp_dtype else "")
-    started = time.perf_counter()
+             _plural(epochs, "epoch"), _plural(steps_per_epoch, "step"), device,
+             f" with {str(rt.amp_dtype).split('.')[-1]} autocast" if rt.amp_dtype else "")
+    started, resumed_at_step = time.perf_counter(), schedule.step
     stopped_early = False
     try:
         for epoch in range(start_epoch, epochs):
@@ -591,7 +597,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                 va = evaluate(model, val_loader, rt, len(classes)) if val_loader is not None else None
                 bar.set_postfix_str(f"loss {tr['loss']:.3f} acc {tr['acc']:.3f}"
                                     + (f" val {va['acc']:.3f}" if va else ""))
-            row = {"epoch": epoch, "step": schedule.step, "frozen": frozen,
+            row = {"epoch": epoch + 1, "step": schedule.step, "frozen": frozen,
                    "train_loss": round(tr["loss"], 5), "train_acc": round(tr["acc"], 5),
                    "val_loss": round(va["loss"], 5) if va else None, "val_acc": round(va["acc"], 5) if va else None,
                    "lr_backbone": _group_lr(optimizer, "backbone"), "lr_head": _group_lr(optimizer, "head"),
@@ -604,7 +610,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             improved = va is None or va["acc"] > best_acc or (va["acc"] == best_acc and va["loss"] < best_loss)
             if improved:
                 best_acc, best_loss = (va["acc"], va["loss"]) if va else (tr["acc"], tr["loss"])
-                best_epoch, bad_epochs = epoch, 0
+                best_epoch, bad_epochs = epoch + 1, 0
                 _save(checkpoint(epoch, False), out / "best.pt")
             elif not frozen:
                 bad_epochs += 1
@@ -612,7 +618,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             _save(checkpoint(epoch, True), out / "last.pt")
             if config.patience is not None and bad_epochs > config.patience:
                 log.info("early stop: no val improvement for %d epochs (best %.4f at epoch %d)", bad_epochs,
-                         best_acc, best_epoch + 1)
+                         best_acc, best_epoch)
                 stopped_early = True
                 break
     except KeyboardInterrupt:
@@ -625,13 +631,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     if metrics:
         plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
     last = metrics[-1] if metrics else {}
-    trained = [m for m in metrics if m["epoch"] >= start_epoch]
+    trained = [m for m in metrics if m["epoch"] > start_epoch]
     images = sum(m["images_per_s"] * m["seconds"] for m in trained)
     summary = {
         "run": str(out), "model": config.model, "size": size, "device": str(device),
         "classes": classes, "train_images": len(train_split), "val_images": len(val_split) if val_split else 0,
-        "epochs": last.get("epoch", -1) + 1, "steps": schedule.step,
-        "best_val_acc": best_acc if val_split else None, "best_epoch": best_epoch + 1,
+        "epochs": last.get("epoch", 0), "steps": schedule.step, "resumed_at_step": resumed_at_step,
+        "best_val_acc": best_acc if val_split else None, "best_epoch": best_epoch,
         "last_val_acc": last.get("val_acc"), "last_train_loss": last.get("train_loss"),
         "stopped_early": stopped_early, "seconds": round(seconds, 2),
         "images_per_s": round(images / max(sum(m["seconds"] for m in trained), 1e-9), 1) if trained else 0.0,
