@@ -40,6 +40,7 @@ log = logging.getLogger("augexpand")
 STATE_DIR = ".augexpand"  # inside dst while a run is in progress: run.json and the journal
 PARALLEL_SCAN_FILES = 500  # probe image headers in parallel from this many files on
 CACHE_BYTES = 128 << 20  # decoded images a worker keeps while it runs one task (a partner group)
+TASKS_PER_WORKER = 8  # at least this many tasks per worker (groups cut when fewer): the last one finishes early
 
 
 class ExpandError(AugexpandError):
@@ -105,6 +106,7 @@ class _Worker:
         self.pipeline = build_pipeline(ctx.recipe.pipeline) if ctx.recipe.pipeline else None
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cached_bytes = 0
+        self.cache_key: object = None
         self.n_classes = len(ctx.classes)
 
     def load(self, i: int) -> np.ndarray:
@@ -130,8 +132,13 @@ class _Worker:
         self.pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
         return self.pipeline(image=image)["image"]
 
-    def run_task(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """Run a task's rows; then forget its images (later tasks draw on other groups)."""
+    def run_task(self, rows: list[Row], key: object = None) -> list[dict[str, Any]]:
+        """Run a task's rows. A task of another partner group (``key``) than the last one starts with an empty
+        cache (the last group's images are not needed again); a further piece of the same group keeps it."""
+        if key is None or key != self.cache_key:
+            self.cache.clear()
+            self.cached_bytes = 0
+            self.cache_key = key
         out = []
         for row in rows:
             try:
@@ -143,8 +150,6 @@ class _Worker:
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 out.append({"row": row.index, "error": message, "source": self.ctx.rels[row.sources[0]],
                             "unreadable": False})
-        self.cache.clear()
-        self.cached_bytes = 0
         return out
 
     def _unreadable(self, i: int) -> bool:
@@ -160,21 +165,21 @@ class _Worker:
         seed = row_seed(recipe.seed, row.index)
         if row.split == "val":
             return self._copy_val(row, soft_label([ctx.labels[row.sources[0]]], [1.0], self.n_classes), seed)
-        image, target, params = self.make_image(row)
+        image, target, params = self.make_image(row, seed)
         folder = ctx.classes[int(np.argmax(target))]
         data = encode_image(np.ascontiguousarray(image), recipe.output.format, recipe.output.quality,
                             recipe.output.png_compression)
         write_atomic(Path(ctx.dst) / "train" / folder / row.name, data)
         return self._record(row, folder, target, seed, params)
 
-    def make_image(self, row: Row) -> tuple[np.ndarray, list[float], dict[str, Any]]:
+    def make_image(self, row: Row, seed: int | None = None) -> tuple[np.ndarray, list[float], dict[str, Any]]:
         """Make one training row's image in memory, writing nothing: (image, soft label, the op's parameters).
 
         Everything it draws comes from the row's own generator, so ``augexpand preview`` shows exactly the
-        image ``expand`` writes for the same row (before encoding)."""
+        image ``expand`` writes for the same row (before encoding). ``seed``: the row's seed when already known."""
         ctx, recipe = self.ctx, self.recipe
         size, fit = recipe.output.size, recipe.output.fit
-        rng = np.random.default_rng(row_seed(recipe.seed, row.index))
+        rng = np.random.default_rng(row_seed(recipe.seed, row.index) if seed is None else seed)
         params: dict[str, Any] = {}
         labels = [ctx.labels[s] for s in row.sources]
         target = soft_label(labels[:1], [1.0], self.n_classes)
@@ -246,9 +251,10 @@ def _init_worker(ctx: _Context) -> None:
     _WORKER = _Worker(ctx)
 
 
-def _run_task(rows: list[Row]) -> list[dict[str, Any]]:
+def _run_task(task: tuple[object, list[Row]]) -> list[dict[str, Any]]:
     assert _WORKER is not None
-    return _WORKER.run_task(rows)
+    key, rows = task
+    return _WORKER.run_task(rows, key)
 
 
 def _descriptor(path: Path):
@@ -329,13 +335,14 @@ def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
 
 def _tasks(rows: list[Row], groups: dict[int, int], workers: int) -> list[list[Row]]:
     """One task per partner group: its rows, each source's rows together, so a worker decodes each image of the
-    group once. With fewer groups than 4 per worker, groups are cut at source boundaries to keep every worker
-    busy to the end (the output is the same: rows do not depend on who runs them)."""
+    group once. With fewer groups than TASKS_PER_WORKER per worker, groups are cut at source boundaries, so that
+    the last task is short and every worker stays busy to the end (the output is the same: rows do not depend on
+    who runs them; a cut group's partners may be decoded once per piece)."""
     by_group: dict[tuple[str, int], dict[int, list[Row]]] = {}
     for row in rows:
         first = row.sources[0]
         by_group.setdefault((row.split, groups.get(first, -1)), {}).setdefault(first, []).append(row)
-    pieces = -(-4 * workers // max(1, len(by_group)))
+    pieces = -(-TASKS_PER_WORKER * workers // max(1, len(by_group)))
     tasks = []
     for per_source in by_group.values():
         sources = list(per_source.values())
@@ -524,8 +531,10 @@ def _execute(pool: _Pool, plan: Plan, scan: ScanResult, recipe: Recipe, dst: Pat
     failures: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
+    # Each task goes with its group's key: a worker that gets the next piece of the same group keeps its images.
+    tasks = [((t[0].split, plan.groups.get(t[0].sources[0], -1)), t) for t in _tasks(todo, plan.groups, pool.workers)]
     with open(journal_path, "a", encoding="utf-8") as journal:
-        for results in pool.imap(_run_task, _tasks(todo, plan.groups, pool.workers), unordered=True):
+        for results in pool.imap(_run_task, tasks, unordered=True):
             for r in results:
                 if "error" in r:
                     if strict and r["unreadable"]:

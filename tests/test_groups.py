@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import augexpand.expand as expand_module
-from augexpand.expand import _tasks, expand
+from augexpand.expand import TASKS_PER_WORKER, _tasks, expand
 from augexpand.folder import scan_image_folder
 from augexpand.plan import MIN_GROUP_CHOICE, PARTNER_GROUP, make_plan
 from augexpand.recipe import load_recipe
@@ -88,7 +88,12 @@ def test_tasks_hold_every_row_once_with_a_source_s_rows_together(many_src: Path,
     plan = make_plan(scan, load_recipe(_mix_recipe("any")), val_fraction=0.1)
     tasks = _tasks(plan.rows, plan.groups, workers)
     assert sorted(r.index for task in tasks for r in task) == list(range(len(plan.rows)))
-    assert len(tasks) >= min(4 * workers, len(scan.sources))
+    # Every group is cut into the same number of pieces (at most one per source), enough for TASKS_PER_WORKER
+    # tasks per worker in all
+    firsts = Counter((r.split, plan.groups[r.sources[0]]) for r in {r.sources[0]: r for r in plan.rows}.values())
+    pieces = -(-TASKS_PER_WORKER * workers // len(firsts))
+    assert len(tasks) == sum(min(pieces, n) for n in firsts.values())
+    assert len(tasks) >= min(TASKS_PER_WORKER * workers, len(scan.sources)) * 3 // 4
     owner = {}
     for k, task in enumerate(tasks):
         assert len({r.split for r in task}) == 1
