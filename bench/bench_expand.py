@@ -90,11 +90,34 @@ def measure_floor(files: list[Path], tmp: Path, passes: int) -> tuple[float, flo
 
 
 class Runner:
-    """Runs the CLI into fresh destinations; keeps the best of ``repeats`` runs (least disturbed by the machine)."""
+    """Runs the CLI into fresh destinations; keeps the best of ``repeats`` runs (least disturbed by the machine).
 
-    def __init__(self, tmp: Path, repeats: int) -> None:
+    With ``floor_files``, a short floor pass runs just before each expansion and the run keeps it as ``floor``
+    (images/s): the speed of this machine can drift by tens of percent within minutes (file-system and CPU
+    contention from neighbours), so a ratio to the floor measured a second earlier is the robust one.
+    """
+
+    def __init__(self, tmp: Path, repeats: int, floor_files: list[Path] | None = None) -> None:
         self.tmp, self.repeats, self.k = tmp, repeats, 0
         self.startup: dict[int, float] = {}
+        self.floor_files = floor_files
+
+    def adjacent_floor(self) -> float | None:
+        if not self.floor_files:
+            return None
+        out = self.tmp / "floor_adjacent"
+        seconds = floor_pass(self.floor_files, out)
+        shutil.rmtree(out)
+        return len(self.floor_files) / seconds
+
+    def pair(self, src: Path, *args: str) -> tuple[dict, dict]:
+        """The same job with --workers 1 and 2, interleaved (1, 2, 1, 2, ...) so that both see the same machine."""
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        for _ in range(self.repeats):
+            for w in (1, 2):
+                runs[w].append(self.expand(src, *args, workers=w, repeats=1))
+        best = [min(runs[w], key=lambda r: r["wall"]) for w in (1, 2)]
+        return best[0], best[1]
 
     def expand(self, src: Path, *args: str, workers: int = 1, repeats: int | None = None,
                memory: bool = False) -> dict:
@@ -102,11 +125,13 @@ class Runner:
         for _ in range(repeats or self.repeats):
             self.k += 1
             dst = self.tmp / f"out{self.k}"
+            floor = self.adjacent_floor() if workers == 1 and not memory else None
             r = run_undisturbed(augexpand_cmd("expand", str(src), str(dst), "--quiet", "--json", "--workers",
                                               str(workers), *args), clean=dst, sample_memory=memory)
             summary = json.loads(r["stdout"])
             r["images"] = summary["images_out"]
             r["timings"] = summary["timings"]
+            r["floor"] = floor
             shutil.rmtree(dst, ignore_errors=True)
             if best is None or r["wall"] < best["wall"]:
                 best = r
@@ -149,7 +174,7 @@ def main() -> None:
         print(f"  the same in 2 processes: {floor2:.0f} img/s ({floor2 / floor:.2f}x: this machine's ceiling for -w2)"
               f"{f'  [DISTURBED: others kept {others:.2f} cores busy]' if others and others > DISTURBED else ''}")
 
-        run = Runner(tmp, repeats)
+        run = Runner(tmp, repeats, floor_files=files[: 600 // scale])
         print("\nstart-up (whole process, light, 8 sources, 8 outputs):")
         for w in (1, 2):
             r = run.expand(tiny, "--recipe", "light", "--copies", "1", "--no-originals", workers=w, repeats=3)
@@ -166,43 +191,47 @@ def main() -> None:
             busy = r.get("others_cores")
             return f"  [DISTURBED: other processes kept {busy:.2f} cores busy]" if busy and busy > DISTURBED else ""
 
-        def report(name: str, r: dict, target: float | None = None, against: float | None = None) -> None:
-            base = against if against is not None else floor
+        def report(name: str, r: dict, target: float | None = None) -> None:
+            base = r["floor"] or floor
             ratio, net_ratio = r["ips"] / base, r["net_ips"] / base
             verdict = "" if target is None else ("PASS" if ratio >= target else
                                                  "pass net of start-up" if net_ratio >= target else "MISS")
             goal = f"target >= {target:.2f}  {verdict}" if target is not None else ""
             goal += disturbed(r)
             print(f"  {name:<44} {r['images']:>5} img {r['wall']:6.2f} s  {r['ips']:6.0f} img/s "
-                  f"(net {r['net_ips']:5.0f})  ratio {ratio:4.2f} (net {net_ratio:4.2f})  {goal}")
+                  f"(net {r['net_ips']:5.0f})  floor {base:4.0f}  ratio {ratio:4.2f} (net {net_ratio:4.2f})  "
+                  f"[write phase {r['images'] / r['timings']['write'] / base:4.2f}, vs start floor "
+                  f"{r['ips'] / floor:4.2f}]  {goal}")
             rows.append((name, r, target, verdict))
 
-        print("\nexpansion, whole `augexpand expand` processes (ratio = images/s over the floor):")
-        light1 = run.expand(big, "--recipe", "light", "--copies", "1", "--no-originals")
+        print("\nexpansion, whole `augexpand expand` processes (ratio = images/s over the floor measured just "
+              "before the run;\n  -w1 and -w2 of a job run interleaved):")
+        light1, light1_w2 = run.pair(big, "--recipe", "light", "--copies", "1", "--no-originals")
         report(f"light, 1 copy, no originals, {n_big} src, -w1", light1, 0.7)
         light1o = run.expand(src_orig, "--recipe", "light", "--copies", "1")
         report(f"light, 1 copy + originals, {n_big // 2} src, -w1", light1o, 0.7)
-        light5 = run.expand(src_c5, "--recipe", "light", "--copies", "5", "--no-originals")
+        light5, light5_w2 = run.pair(src_c5, "--recipe", "light", "--copies", "5", "--no-originals")
         report(f"light, 5 copies, no originals, {n_big // 5} src, -w1", light5, 1.0)
-        heavy = run.expand(src_heavy, "--recipe", "heavy")
+        heavy, heavy2 = run.pair(src_heavy, "--recipe", "heavy")
         report(f"heavy (4 copies+orig+mixup+pairing), {n_big // 6} src, -w1", heavy)
         png = run.expand(src_png, "--recipe", "light", "--copies", "5", "--no-originals", "--format", "png",
                          repeats=1)
         report(f"light, 5 copies, PNG, {n_big // 15} src, -w1", png)
 
         print("\nscaling with --workers 2 (ratio = images/s over the same job with --workers 1):")
-        for name, r1, src, extra in [
-            ("light, 1 copy, no originals", light1, big, ("--copies", "1", "--no-originals")),
-            ("light, 5 copies, no originals", light5, src_c5, ("--copies", "5", "--no-originals")),
+        for name, r1, r2 in [
+            ("light, 1 copy, no originals", light1, light1_w2),
+            ("light, 5 copies, no originals", light5, light5_w2),
         ]:
-            r2 = run.expand(src, "--recipe", "light", *extra, workers=2)
             speedup, net_speedup = r2["ips"] / r1["ips"], r2["net_ips"] / r1["net_ips"]
             verdict = "PASS" if speedup >= 1.7 else "pass net of start-up" if net_speedup >= 1.7 else "MISS"
             rows.append((f"{name}, -w2 over -w1", r2, 1.7, verdict))
             print(f"  {name:<30} -w2 {r2['ips']:5.0f} img/s (net {r2['net_ips']:5.0f}): "
                   f"{speedup:.2f}x of -w1 (net {net_speedup:.2f}x)  target >= 1.70  {verdict}{disturbed(r2)}")
-            print(f"  {'':<30}     vs floor {r2['ips'] / floor:.2f} (net {r2['net_ips'] / floor:.2f})")
-        heavy2 = run.expand(src_heavy, "--recipe", "heavy", workers=2)
+            base = r1["floor"] or floor
+            print(f"  {'':<30}     vs floor {r2['ips'] / base:.2f} (net {r2['net_ips'] / base:.2f}); write phase "
+                  f"{r1['images'] / r1['timings']['write']:.0f} -> {r2['images'] / r2['timings']['write']:.0f} img/s "
+                  f"({r1['timings']['write'] / r2['timings']['write']:.2f}x)")
         print(f"  {'heavy':<30} -w2 {heavy2['ips']:5.0f} img/s (net {heavy2['net_ips']:5.0f}): "
               f"{heavy2['ips'] / heavy['ips']:.2f}x of -w1 (net {heavy2['net_ips'] / heavy['net_ips']:.2f}x)")
 
