@@ -202,9 +202,13 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
     # Sample mixing: each method makes `count` rows per source image (or per class), first image cycling
     # through the class, partners drawn from the pool the recipe names, within the first image's partner group
     # (or from the whole pool when the group holds fewer than MIN_GROUP_CHOICE images the recipe allows).
-    everyone = np.asarray(train, dtype=np.int64)
+    # Per row this costs O(group size + log N), not O(N): a group's members are looked up by position.
+    everyone = np.asarray(train, dtype=np.int64)  # ascending
     labels_of = np.asarray([scan.sources[i].label for i in train], dtype=np.int64)
     group_of = np.asarray([groups[i] for i in train], dtype=np.int64)
+    by_group_order = np.argsort(group_of, kind="stable")  # positions in everyone, grouped, ascending within
+    starts = np.searchsorted(group_of[by_group_order], np.arange(group_of.max() + 2 if len(train) else 1))
+    group_positions = {g: by_group_order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)}
     for method, spec in recipe.mix.enabled().items():
         n_partners = MIXERS[method].n_inputs - 1
         for label, members in by_class.items():
@@ -219,15 +223,23 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
                     raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
             else:
                 allowed = np.ones(len(train), dtype=bool)
+            pool = everyone[allowed] if n_rows else everyone[:0]  # ascending
             for j in range(n_rows):
                 first = members[j % len(members)]
                 rng = _plan_rng(seed, len(rows))
-                candidates = everyone[allowed & (everyone != first) & (group_of == groups[first])]
-                if candidates.size < MIN_GROUP_CHOICE:
-                    candidates = everyone[allowed & (everyone != first)]
-                if candidates.size == 0:  # a class of one image mixed with its own class
-                    candidates = np.asarray([first], dtype=np.int64)
-                partners = candidates[rng.integers(0, candidates.size, size=n_partners)]
+                positions = group_positions[groups[first]]
+                candidates = everyone[positions[allowed[positions] & (everyone[positions] != first)]]
+                if candidates.size >= MIN_GROUP_CHOICE:
+                    partners = candidates[rng.integers(0, candidates.size, size=n_partners)]
+                else:  # the whole pool without `first`, without building it: skip over first's position
+                    k = int(np.searchsorted(pool, first))
+                    has_first = k < pool.size and pool[k] == first
+                    size = pool.size - has_first
+                    if size == 0:  # a class of one image mixed with its own class
+                        partners = np.full(n_partners, first, dtype=np.int64)
+                    else:
+                        picks = rng.integers(0, size, size=n_partners)
+                        partners = pool[picks + (picks >= k) if has_first else picks]
                 add(method, label, (first, *map(int, partners)))
 
     return Plan(rows, train, val, counts, notes, groups)
