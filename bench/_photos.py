@@ -220,6 +220,13 @@ def run_measured(cmd: list[str], sample_memory: bool = False) -> dict:
     }
 
 
+def settle() -> None:
+    """Flush dirty pages (the last run's files and their deletion) before timing anything: otherwise the disk's
+    write-back of one measurement is paid by the next one."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def run_undisturbed(cmd: list[str], attempts: int = 4, pause: float = 5.0, clean: Path | None = None,
                     **kwargs) -> dict:
     """``run_measured``, run again (after a pause) while other processes of the machine disturbed it.
@@ -232,6 +239,7 @@ def run_undisturbed(cmd: list[str], attempts: int = 4, pause: float = 5.0, clean
     for _ in range(attempts):
         if clean is not None:
             shutil.rmtree(clean, ignore_errors=True)
+        settle()
         r = run_measured(cmd, **kwargs)
         if r["others_cores"] is None or r["others_cores"] < DISTURBED:
             return r

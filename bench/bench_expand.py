@@ -23,7 +23,16 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _photos import DISTURBED, augexpand_cmd, busy_seconds, make_image_folder, median, run_measured, run_undisturbed
+from _photos import (
+    DISTURBED,
+    augexpand_cmd,
+    busy_seconds,
+    make_image_folder,
+    median,
+    run_measured,
+    run_undisturbed,
+    settle,
+)
 
 SIZE = 224
 
@@ -75,7 +84,9 @@ def measure_floor(files: list[Path], tmp: Path, passes: int) -> tuple[float, flo
     busy0, cpu0, wall0 = busy_seconds(), os.times(), time.perf_counter()
     with mp.get_context("fork").Pool(2) as pool:
         for p in range(passes):
+            settle()
             one.append(floor_pass(files, tmp / f"floor_{p}" / "one"))
+            settle()
             start = time.perf_counter()
             pool.map(_floor_worker, [(files[0::2], tmp / f"floor_{p}" / "two", "a"),
                                      (files[1::2], tmp / f"floor_{p}" / "two", "b")])
@@ -106,6 +117,7 @@ class Runner:
         if not self.floor_files:
             return None
         out = self.tmp / "floor_adjacent"
+        settle()
         seconds = floor_pass(self.floor_files, out)
         shutil.rmtree(out)
         return len(self.floor_files) / seconds
