@@ -183,7 +183,6 @@ def _summary_line(s: dict) -> str:
             f"wrote {s['run']}/best.pt, last.pt, metrics.jsonl, curves.png")
 
 
-
 @click.command(context_settings=CONTEXT)
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
