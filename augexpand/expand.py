@@ -333,9 +333,9 @@ def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
-def _tasks(rows: list[Row], groups: dict[int, int], workers: int) -> list[list[Row]]:
-    """One task per partner group: its rows, each source's rows together, so a worker decodes each image of the
-    group once. With fewer groups than TASKS_PER_WORKER per worker, groups are cut at source boundaries, so that
+def _tasks(rows: list[Row], groups: dict[int, int], workers: int) -> list[tuple[tuple[str, int], list[Row]]]:
+    """One task per partner group: (the group's key, its rows), each source's rows together, so a worker decodes
+    each image of the group once. With fewer groups than TASKS_PER_WORKER per worker, groups are cut at source boundaries, so that
     the last task is short and every worker stays busy to the end (the output is the same: rows do not depend on
     who runs them; a cut group's partners may be decoded once per piece)."""
     by_group: dict[tuple[str, int], dict[int, list[Row]]] = {}
@@ -344,11 +344,11 @@ def _tasks(rows: list[Row], groups: dict[int, int], workers: int) -> list[list[R
         by_group.setdefault((row.split, groups.get(first, -1)), {}).setdefault(first, []).append(row)
     pieces = -(-TASKS_PER_WORKER * workers // max(1, len(by_group)))
     tasks = []
-    for per_source in by_group.values():
+    for key, per_source in by_group.items():
         sources = list(per_source.values())
         n = min(pieces, len(sources))
         for k in range(n):
-            tasks.append([row for rs in sources[k * len(sources) // n:(k + 1) * len(sources) // n] for row in rs])
+            tasks.append((key, [row for rs in sources[k * len(sources) // n:(k + 1) * len(sources) // n] for row in rs]))
     return tasks
 
 
@@ -532,9 +532,8 @@ def _execute(pool: _Pool, plan: Plan, scan: ScanResult, recipe: Recipe, dst: Pat
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     # Each task goes with its group's key: a worker that gets the next piece of the same group keeps its images.
-    tasks = [((t[0].split, plan.groups.get(t[0].sources[0], -1)), t) for t in _tasks(todo, plan.groups, pool.workers)]
     with open(journal_path, "a", encoding="utf-8") as journal:
-        for results in pool.imap(_run_task, tasks, unordered=True):
+        for results in pool.imap(_run_task, _tasks(todo, plan.groups, pool.workers), unordered=True):
             for r in results:
                 if "error" in r:
                     if strict and r["unreadable"]:

@@ -86,7 +86,9 @@ def test_a_worker_decodes_each_image_of_a_group_once(many_src: Path, tmp_path: P
 def test_tasks_hold_every_row_once_with_a_source_s_rows_together(many_src: Path, workers: int):
     scan = scan_image_folder(many_src)
     plan = make_plan(scan, load_recipe(_mix_recipe("any")), val_fraction=0.1)
-    tasks = _tasks(plan.rows, plan.groups, workers)
+    keyed = _tasks(plan.rows, plan.groups, workers)
+    assert all(key == (r.split, plan.groups[r.sources[0]]) for key, task in keyed for r in task)
+    tasks = [task for _, task in keyed]
     assert sorted(r.index for task in tasks for r in task) == list(range(len(plan.rows)))
     # Every group is cut into the same number of pieces (at most one per source), enough for TASKS_PER_WORKER
     # tasks per worker in all
