@@ -21,7 +21,7 @@ from augexpand.errors import AugexpandError
 
 def __getattr__(name: str) -> Any:
     if name == "expand":
-        from augexpand.expand import expand
+        from augexpand.expansion import expand
 
         return expand
     if name == "load_recipe":

@@ -125,7 +125,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
       augexpand expand --recipe heavy.yaml --seed 1 photos/ out/
       augexpand expand -r light --copies 5 --val-fraction 0.2 photos/ out/ --json
     """
-    from augexpand.expand import expand
+    from augexpand.expansion import expand
 
     if example and len(paths) != 1:
         raise click.UsageError("with --example, give only DST")

@@ -1,7 +1,7 @@
 """Contact sheets of what a recipe makes: a few real rows of each op, made in memory and captioned.
 
 A preview scans the source, plans the expansion exactly as ``expand`` does, picks a few rows of each op and makes
-them with the same worker code (``_Worker.make_image``), so each tile is the image ``expand`` would write for that
+them with the same worker code (``RowMaker.make_image``), so each tile is the image ``expand`` would write for that
 row, before encoding. Nothing but the sheet is written. Only the chosen rows' sources are decoded; SMOTE's
 neighbour search (the one step that looks at a whole class) reads thumbnails of at most ``NEIGHBOUR_IMAGES``
 images per class, so SMOTE partners in a preview are drawn among those.
@@ -44,10 +44,10 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     ``src=None`` uses the built-in example photos; ``seed`` overrides the recipe's (it picks the rows too).
     Returns a summary: the sheet's size and, per op, where its row lies and what each tile shows.
     """
-    from augexpand.expand import _Context, _Worker
     from augexpand.folder import scan_image_folder, write_atomic
     from augexpand.plan import OPS, make_plan
     from augexpand.recipe import load_recipe
+    from augexpand.rows import RowContext, RowMaker
 
     if samples < 1:
         raise PreviewError(f"samples must be at least 1, got {samples}")
@@ -83,7 +83,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
         return row.op != "smote" or all(scan.root / scan.sources[i].rel in read for i in row.sources)
 
     picked = pick_rows(plan.rows, [s.label for s in scan.sources], recipe.seed, usable)
-    worker = _Worker(_Context(str(src), "", [s.rel for s in scan.sources], [s.label for s in scan.sources],
+    worker = RowMaker(RowContext(str(src), "", [s.rel for s in scan.sources], [s.label for s in scan.sources],
                               scan.classes, recipe))
     planned = {op: sum(r.op == op for r in plan.rows) for op in OPS}
     sections = []

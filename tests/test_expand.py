@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from augexpand.errors import DestinationError
-from augexpand.expand import _Worker, expand
+from augexpand.expansion import expand
 from augexpand.folder import IMAGE_EXTENSIONS, decode_image
 from augexpand.manifest import read_metadata
+from augexpand.rows import RowMaker
 from tests.conftest import tree_digest
 
 
@@ -96,7 +97,7 @@ def test_another_seed_gives_other_images_and_the_same_names(small_src: Path, tmp
 def test_resume_after_an_interruption_gives_the_same_files(small_src, tmp_path, tiny_recipe, monkeypatch):
     run(small_src, tmp_path / "whole", tiny_recipe)
 
-    real = _Worker.run_row
+    real = RowMaker.run_row
     calls = {"n": 0}
 
     def dies_midway(self, row):
@@ -105,10 +106,10 @@ def test_resume_after_an_interruption_gives_the_same_files(small_src, tmp_path, 
             raise KeyboardInterrupt
         return real(self, row)
 
-    monkeypatch.setattr(_Worker, "run_row", dies_midway)
+    monkeypatch.setattr(RowMaker, "run_row", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run(small_src, tmp_path / "cut", tiny_recipe)
-    monkeypatch.setattr(_Worker, "run_row", real)
+    monkeypatch.setattr(RowMaker, "run_row", real)
     cut = tmp_path / "cut"
     assert not (cut / "dataset.json").exists() and not (cut / "train" / "metadata.jsonl").exists()
     assert len(output_files(cut / "train")) == 16
@@ -200,7 +201,7 @@ def test_dry_run_writes_nothing(small_src: Path, tmp_path: Path, tiny_recipe: Pa
 
 
 def test_a_recipe_that_fails_on_the_images_is_one_clear_error(small_src: Path, tmp_path: Path):
-    from augexpand.expand import ExpandError
+    from augexpand.expansion import ExpandError
 
     recipe = {"pipeline": [{"RandomCrop": {"height": 500, "width": 500}}], "copies": 1}
     with pytest.raises(ExpandError, match=r"10 of 20 images could not be made; first: row 5 from cat/cat_0\.jpg: CropSizeError: Crop size .*"

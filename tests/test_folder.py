@@ -110,11 +110,11 @@ def test_write_atomic_leaves_only_the_file(tmp_path: Path):
 
 
 def test_a_parallel_scan_finds_exactly_what_a_serial_one_does(messy_src: Path, monkeypatch):
-    import augexpand.expand as expand_module
+    from augexpand import executors
 
     calls = []
-    monkeypatch.setattr(expand_module, "PARALLEL_SCAN_FILES", 1)
-    real_map = expand_module._probe_map(2)
+    monkeypatch.setattr(executors, "PARALLEL_SCAN_FILES", 1)
+    real_map = executors.probe_map(2)
     serial = scan_image_folder(messy_src)
     parallel = scan_image_folder(messy_src, imap=lambda fn, paths: calls.append(len(paths)) or real_map(fn, paths))
     assert calls and calls[0] == len(serial.sources) + len(serial.skipped) - 1  # all but the root-level image

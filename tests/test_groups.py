@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import augexpand.expand as expand_module
-from augexpand.expand import TASKS_PER_WORKER, _tasks, expand
+import augexpand.rows as rows_module
+from augexpand.expansion import TASKS_PER_WORKER, _tasks, expand
 from augexpand.folder import scan_image_folder
 from augexpand.plan import MIN_GROUP_CHOICE, PARTNER_GROUP, make_plan
 from augexpand.recipe import load_recipe
@@ -69,13 +69,13 @@ def test_partners_come_from_the_group_when_it_has_enough(many_src: Path, partner
 
 def test_a_worker_decodes_each_image_of_a_group_once(many_src: Path, tmp_path: Path, monkeypatch):
     decoded: Counter = Counter()
-    real = expand_module.decode_image
+    real = rows_module.decode_image
 
     def counting(path, *args, **kwargs):
         decoded[Path(path).name] += 1
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(expand_module, "decode_image", counting)
+    monkeypatch.setattr(rows_module, "decode_image", counting)
     summary = expand(many_src, tmp_path / "out", _mix_recipe("any"), workers=1)
     # originals + 2 copies + mixup + ricap, each with partners: 150 * 4.5 rows, 150 * 3.5 + 75 * 3 partner uses.
     assert summary["images_out"] == 150 * 4 + 75
@@ -105,7 +105,7 @@ def test_tasks_hold_every_row_once_with_a_source_s_rows_together(many_src: Path,
 
 
 def test_the_first_failing_row_is_named_whatever_the_workers(many_src: Path, tmp_path: Path):
-    from augexpand.expand import ExpandError
+    from augexpand.expansion import ExpandError
 
     recipe = {"pipeline": [{"RandomCrop": {"height": 22, "width": 22}}], "copies": 1, "keep_originals": False}
     messages = set()

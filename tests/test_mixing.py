@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augexpand.expand import expand
+from augexpand.expansion import expand
 from augexpand.mixing import (
     MIXERS,
     blend,

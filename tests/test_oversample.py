@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augexpand.expand import expand
+from augexpand.expansion import expand
 from tests.helpers_mix import NO_PIPELINE, decoded, params_of, png_folder, records
 
 COUNTS = {"astronaut": 7, "cat": 3, "coffee": 2}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import augexpand.expand
+import augexpand.rows
 from augexpand.cli import cli
 from augexpand.example import example_dir
-from augexpand.expand import expand
+from augexpand.expansion import expand
 from augexpand.folder import IMAGE_EXTENSIONS, decode_image
 from augexpand.preview import preview
 from tests.helpers_mix import png_folder, records
@@ -93,14 +93,14 @@ def test_preview_draws_one_row_per_op_with_the_images_expand_writes(tmp_path, re
 
 def test_preview_decodes_only_the_sources_it_shows(tmp_path, monkeypatch):
     src = png_folder(tmp_path / "src", {"astronaut": ("astronaut", 30), "coffee": ("coffee", 20)})
-    real = augexpand.expand.decode_image
+    real = augexpand.rows.decode_image
     decoded = []
 
     def counting(path, *args, **kwargs):
         decoded.append(Path(path).name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(augexpand.expand, "decode_image", counting)
+    monkeypatch.setattr(augexpand.rows, "decode_image", counting)
     summary = preview(src, tmp_path / "grid.png", {"copies": 2, "pipeline": [{"HorizontalFlip": {}}],
                                                     "mix": {"mixup": {}, "ricap": {}}}, samples=2)
     assert [s["op"] for s in summary["ops"]] == ["original", "augment", "mixup", "ricap"]

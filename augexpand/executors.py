@@ -1,0 +1,112 @@
+"""Running a plan's tasks: the seam between planning and making images.
+
+The parent plans once; an executor takes picklable tasks (a partner group's rows, with the group's key) and yields,
+in any order, each task's manifest records. Every executor runs the same ``RowMaker`` code, and a row's bytes
+depend only on (seed, row), so the output is the same for every executor and worker count. An engine adapter
+(Ray, a job-array shard) is one small class with the methods of ``Executor``, never a second way of making images.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from augexpand.plan import Row
+from augexpand.rows import RowContext, RowMaker
+
+__all__ = ["Executor", "LocalExecutor", "Task", "default_workers", "probe_map"]
+
+PARALLEL_SCAN_FILES = 500  # probe image headers in parallel from this many files on
+
+Task = tuple[object, list[Row]]  # (the partner group's key, its rows)
+
+
+class Executor(Protocol):
+    """What the orchestration needs from an engine."""
+
+    workers: int
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
+        """``fn`` over ``items`` in order (module-level, picklable ``fn``): the SMOTE descriptor pass."""
+
+    def run(self, tasks: list[Task]) -> Iterator[list[dict[str, Any]]]:
+        """Run every task; yield each task's records (or ``{"row", "error", ...}`` failures) as it finishes."""
+
+    def close(self, terminate: bool = False) -> None:
+        """Release the workers (``terminate``: at once, on an error or Ctrl-C)."""
+
+
+def default_workers() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# The one RowMaker of a worker process (the local pool's initializer sets it).
+_MAKER: RowMaker | None = None
+
+
+def _init_worker(ctx: RowContext) -> None:
+    global _MAKER
+    _MAKER = RowMaker(ctx)
+
+
+def _run_task(task: Task) -> list[dict[str, Any]]:
+    assert _MAKER is not None
+    key, rows = task
+    return _MAKER.run_task(rows, key)
+
+
+def _call(item: tuple[Callable, Any]) -> Any:
+    fn, arg = item
+    return fn(arg)
+
+
+class LocalExecutor:
+    """A process pool on this machine, or the current process when one worker is asked for (no start-up, no IPC)."""
+
+    def __init__(self, workers: int, ctx: RowContext) -> None:
+        self.pool = None
+        self.workers = workers
+        if workers > 1:
+            import multiprocessing as mp
+
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self.pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(ctx,))
+        else:
+            _init_worker(ctx)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
+        if self.pool is None:
+            return map(fn, items)
+        return self.pool.imap(fn, list(items), chunksize=8)
+
+    def run(self, tasks: list[Task]) -> Iterator[list[dict[str, Any]]]:
+        if self.pool is None:
+            return map(_run_task, tasks)
+        return self.pool.imap_unordered(_run_task, tasks, chunksize=1)
+
+    def close(self, terminate: bool = False) -> None:
+        if self.pool is not None:
+            (self.pool.terminate if terminate else self.pool.close)()
+            self.pool.join()
+
+
+def probe_map(workers: int) -> Callable[[Callable, list[Path]], list]:
+    """A map for the scan's header probes: in a short-lived process pool when the folder is large (the probes
+    cost ~0.2 ms a file, worth spreading over the cores from a few hundred files on), else in this process."""
+
+    def run(fn: Callable, paths: list[Path]) -> list:
+        if workers < 2 or len(paths) < PARALLEL_SCAN_FILES or not sys.platform.startswith("linux"):
+            return list(map(fn, paths))
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(fn, paths, chunksize=64)
+
+    return run

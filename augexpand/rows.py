@@ -1,0 +1,213 @@
+"""Making one row's image in memory, and writing it: the worker side of an expansion, shared by expand and preview.
+
+A ``RowMaker`` lives in one worker process. It holds the recipe's albumentations pipeline and a bounded cache of
+decoded sources, and runs a task (a partner group's rows) at a time: every row draws all of its randomness from
+its own generator (seed, row index), so the bytes do not depend on which worker runs it, or when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augexpand.errors import ImageReadError
+from augexpand.folder import decode_image, encode_image, write_atomic
+from augexpand.mixing import MIXERS, smote_interpolate, soft_label
+from augexpand.plan import Row, row_seed
+from augexpand.recipe import Recipe, build_pipeline
+
+__all__ = ["CACHE_BYTES", "RowContext", "RowMaker", "fit_to_size"]
+
+CACHE_BYTES = 128 << 20  # decoded images a worker keeps while it runs one task (a partner group)
+
+
+def fit_to_size(image: np.ndarray, size: tuple[int, int] | None, mode: str = "crop") -> np.ndarray:
+    """Resize to (height, width): ``crop`` scales the short side and centre-crops, ``stretch`` resizes exactly.
+
+    Shrinking by more than 2x averages pixels (INTER_AREA, no aliasing); otherwise bilinear, 10x cheaper.
+    """
+    import cv2
+
+    if size is None or image.shape[:2] == tuple(size):
+        return image
+    h, w = image.shape[:2]
+    th, tw = size
+    if mode == "stretch":
+        scale = min(th / h, tw / w)
+        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+        return cv2.resize(image, (tw, th), interpolation=interp)
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else image
+    y0, x0 = (nh - th) // 2, (nw - tw) // 2
+    return np.ascontiguousarray(resized[y0:y0 + th, x0:x0 + tw])
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """Everything a worker needs, sent once per worker."""
+
+    src: str
+    dst: str
+    rels: list[str]
+    labels: list[int]
+    classes: list[str]
+    recipe: Recipe
+
+
+class RowMaker:
+    """Executes rows. One per process; holds the pipeline and a bounded cache of decoded sources."""
+
+    def __init__(self, ctx: RowContext) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # scale with processes, not threads: and the same arithmetic for any --workers
+        self.ctx = ctx
+        self.recipe = ctx.recipe
+        self.pipeline = build_pipeline(ctx.recipe.pipeline) if ctx.recipe.pipeline else None
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.cached_bytes = 0
+        self.cache_key: object = None
+        self.n_classes = len(ctx.classes)
+
+    def load(self, i: int) -> np.ndarray:
+        """Decode source ``i`` (read-only array; cached, least recently used goes first)."""
+        image = self.cache.get(i)
+        if image is not None:
+            self.cache.move_to_end(i)
+            return image
+        image = decode_image(Path(self.ctx.src) / self.ctx.rels[i])
+        image.flags.writeable = False  # a transform that writes into its input would corrupt later rows
+        self.cache[i] = image
+        self.cached_bytes += image.nbytes
+        while self.cached_bytes > CACHE_BYTES and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.cached_bytes -= old.nbytes
+        return image
+
+    def augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.pipeline is None:
+            return image
+        # One generator pair shared by every transform of the pipeline, drawn from the row's own stream: 8x
+        # cheaper per row than set_random_seed, which seeds two new generators for each transform.
+        self.pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
+        return self.pipeline(image=image)["image"]
+
+    def run_task(self, rows: list[Row], key: object = None) -> list[dict[str, Any]]:
+        """Run a task's rows. A task of another partner group (``key``) than the last one starts with an empty
+        cache (the last group's images are not needed again); a further piece of the same group keeps it."""
+        if key is None or key != self.cache_key:
+            self.cache.clear()
+            self.cached_bytes = 0
+            self.cache_key = key
+        out = []
+        for row in rows:
+            try:
+                out.append(self.run_row(row))
+            except ImageReadError as exc:
+                bad = next((s for s in row.sources if self._unreadable(s)), row.sources[0])
+                out.append({"row": row.index, "error": str(exc), "source": self.ctx.rels[bad], "unreadable": True})
+            except Exception as exc:  # noqa: BLE001 -- a recipe that fails on this image (a crop larger than it)
+                message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                out.append({"row": row.index, "error": message, "source": self.ctx.rels[row.sources[0]],
+                            "unreadable": False})
+        return out
+
+    def _unreadable(self, i: int) -> bool:
+        try:
+            self.load(i)
+        except ImageReadError:
+            return True
+        return False
+
+    def run_row(self, row: Row) -> dict[str, Any]:
+        """Make one output image and write it; return its manifest record."""
+        ctx, recipe = self.ctx, self.recipe
+        seed = row_seed(recipe.seed, row.index)
+        if row.split == "val":
+            return self._copy_val(row, soft_label([ctx.labels[row.sources[0]]], [1.0], self.n_classes), seed)
+        image, target, params = self.make_image(row, seed)
+        folder = ctx.classes[int(np.argmax(target))]
+        data = encode_image(np.ascontiguousarray(image), recipe.output.format, recipe.output.quality,
+                            recipe.output.png_compression)
+        write_atomic(Path(ctx.dst) / "train" / folder / row.name, data)
+        return self._record(row, folder, target, seed, params)
+
+    def make_image(self, row: Row, seed: int | None = None) -> tuple[np.ndarray, list[float], dict[str, Any]]:
+        """Make one training row's image in memory, writing nothing: (image, soft label, the op's parameters).
+
+        Everything it draws comes from the row's own generator, so ``augexpand preview`` shows exactly the
+        image ``expand`` writes for the same row (before encoding). ``seed``: the row's seed when already known."""
+        ctx, recipe = self.ctx, self.recipe
+        size, fit = recipe.output.size, recipe.output.fit
+        rng = np.random.default_rng(row_seed(recipe.seed, row.index) if seed is None else seed)
+        params: dict[str, Any] = {}
+        labels = [ctx.labels[s] for s in row.sources]
+        target = soft_label(labels[:1], [1.0], self.n_classes)
+
+        if row.op == "original":
+            image = fit_to_size(self.load(row.sources[0]), size, fit)
+        elif row.op == "augment":
+            image = fit_to_size(self.augment(self.load(row.sources[0]), rng), size, fit)
+        elif row.op == "duplicate":
+            image = self.load(row.sources[0])
+            if recipe.oversample is not None and recipe.oversample.augment:
+                image = self.augment(image, rng)
+            image = fit_to_size(image, size, fit)
+        elif row.op == "smote":
+            a, b = (self.load(s) for s in row.sources)
+            a = fit_to_size(a, size, fit)
+            b = fit_to_size(b, a.shape[:2], fit)
+            gap = float(rng.random())
+            image = smote_interpolate(a, b, gap)
+            params.update(lam=1.0 - gap, gap=gap)
+            if recipe.oversample is not None and recipe.oversample.augment:
+                image = fit_to_size(self.augment(image, rng), size, fit)
+        elif row.op in MIXERS:
+            spec = getattr(recipe.mix, row.op)
+            images = [self.load(s) for s in row.sources]
+            if spec.augment_inputs:
+                images = [self.augment(im, rng) for im in images]
+            shape = size or images[0].shape[:2]
+            images = [fit_to_size(im, shape, fit) for im in images]
+            image, target, params = MIXERS[row.op].mix(images, labels, self.n_classes, spec, rng)
+        else:
+            raise ValueError(f"unknown op {row.op!r}")
+        return image, target, params
+
+    def _copy_val(self, row: Row, target: list[float], seed: int) -> dict[str, Any]:
+        src = Path(self.ctx.src) / self.ctx.rels[row.sources[0]]
+        folder = self.ctx.classes[row.label]
+        dst = Path(self.ctx.dst) / "val" / folder / row.name
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.augexpand-tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return self._record(row, folder, target, seed, {})
+
+    def _record(self, row: Row, folder: str, target: list[float], seed: int, params: dict) -> dict[str, Any]:
+        """A metadata.jsonl row. Every row has the same keys and types (Hugging Face's loader infers one schema
+        from the first rows): ``lam`` is the first image's share of the pixels (1.0 when nothing was mixed),
+        and the op's other parameters are a JSON object in the string ``params``."""
+        params = dict(params)
+        lam = float(params.pop("lam", 1.0))
+        return {
+            "file_name": f"{folder}/{row.name}",
+            "label": folder,
+            "soft_label": target,
+            "op": row.op,
+            "sources": [self.ctx.rels[s] for s in row.sources],
+            "lam": lam,
+            "params": json.dumps(params, separators=(",", ":")),
+            "seed": seed,
+            "row": row.index,
+            "split": row.split,
+        }
