@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
 from augexpand import __version__
+from augexpand._cliutil import CONTEXT, require_path, setup_logging
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# setup_logging under its old private name too: other modules and tests may still call it
+_setup_logging = setup_logging
 
 
 class _Group(click.Group):
@@ -43,33 +44,6 @@ def cli() -> None:
 
 def _json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(f)
-
-
-def _setup_logging(quiet: bool) -> None:
-    """Library messages (skipped files, notes) go to stderr, one line each: ``warning: skipped a.jpg: ...``."""
-    logger = logging.getLogger("augexpand")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-        logger.propagate = False
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-class _EchoHandler(logging.Handler):
-    """Writes through click.echo to whatever stderr is now (so CliRunner captures it too)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
-        click.echo(f"{level}: {record.getMessage()}", err=True)
-
-
-def require_path(path: Path | None, hint: str, folder: bool = True) -> None:
-    """A missing (or, where a folder is needed, non-folder) path given on the command line is a usage error: exit 2."""
-    if path is None:
-        return
-    if not path.exists():
-        raise click.BadParameter(f"{path} does not exist", param_hint=hint)
-    if folder and not path.is_dir():
-        raise click.BadParameter(f"{path} is not a folder", param_hint=hint)
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | str | None:
@@ -140,7 +114,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     overrides = {k: v for k, v in given.items() if v is not None}
     if overrides.get("output.size") == "native":
         overrides["output.size"] = None
-    _setup_logging(quiet or as_json)
+    setup_logging(quiet or as_json)
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
                      strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress)
@@ -304,7 +278,7 @@ def preview_command(src, recipe, example, out, samples, seed, tile, as_json):
     if example == (src is not None):
         raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
     require_path(src, "SRC")
-    _setup_logging(as_json)
+    setup_logging(as_json)
     summary = preview(src, out, recipe, samples=samples, seed=seed, tile=tile)
     if as_json:
         click.echo(json.dumps(summary, indent=2))

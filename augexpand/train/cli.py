@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from augexpand._cliutil import CONTEXT, require_path, setup_logging
+
 __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 NEED_TORCH = "training needs torch: pip install 'augexpand[train]'"
 MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
 
@@ -35,18 +36,6 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
     if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
     raise click.BadParameter(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
-
-
-def _require(path: Path | None, hint: str, folder: bool = True) -> None:
-    from augexpand.cli import require_path
-
-    require_path(path, hint, folder)
-
-
-def _logging(quiet: bool) -> None:
-    from augexpand.cli import _setup_logging
-
-    _setup_logging(quiet)
 
 
 def _progress(quiet: bool, as_json: bool) -> bool:
@@ -140,14 +129,14 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         if not resume:
             raise click.UsageError("missing argument 'DST' (only --resume may leave it out)")
         dst = _saved_data(out)
-    _require(dst, "DST")
-    _require(options.get("val"), "--val")
+    require_path(dst, "DST")
+    require_path(options.get("val"), "--val")
     for name in ("weights", "init", "teacher"):
-        _require(options.get(name), f"--{name}", folder=False)
+        require_path(options.get(name), f"--{name}", folder=False)
     explicit = {name for name in options
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     values = {k: v for k, v in options.items() if v is not None}
-    _logging(quiet or as_json)
+    setup_logging(quiet or as_json)
     config = make_config(data=dst, out=out, progress=_progress(quiet, as_json), **values)
     summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
     if as_json:
@@ -209,9 +198,9 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
     _need_torch()
     from augexpand.train.evaluate import evaluate_run, format_report, plot_confusion
 
-    _require(run, "RUN", folder=False)
-    _require(folder, "DIR")
-    _logging(quiet or as_json)
+    require_path(run, "RUN", folder=False)
+    require_path(folder, "DIR")
+    setup_logging(quiet or as_json)
     result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:
         base = run if run.is_dir() else run.parent
