@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["CONTEXT", "EchoHandler", "require_path", "setup_logging"]
+__all__ = ["CONTEXT", "EchoHandler", "printable", "require_path", "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -20,7 +20,15 @@ class EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         level = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
-        click.echo(f"{level}: {record.getMessage()}", err=True)
+        click.echo(printable(f"{level}: {record.getMessage()}"), err=True)
+
+
+def printable(text: str) -> str:
+    """Text for the terminal: non-ASCII as is (like the manifest), a byte of a non-UTF-8 path as %XX (never a
+    UnicodeEncodeError)."""
+    from augexpand.folder import display_name
+
+    return display_name(text)
 
 
 def setup_logging(quiet: bool) -> None:

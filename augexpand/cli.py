@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from augexpand import __version__
-from augexpand._cliutil import CONTEXT, require_path, setup_logging
+from augexpand._cliutil import CONTEXT, printable, require_path, setup_logging
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
@@ -119,7 +119,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
                      strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
         _print_expand_summary(summary)
 
@@ -310,7 +310,8 @@ def inspect_command(folder, plot, as_json):
     report = inspect_folder(folder)
     if plot is not None:
         report["plot"] = str(plot_counts(report, plot))
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    text = json.dumps(report, indent=2, ensure_ascii=False) if as_json else format_report(report)
+    click.echo(printable(text))
 
 
 def _register_train_commands() -> None:

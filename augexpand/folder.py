@@ -3,16 +3,25 @@
 Decoding goes through OpenCV (fast, honours EXIF orientation, converts grayscale, palette, RGBA, CMYK and 16-bit
 to 8-bit RGB). Scanning only reads image headers (Pillow) and file tails, so that a bad file is found before
 anything is planned without paying a full decode per source.
+
+Hostile trees are safe (``walk_class``): only regular files are images (a FIFO or device is never opened), folder
+links are followed only where they stay inside their class and do not loop, an image whose header claims more
+than ``max_pixels`` pixels is skipped before anything decodes it, and every name of any bytes gives a safe,
+unique output name of at most 255 bytes (``safe_stem``, ``class_output_names``).
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import os
 import re
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +29,22 @@ import numpy as np
 from augexpand.errors import ImageReadError, SourceError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "NAME_MAX",
     "ScanResult",
     "Skipped",
     "Source",
+    "class_output_names",
     "decode_image",
+    "display_name",
     "encode_image",
     "is_temp_file",
+    "limit_opencv_pixels",
     "probe_image",
     "safe_stem",
     "scan_image_folder",
+    "walk_class",
     "write_atomic",
 ]
 
@@ -59,6 +74,43 @@ _CONVERSIONS = {
 
 _TEMP_SUFFIX = ".augexpand-tmp"
 
+# Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, where it starts to warn): 89.5 megapixels, 268 MB as
+# 8-bit RGB. Larger than any camera photo up to 80 MP; a tiny file whose header claims more is skipped at scan
+# time, before anything decodes it. `--max-pixels` changes it.
+DEFAULT_MAX_PIXELS = 89_478_485
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units there)
+_STEM_BYTES = 150  # room for "__samplepairing_123456789-99.jpeg" and the ".<name>.<pid>.augexpand-tmp" of a write
+_RESERVED = {"metadata.jsonl", "metadata.csv", "metadata.parquet"}  # split-level manifests of the imagefolder format
+
+# Text that reaches a JSON file or a terminal: a name that is not valid UTF-8 (read with Python's surrogateescape)
+# shows each undecodable byte as %XX, so writing it never fails and the text stays valid UTF-8.
+_PERCENT = "augexpand-percent"
+
+
+def _percent_errors(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else f"%u{ord(c):04X}" for c in bad), exc.end
+
+
+codecs.register_error(_PERCENT, _percent_errors)
+
+
+def display_name(text: str) -> str:
+    """``text`` as valid UTF-8 text: each byte of a non-UTF-8 name (a surrogate escape) becomes %XX."""
+    return text.encode("utf-8", _PERCENT).decode("utf-8")
+
+
+def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Set OpenCV's own decoder limit (``OPENCV_IO_MAX_IMAGE_PIXELS``) to ``max_pixels`` for a process that has not
+    imported cv2 yet (OpenCV reads it once, when it loads; a value the user set in the environment wins). It is
+    the second guard: images over the limit are already skipped at scan time from their headers."""
+    import sys
+
+    if "cv2" not in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(max_pixels))
+
 
 @dataclass(frozen=True)
 class Source:
@@ -76,8 +128,9 @@ class Source:
 class Skipped:
     """A file that was left out, and why."""
 
-    rel: str
+    rel: str  # as shown: a byte that is not UTF-8 is written %XX
     reason: str
+    bad: bool = True  # a bad file (``--strict`` fails on it); False for a folder link left alone by design
 
 
 @dataclass
@@ -90,6 +143,7 @@ class ScanResult:
     skipped: list[Skipped] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     ignored: int = 0  # non-image files (by extension) that were passed over
+    class_dirs: list[str] = field(default_factory=list)  # each class's source folder name (classes: output names)
 
     @property
     def conversions(self) -> dict[str, int]:
@@ -103,12 +157,44 @@ class ScanResult:
         return {name: per[i] for i, name in enumerate(self.classes)}
 
 
+def _cut(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes (never half a character)."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
 def safe_stem(rel_in_class: str) -> str:
-    """A file-name stem from a path inside a class folder: no separators, no leading dot, nothing exotic."""
+    """A file-name stem from a path inside a class folder: no separators, no leading dot, nothing exotic.
+
+    Works for any bytes a file system allows (a non-UTF-8 byte becomes its %XX hex pair before cleaning). A stem
+    longer than 150 UTF-8 bytes is cut and ends in ``~`` and 8 hex digits of the whole path, so that outputs
+    named after it stay well inside the 255-byte file name limit, and distinct long names stay distinct.
+    """
+    rel_in_class = display_name(rel_in_class)
     without_ext = rel_in_class.rsplit(".", 1)[0] if "." in Path(rel_in_class).name else rel_in_class
     text = unicodedata.normalize("NFC", without_ext.replace("/", "_").replace("\\", "_"))
     text = re.sub(r"[^\w.\-]+", "_", text, flags=re.UNICODE).strip("._-")
-    return text[:120] or "image"
+    if len(text.encode("utf-8")) > _STEM_BYTES:
+        digest = hashlib.sha1(rel_in_class.encode("utf-8")).hexdigest()[:8]
+        text = f"{_cut(text, _STEM_BYTES - 9).rstrip('._-')}~{digest}"
+    return text or "image"
+
+
+def class_output_names(folders: list[str]) -> list[str]:
+    """The output folder (and label) of each class folder: valid UTF-8 (%XX for a byte that is not), at most 255
+    bytes, not a name the output reserves for a manifest (``metadata.jsonl`` becomes ``metadata.jsonl_``), and
+    unique. A name that needs none of this is kept as it is."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for folder in folders:
+        base = _cut(display_name(folder), NAME_MAX)
+        name, n = base, 1
+        while name.lower() in _RESERVED or name in taken or name in ("", ".", ".."):
+            n += 1
+            suffix = "_" if n == 2 else f"_{n}"
+            name = _cut(base, NAME_MAX - len(suffix)) + suffix
+        taken.add(name)
+        out.append(name)
+    return out
 
 
 def is_temp_file(name: str) -> bool:
@@ -120,13 +206,93 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "__MACOSX"))
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every non-hidden file below folder, in sorted order, following no hidden directory."""
+def _kind(mode: int) -> str:
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else
+            "not a plain file")
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def walk_class(folder: Path, root: Path | None = None,
+               extensions: frozenset[str] | None = IMAGE_EXTENSIONS) -> tuple[list[Path], list[Skipped]]:
+    """Every regular, non-hidden file below ``folder`` (with one of ``extensions``, or any with None), sorted;
+    and what was passed over, with why (relative to ``root``, or to ``folder``'s parent).
+
+    Safe on hostile trees: a FIFO, socket or device is never opened (only ``os.stat``); a broken link is named;
+    a folder link is followed only when its target lies inside ``folder``'s real path and is not a folder
+    already walked (no loops, no leaving the class: ``cat/up -> ..`` would label the other classes as cat);
+    an unreadable sub-folder is named instead of silently dropping its images. File links are followed (a
+    folder of links into a pool of images is a common way to build a dataset).
+    """
+    folder = Path(folder)
+    root = Path(root) if root is not None else folder.parent
+    base = os.path.realpath(folder)
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        found.extend(Path(dirpath) / f for f in filenames if not _hidden(f))
-    return sorted(found)
+    passed: list[Skipped] = []
+
+    def rel(path: str | Path) -> str:
+        try:
+            return display_name(Path(path).relative_to(root).as_posix())
+        except ValueError:
+            return display_name(str(path))
+
+    def unreadable(exc: OSError) -> None:
+        passed.append(Skipped(rel(exc.filename or folder), f"cannot read folder ({exc.strerror or exc})"))
+
+    visited: set[tuple[int, int]] = set()
+    try:
+        st = os.stat(folder)
+        visited.add((st.st_dev, st.st_ino))
+    except OSError as exc:
+        unreadable(exc)
+        return found, passed
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        keep = []
+        # Real folders before links, so that a link to a folder that is also here is the one passed over.
+        for d in sorted((d for d in dirnames if not _hidden(d)), key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
+            full = os.path.join(dirpath, d)
+            link = os.path.islink(full)
+            if link and not _within(os.path.realpath(full), base):
+                passed.append(Skipped(rel(full), f"folder link leads out of its class folder "
+                                                 f"(to {display_name(os.path.realpath(full))}): not followed"))
+                continue
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                passed.append(Skipped(rel(full), f"cannot read folder ({exc.strerror or exc})"))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                passed.append(Skipped(rel(full), "folder link to a folder already scanned (a loop): not followed"
+                                      if link else "folder already scanned: not followed"))
+                continue
+            visited.add(key)
+            keep.append(d)
+        dirnames[:] = sorted(keep)
+        for f in filenames:
+            if _hidden(f) or (extensions is not None and Path(f).suffix.lower() not in extensions):
+                continue
+            path = Path(dirpath) / f
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    passed.append(Skipped(rel(path), "broken link" if os.path.islink(path) else
+                                          f"cannot read ({exc.strerror or exc})"))
+                continue
+            if stat.S_ISREG(mode):
+                found.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                passed.append(Skipped(rel(path), f"{_kind(mode)}, not a regular file: never opened"))
+    return sorted(found), passed
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every regular non-hidden file below folder, sorted (``walk_class`` without what it passed over)."""
+    return walk_class(folder, extensions=None)[0]
 
 
 def _check_tail(f, fmt: str, size: int) -> None:
@@ -141,20 +307,38 @@ def _check_tail(f, fmt: str, size: int) -> None:
         raise ImageReadError("truncated PNG (no IEND chunk)")
 
 
-def probe_image(path: Path) -> tuple[str, int, int]:
+def _open_regular(path: Path):
+    """Open a file for reading only if it is a regular file. O_NONBLOCK: a FIFO put in its place after the scan
+    cannot block the open (a FIFO with no writer would wait for ever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ImageReadError(f"{_kind(st.st_mode)}, not a regular file: never read")
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def _over_limit(width: int, height: int, max_pixels: int | None) -> str | None:
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    return (f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of {max_pixels / 1e6:.1f} "
+            f"(a decompression bomb? --max-pixels raises the limit)")
+
+
+def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
     """Read only the header (and tail) of an image: its Pillow mode and its size after EXIF orientation.
 
-    Raises ImageReadError with the reason when the file is empty, not an image or truncated.
+    Raises ImageReadError with the reason when the file is empty, not a regular file, not an image, truncated,
+    or when its header claims more than ``max_pixels`` pixels (None: no limit).
     """
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # only the header is read here; OpenCV decodes, with its own limit
-    try:
-        f = open(path, "rb")  # noqa: SIM115 -- one open for size, header and tail (system calls are the cost)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here; the pixel limit is checked below, by us
+    f, size = _open_regular(path)
     with f:
-        size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise ImageReadError("empty file (0 bytes)")
         try:
@@ -172,6 +356,9 @@ def probe_image(path: Path) -> tuple[str, int, int]:
             raise ImageReadError(f"unreadable image header ({exc})") from None
         if width <= 0 or height <= 0:
             raise ImageReadError(f"image has no pixels ({width}x{height})")
+        too_big = _over_limit(width, height, max_pixels)
+        if too_big:
+            raise ImageReadError(too_big)
         _check_tail(f, fmt, size)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
@@ -187,13 +374,22 @@ def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
 
     flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
             8: cv2.IMREAD_REDUCED_COLOR_8}[reduced]
-    try:
-        data = np.frombuffer(source, np.uint8) if isinstance(source, bytes) else np.fromfile(source, np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
+    if isinstance(source, bytes):
+        data = np.frombuffer(source, np.uint8)
+    else:
+        f, _ = _open_regular(source)
+        try:
+            with f:
+                data = np.frombuffer(f.read(), np.uint8)
+        except OSError as exc:
+            raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageReadError("empty file (0 bytes)")
-    image = cv2.imdecode(data, flag)
+    try:
+        image = cv2.imdecode(data, flag)
+    except cv2.error as exc:  # e.g. a header over OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
+        raise ImageReadError(f"OpenCV cannot decode it ({reason})") from None
     if image is None:
         raise ImageReadError("OpenCV cannot decode it (corrupt or truncated)")
     if reduced != 1:
@@ -231,66 +427,105 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file so that it either exists whole or not at all: a temporary sibling, then a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
     mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+    # Text is UTF-8; a name that is not (a surrogate escape of a non-UTF-8 byte) is written as %XX, never a crash.
+    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8", "errors": _PERCENT})) as f:
         f.write(data)
     os.replace(tmp, path)
 
 
-def _probe_or_reason(path: Path) -> tuple[str, int, int] | str:
+def _probe_or_reason(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, int, int] | str:
     try:
-        return probe_image(path)
+        return probe_image(path, max_pixels)
     except ImageReadError as exc:
         return str(exc)
 
 
-def scan_image_folder(root: Path, strict: bool = False, imap: Callable | None = None) -> ScanResult:
+def _class_folders(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """The class folders of ``root`` (sorted, not hidden), and the folder links among them that are left out:
+    one that leads to the source folder or above it (it would hold every class), or into another class."""
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    real_root = os.path.realpath(root)
+    plain = [os.path.realpath(p) for p in dirs if not p.is_symlink()]
+    keep, passed = [], []
+    for p in dirs:
+        if p.is_symlink():
+            real = os.path.realpath(p)
+            if _within(real_root, real):
+                passed.append(Skipped(display_name(p.name), "class folder link leads to the source folder or above "
+                                      "it (it would hold every class): not followed", bad=False))
+                continue
+            inside = next((q for q in plain if _within(real, q)), None)
+            if inside is not None:
+                passed.append(Skipped(display_name(p.name), f"class folder link leads into the class folder "
+                                      f"{display_name(Path(inside).name)!r}: not followed", bad=False))
+                continue
+        keep.append(p)
+    return keep, passed
+
+
+def scan_image_folder(root: Path, strict: bool = False, imap: Callable | None = None,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ScanResult:
     """Scan ``root/<class>/**/<image>``: classes are the sorted folder names, as torchvision's ImageFolder.
 
     Unreadable files are recorded in ``skipped`` with a reason (or, with ``strict``, raise SourceError);
     a class folder with no readable image is reported in ``empty_classes`` and left out. ``imap(fn, paths)``
     probes the image headers (a process pool's map for large folders; ``map`` by default), in order.
+    An image whose header claims more than ``max_pixels`` pixels is skipped like an unreadable one (None: no
+    limit). Non-regular files, folder links that would loop or leave their class, and unreadable sub-folders
+    are passed over and named in ``skipped`` too (see ``walk_class``). ``classes`` are the output names of the
+    class folders (``class_output_names``: the folder's own name unless it is not UTF-8, too long or reserved).
     """
     root = Path(root)
     if not root.exists():
         raise SourceError(f"source folder {root} does not exist")
     if not root.is_dir():
         raise SourceError(f"source {root} is not a folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    try:
+        class_dirs, skipped = _class_folders(root)
+    except OSError as exc:
+        raise SourceError(f"cannot read source folder {root}: {exc.strerror or exc}") from None
     if not class_dirs:
         raise SourceError(f"{root} has no class folders; expected an ImageFolder: {root}/<class>/<image>")
+    names = class_output_names([p.name for p in class_dirs])
 
-    skipped: list[Skipped] = []
     ignored = 0
     for p in sorted(root.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name):
-            skipped.append(Skipped(p.name, "image outside any class folder"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name) and p.is_file():
+            skipped.append(Skipped(display_name(p.name), "image outside any class folder"))
 
     classes: list[str] = []
+    folders: list[str] = []
     sources: list[Source] = []
     empty: list[str] = []
     used: set[str] = set()  # stems are unique across classes: a mixed image may land in another class folder
     candidates: list[list[Path]] = []
     for class_dir in class_dirs:
-        files = _walk_files(class_dir)
+        files, passed = walk_class(class_dir, root, extensions=None)
+        for s in passed:
+            if strict and s.bad:
+                raise SourceError(f"{s.rel}: {s.reason} (--strict)")
+            skipped.append(s)
         candidates.append([p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS])
         ignored += len(files) - len(candidates[-1])
-    probes = iter((imap or map)(_probe_or_reason, [p for paths in candidates for p in paths]))
-    for class_dir, paths in zip(class_dirs, candidates):
+    probe = partial(_probe_or_reason, max_pixels=max_pixels)
+    probes = iter((imap or map)(probe, [p for paths in candidates for p in paths]))
+    for class_dir, name, paths in zip(class_dirs, names, candidates):
         found: list[tuple[str, str, int, int]] = []
         for path in paths:
             rel = path.relative_to(root).as_posix()
-            probe = next(probes)
-            if isinstance(probe, str):
+            result = next(probes)
+            if isinstance(result, str):
                 if strict:
-                    raise SourceError(f"{rel}: {probe} (--strict)")
-                skipped.append(Skipped(rel, probe))
+                    raise SourceError(f"{display_name(rel)}: {result} (--strict)")
+                skipped.append(Skipped(display_name(rel), result))
                 continue
-            found.append((rel, *probe))
+            found.append((rel, *result))
         if not found:
-            empty.append(class_dir.name)
+            empty.append(name)
             continue
         label = len(classes)
-        classes.append(class_dir.name)
+        classes.append(name)
+        folders.append(class_dir.name)
         for rel, mode, width, height in found:
             stem = base = safe_stem(rel.split("/", 1)[1])
             n = 1
@@ -304,4 +539,4 @@ def scan_image_folder(root: Path, strict: bool = False, imap: Callable | None = 
     if not sources:
         raise SourceError(f"no readable image in {root}; expected {root}/<class>/<image> with "
                           f"{', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))} files")
-    return ScanResult(root, classes, sources, skipped, empty, ignored)
+    return ScanResult(root, classes, sources, skipped, empty, ignored, folders)

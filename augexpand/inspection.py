@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from augexpand.errors import AugexpandError, SourceError
-from augexpand.folder import IMAGE_EXTENSIONS, _hidden, _walk_files, write_atomic
+from augexpand.errors import AugexpandError, DestinationError, SourceError
+from augexpand.folder import IMAGE_EXTENSIONS, _class_folders, _hidden, display_name, walk_class, write_atomic
 from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card, read_metadata
 
 __all__ = ["InspectError", "count_image_folder", "format_report", "inspect_folder", "plot_counts"]
@@ -24,19 +24,21 @@ class InspectError(AugexpandError):
 
 
 def count_image_folder(root: Path) -> dict[str, Any]:
-    """Image files per class folder of ``root`` by extension: counts, empty classes, non-image files, and images
-    lying outside any class folder."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    """Image files per class folder of ``root`` by extension: counts, empty classes, non-image files, images
+    lying outside any class folder, and what the scanner's safety rules pass over (non-regular files, folder links
+    that loop or leave their class, unreadable folders). A name that is not UTF-8 is shown with %XX bytes."""
+    class_dirs, passed = _class_folders(root)
     counts: dict[str, int] = {}
     ignored = 0
     for d in class_dirs:
-        files = _walk_files(d)
+        files, more = walk_class(d, root, extensions=None)
+        passed += more
         images = sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
-        counts[d.name] = images
+        counts[display_name(d.name)] = images
         ignored += len(files) - images
-    outside = sum(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name) for p in root.iterdir())
+    outside = sum(p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name) and p.is_file() for p in root.iterdir())
     return {"counts": counts, "empty_classes": [c for c, n in counts.items() if n == 0], "ignored_files": ignored,
-            "outside_class_folders": outside}
+            "outside_class_folders": outside, "passed_over": [{"file": s.rel, "reason": s.reason} for s in passed]}
 
 
 def imbalance_ratio(counts: dict[str, float]) -> float | None:
@@ -159,6 +161,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{report['outside_class_folders']} image(s) outside any class folder (not counted)")
         if report["ignored_files"]:
             lines.append(f"{report['ignored_files']} non-image file(s) ignored")
+        for item in report.get("passed_over", []):
+            lines.append(f"passed over {item['file']}: {item['reason']}")
         return "\n".join(lines)
 
     ops = list(report["per_op"])
@@ -192,6 +196,20 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _refuse_inside(out: Path, report: dict[str, Any]) -> None:
+    """The chart is never written into the folder it counts: a source ImageFolder is never written to (and the
+    chart would be counted as an image of the class next time), nor an expanded set's train/ or val/ split."""
+    where = Path(report["dir"]).resolve()
+    target = out.resolve()
+    guarded = [where] if report["kind"] == "source" else [where / "train", where / "val"]
+    for folder in guarded:
+        if target == folder or folder in target.parents:
+            what = "the source" if report["kind"] == "source" else f"the split {folder.name}/ of"
+            raise DestinationError(f"the chart {out} would be written inside {what} {where}; "
+                                   f"{'the source is' if report['kind'] == 'source' else 'its splits are'} never "
+                                   f"written to: choose a path outside it")
+
+
 def plot_counts(report: dict[str, Any], out: str | Path) -> Path:
     """Draw the counts as horizontal bars (stacked by op for an expanded set, val hatched) into a PNG, atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -200,6 +218,7 @@ def plot_counts(report: dict[str, Any], out: str | Path) -> Path:
     out = Path(out).expanduser()
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise InspectError(f"the chart's file name must end in .png, .svg or .pdf, got {out.name!r}")
+    _refuse_inside(out, report)
     classes = report["classes"]
     fig = Figure(figsize=(8, 1.4 + 0.38 * len(classes)), layout="constrained")
     FigureCanvasAgg(fig)

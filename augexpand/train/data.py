@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,12 +131,14 @@ def find_splits(data: Path, val: Path | None = None) -> tuple[Path, Path | None,
 
 
 def _walk_images(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        found.extend(Path(dirpath) / f for f in filenames
-                     if not _hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(found)
+    """The images below a class folder, with the scanner's safety rules (``augexpand.folder.walk_class``): only
+    regular files, folder links only inside their class and without loops; what was passed over is named."""
+    from augexpand.folder import walk_class
+
+    files, passed = walk_class(folder, folder.parent)
+    for s in passed:
+        log.warning("skipped %s: %s", s.rel, s.reason)
+    return files
 
 
 def _mismatch(where: Path, unknown: list[str], classes: list[str]) -> TrainingError:
