@@ -42,6 +42,13 @@ def cli() -> None:
     """
 
 
+def _max_pixels_option(f):
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=89_478_485, show_default=True,
+                        metavar="N", help="Skip (and name) any source image whose header claims more pixels than "
+                        "this: a decompression bomb is a tiny file that claims 30000x30000. The default is "
+                        "Pillow's limit.")(f)
+
+
 def _json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(f)
 
@@ -83,10 +90,11 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into DST without redoing finished images.")
 @click.option("--overwrite", is_flag=True, help="Replace DST if an earlier augexpand run wrote it.")
 @click.option("--dry-run", is_flag=True, help="Scan and plan, print what would be made, write nothing.")
+@_max_pixels_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @_json_option
 def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
-                   val_fraction, strict, resume, overwrite, dry_run, quiet, as_json):
+                   val_fraction, strict, resume, overwrite, dry_run, max_pixels, quiet, as_json):
     """Expand the ImageFolder SRC into a larger one in DST, with a soft-label manifest.
 
     SRC holds one folder per class (images anywhere below it). DST receives train/<class>/...,
@@ -117,7 +125,8 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     setup_logging(quiet or as_json)
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
-                     strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress)
+                     strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
+                     max_pixels=max_pixels)
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
@@ -147,10 +156,12 @@ def _print_expand_summary(s: dict) -> None:
                                     for i, (v, w) in enumerate(zip(r, widths))))
     ratio = s["imbalance_ratio"]
     click.echo(f"imbalance (largest/smallest class): {ratio['source']} in the source, {ratio['train']} after"
-               + (" (mixed images counted under their majority label)" if s["dry_run"] is False and
-                  any(op in ops for op in ("mixup", "cutmix", "ricap")) else ""))
+               + ((" (mixed images of two classes counted by each label's odds: a run's counts differ by chance)"
+                   if s["dry_run"] else " (mixed images counted under their majority label)")
+                  if any(op in ops for op in ("mixup", "cutmix", "ricap")) else ""))
     if s["skipped"]:
-        click.echo(f"skipped {len(s['skipped'])} unreadable file(s), listed above and in dataset.json")
+        click.echo(f"skipped {len(s['skipped'])} file(s) or folder link(s), each named above with its reason (and in "
+                   f"dataset.json)")
     if s["converted_to_rgb8"]:
         kinds = ", ".join(f"{n} {k}" for k, n in s["converted_to_rgb8"].items())
         click.echo(f"converted to 8-bit RGB: {kinds}")
@@ -260,8 +271,9 @@ def example_command(dst: Path) -> None:
 @click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's; also picks the samples).")
 @click.option("--tile", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Tile side in pixels.")
+@_max_pixels_option
 @_json_option
-def preview_command(src, recipe, example, out, samples, seed, tile, as_json):
+def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, as_json):
     """Draw a contact sheet of what a recipe makes from SRC, without writing a dataset.
 
     One row per op the recipe produces (original, augment, smote or duplicate, each mix method), a few
@@ -279,7 +291,7 @@ def preview_command(src, recipe, example, out, samples, seed, tile, as_json):
         raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
     require_path(src, "SRC")
     setup_logging(as_json)
-    summary = preview(src, out, recipe, samples=samples, seed=seed, tile=tile)
+    summary = preview(src, out, recipe, samples=samples, seed=seed, tile=tile, max_pixels=max_pixels)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -72,7 +72,7 @@ def fingerprint(scan: ScanResult, recipe: Recipe, val_fraction: float) -> str:
     h.update(json.dumps([__version__, recipe.resolved(), val_fraction], sort_keys=True, default=str).encode())
     for s in scan.sources:
         st = (scan.root / s.rel).stat()
-        h.update(f"{s.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{s.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any bytes a name holds
     return h.hexdigest()[:32]
 
 

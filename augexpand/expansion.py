@@ -24,9 +24,16 @@ from augexpand import __version__
 from augexpand.destination import STATE_DIR, check_paths, fingerprint, prepare_destination, read_journal
 from augexpand.errors import AugexpandError, DestinationError, SourceError
 from augexpand.executors import Executor, LocalExecutor, Task, default_workers, probe_map
-from augexpand.folder import ScanResult, is_temp_file, scan_image_folder, write_atomic
+from augexpand.folder import (
+    DEFAULT_MAX_PIXELS,
+    ScanResult,
+    is_temp_file,
+    limit_opencv_pixels,
+    scan_image_folder,
+    write_atomic,
+)
 from augexpand.manifest import METADATA_NAME, read_card, write_card, write_metadata
-from augexpand.plan import OPS, Plan, Row, make_plan
+from augexpand.plan import OPS, Plan, Row, folder_counts, make_plan
 from augexpand.recipe import Recipe, load_recipe
 from augexpand.rows import RowContext
 
@@ -97,13 +104,17 @@ def expand(
     overwrite: bool = False,
     dry_run: bool = False,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Expand the ImageFolder ``src`` into ``dst`` (``dst/train``, ``dst/val``, metadata.jsonl, dataset.json).
 
     ``overrides`` sets recipe keys on top of the recipe (``seed``, ``copies``, ``output.format``, ...).
     ``src=None`` uses the built-in example dataset. Returns the summary that ``--json`` prints.
+    ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     """
     started = time.perf_counter()
+    if max_pixels is not None:
+        limit_opencv_pixels(max_pixels)  # OpenCV's own limit too, when it has not been loaded yet
     recipe = load_recipe(recipe, overrides)  # every recipe error before anything is read
     if not 0.0 <= val_fraction < 1.0:
         raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -119,7 +130,7 @@ def expand(
         prepare_destination(dst, resume, overwrite)
 
     workers = max(1, workers or default_workers())
-    scan = scan_image_folder(src, strict=strict, imap=probe_map(workers))
+    scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
     for name in scan.empty_classes:
@@ -196,10 +207,13 @@ def _execute(executor: Executor, plan: Plan, scan: ScanResult, dst: Path, run_id
                     tmp.unlink()
     state.mkdir(parents=True, exist_ok=True)
     write_atomic(state / "run.json", json.dumps({"tool": "augexpand", "fingerprint": run_id}) + "\n")
-    for split in ("train", "val"):
-        if any(r.split == split for r in plan.rows):
-            for name in scan.classes:
-                (dst / split / name).mkdir(parents=True, exist_ok=True)
+    # val/<class>/ only for a class that holds out an image: torchvision's ImageFolder refuses an empty folder (a
+    # class too small to hold one out has none). Every class keeps its train/<class>/ (a training row may land in
+    # any class by its soft label).
+    for name in scan.classes:
+        (dst / "train" / name).mkdir(parents=True, exist_ok=True)
+    for label in sorted({r.label for r in plan.rows if r.split == "val"}):
+        (dst / "val" / scan.classes[label]).mkdir(parents=True, exist_ok=True)
 
     todo = [r for r in plan.rows if r.index not in done]
     records = dict(done)
@@ -237,7 +251,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
     val_counts = Counter(classes[scan.sources[i].label] for i in plan.val_sources)
     train_source_counts = Counter(classes[scan.sources[i].label] for i in plan.train_sources)
     if dry_run:
-        per_class_op = plan.counts(classes)
+        per_class_op = folder_counts(plan, scan, recipe)  # by output folder, as the records of a run are counted
         made = len([r for r in plan.rows if r.split == "train"])
         train_counts = {c: sum(per_class_op[c].values()) for c in classes}
     else:
@@ -278,7 +292,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "skipped": skipped,
         "ignored_non_image_files": scan.ignored,
         "empty_classes": scan.empty_classes,
-        "converted_to_rgb8": scan.conversions,
+        "converted_to_rgb8": scan.converted(excluding={rel for rel, _ in unreadable}),
         "notes": plan.notes,
         "workers": workers,
         "fingerprint": run_id,

@@ -102,6 +102,21 @@ def display_name(text: str) -> str:
     return text.encode("utf-8", _PERCENT).decode("utf-8")
 
 
+_QUIET = False
+
+
+def _cv2():
+    """OpenCV, with its log (TIFF and libpng warnings about a bad file) at ERROR level, once per process: a bad
+    file is reported by augexpand, in one line naming it, not by a decoder's warning on stderr."""
+    import cv2
+
+    global _QUIET
+    if not _QUIET:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        _QUIET = True
+    return cv2
+
+
 def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Set OpenCV's own decoder limit (``OPENCV_IO_MAX_IMAGE_PIXELS``) to ``max_pixels`` for a process that has not
     imported cv2 yet (OpenCV reads it once, when it loads; a value the user set in the environment wins). It is
@@ -148,7 +163,13 @@ class ScanResult:
     @property
     def conversions(self) -> dict[str, int]:
         """How many sources of each non-RGB kind are converted to 8-bit RGB."""
-        counts = Counter(_CONVERSIONS[s.mode] for s in self.sources if s.mode in _CONVERSIONS)
+        return self.converted()
+
+    def converted(self, excluding: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """How many sources of each non-RGB kind are converted to 8-bit RGB, leaving out the sources (by ``rel``)
+        that turned out unreadable when decoded (a 32-bit float TIFF: its header reads, OpenCV cannot decode it)."""
+        counts = Counter(_CONVERSIONS[s.mode] for s in self.sources if s.mode in _CONVERSIONS and
+                         s.rel not in excluding)
         return dict(sorted(counts.items()))
 
     def counts(self) -> dict[str, int]:
@@ -257,7 +278,8 @@ def walk_class(folder: Path, root: Path | None = None,
             link = os.path.islink(full)
             if link and not _within(os.path.realpath(full), base):
                 passed.append(Skipped(rel(full), f"folder link leads out of its class folder "
-                                                 f"(to {display_name(os.path.realpath(full))}): not followed"))
+                                                 f"(to {display_name(os.path.realpath(full))}): not followed",
+                                      bad=False))
                 continue
             try:
                 st = os.stat(full)
@@ -267,7 +289,7 @@ def walk_class(folder: Path, root: Path | None = None,
             key = (st.st_dev, st.st_ino)
             if key in visited:
                 passed.append(Skipped(rel(full), "folder link to a folder already scanned (a loop): not followed"
-                                      if link else "folder already scanned: not followed"))
+                                      if link else "folder already scanned: not followed", bad=False))
                 continue
             visited.add(key)
             keep.append(d)
@@ -334,11 +356,14 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
     Raises ImageReadError with the reason when the file is empty, not a regular file, not an image, truncated,
     or when its header claims more than ``max_pixels`` pixels (None: no limit).
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # only the header is read here; the pixel limit is checked below, by us
     f, size = _open_regular(path)
-    with f:
+    with f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warnings on odd headers (corrupt EXIF, ...): the scan decides
         if size == 0:
             raise ImageReadError("empty file (0 bytes)")
         try:
@@ -370,7 +395,7 @@ def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
 
     ``reduced`` of 2, 4 or 8 asks the JPEG decoder for a smaller image directly (much faster, for descriptors).
     """
-    import cv2
+    cv2 = _cv2()
 
     flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
             8: cv2.IMREAD_REDUCED_COLOR_8}[reduced]
@@ -391,7 +416,7 @@ def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
         raise ImageReadError(f"OpenCV cannot decode it ({reason})") from None
     if image is None:
-        raise ImageReadError("OpenCV cannot decode it (corrupt or truncated)")
+        raise ImageReadError("OpenCV cannot decode it (corrupt, truncated, or a kind of image it cannot read)")
     if reduced != 1:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
@@ -403,7 +428,7 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 95, png_compression
     JPEG: 4:2:0, no Huffman optimisation (it halves encode speed). PNG: zlib level ``png_compression`` with
     Huffman-only strategy and the SUB filter, 2-3x faster than OpenCV's default at about the same size.
     """
-    import cv2
+    cv2 = _cv2()
 
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if fmt == "jpg":

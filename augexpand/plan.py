@@ -19,7 +19,7 @@ from augexpand.folder import OUTPUT_EXTENSIONS, ScanResult
 from augexpand.mixing import MIXERS
 from augexpand.recipe import Recipe
 
-__all__ = ["OPS", "PARTNER_GROUP", "Plan", "Row", "make_plan", "row_rng", "row_seed"]
+__all__ = ["OPS", "PARTNER_GROUP", "Plan", "Row", "folder_counts", "make_plan", "row_rng", "row_seed"]
 
 # Every op a row can have, in the order rows are planned.
 OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
@@ -28,6 +28,7 @@ OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
 _VAL_STREAM = 1_000_001
 _PLAN_STREAM = 1_000_002
 _GROUP_STREAM = 1_000_003
+_FOLDER_STREAM = 1_000_004
 
 # Mixing partners are drawn from the first image's partner group: a seeded random set of this many training
 # images, like mixup within a minibatch. A worker runs a whole group at once, so it decodes each image of the
@@ -243,6 +244,76 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
                 add(method, label, (first, *map(int, partners)))
 
     return Plan(rows, train, val, counts, notes, groups)
+
+
+def folder_counts(plan: Plan, scan: ScanResult, recipe: Recipe, split: str = "train") -> dict[str, dict[str, int]]:
+    """Planned rows per class and op, counted by the folder a run writes each one to: the argmax of its soft label.
+
+    That is the first source's class for every row but a mixup, CutMix or RICAP row of images of different classes,
+    whose label weights are drawn only when it runs. Such a row counts for each class by the probability that the
+    class wins (mixup: 1/2 each, by the symmetry of Beta(a, a); CutMix and RICAP: estimated once per class pattern
+    and shape from 4096 seeded draws of the mixer's own box and boundary arithmetic); each op's fractional counts
+    are rounded to whole rows keeping the op's total. So ``--dry-run`` shows what a run makes in expectation.
+    """
+    classes = scan.classes
+    size = recipe.output.size if isinstance(recipe.output.size, tuple) else None
+    shares: dict[str, np.ndarray] = {}  # op -> expected rows per class
+    cache: dict[tuple, np.ndarray] = {}
+    for row in plan.rows:
+        if row.split != split:
+            continue
+        table = shares.setdefault(row.op, np.zeros(len(classes)))
+        labels = [scan.sources[i].label for i in row.sources]
+        if row.op not in ("mixup", "cutmix", "ricap") or len(set(labels)) == 1:
+            table[labels[0]] += 1.0
+            continue
+        order: dict[int, int] = {}
+        pattern = tuple(order.setdefault(label, len(order)) for label in labels)
+        first = scan.sources[row.sources[0]]
+        h, w = size or (first.height, first.width)
+        scale = min(1.0, 64 / max(h, w))  # the odds depend on the aspect, hardly on the size
+        shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+        key = (row.op, pattern, shape)
+        if key not in cache:
+            cache[key] = _win_odds(row.op, getattr(recipe.mix, row.op), pattern, shape,
+                                   np.random.default_rng([recipe.seed, _FOLDER_STREAM, *pattern, *shape]))
+        for label, position in order.items():
+            table[label] += cache[key][position]
+    out: dict[str, Counter] = {name: Counter() for name in classes}
+    for op, expected in shares.items():
+        whole = np.floor(expected + 1e-9).astype(np.int64)
+        missing = int(round(expected.sum())) - int(whole.sum())
+        for c in np.argsort(-(expected - whole), kind="stable")[:max(0, missing)]:
+            whole[c] += 1
+        for c, n in enumerate(whole):
+            if n:
+                out[classes[c]][op] = int(n)
+    return {name: dict(sorted(c.items(), key=lambda kv: OPS.index(kv[0]))) for name, c in out.items()}
+
+
+def _win_odds(op: str, spec, pattern: tuple[int, ...], shape: tuple[int, int], rng: np.random.Generator,
+              draws: int = 4096) -> np.ndarray:
+    """The probability that each class of ``pattern`` (the classes of a row's images, numbered by first
+    appearance) has the largest label weight, for a mixer's parameters drawn as ``augexpand.mixing`` draws them."""
+    h, w = shape
+    if op == "mixup":  # lam ~ Beta(a, a) is symmetric: either image wins half the time
+        weights = np.array([[1.0, 0.0], [0.0, 1.0]])
+    elif op == "cutmix":  # cutmix_box, vectorised
+        ratio = np.sqrt(1.0 - rng.beta(spec.alpha, spec.alpha, draws))
+        cut_h, cut_w = (h * ratio).astype(np.int64), (w * ratio).astype(np.int64)
+        cy, cx = rng.integers(0, h, draws), rng.integers(0, w, draws)
+        area = (np.clip(cy + cut_h // 2, 0, h) - np.clip(cy - cut_h // 2, 0, h)) * \
+               (np.clip(cx + cut_w // 2, 0, w) - np.clip(cx - cut_w // 2, 0, w))
+        lam = 1.0 - area / float(h * w)
+        weights = np.stack([lam, 1.0 - lam], 1)
+    else:  # ricap_boundary, vectorised
+        bh = np.round(h * rng.beta(spec.beta, spec.beta, draws))
+        bw = np.round(w * rng.beta(spec.beta, spec.beta, draws))
+        weights = np.stack([bh * bw, bh * (w - bw), (h - bh) * bw, (h - bh) * (w - bw)], 1) / float(h * w)
+    per_class = np.zeros((len(weights), max(pattern) + 1))
+    for position, c in enumerate(pattern):
+        per_class[:, c] += weights[:, position]
+    return np.bincount(per_class.argmax(1), minlength=per_class.shape[1]) / len(per_class)
 
 
 def _oversample_counts(class_counts: dict[str, int], strategy) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from augexpand.errors import AugexpandError, DestinationError, SourceError
+from augexpand.folder import DEFAULT_MAX_PIXELS
 
 __all__ = ["NEIGHBOUR_IMAGES", "SHEET_FORMATS", "PreviewError", "caption", "pick_rows", "preview"]
 
@@ -38,13 +39,15 @@ class PreviewError(AugexpandError):
 
 
 def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, samples: int = 6,
-            seed: int | None = None, overrides: dict[str, Any] | None = None, tile: int = 160) -> dict[str, Any]:
+            seed: int | None = None, overrides: dict[str, Any] | None = None, tile: int = 160,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Draw a contact sheet of ``samples`` images per op of ``recipe`` on the ImageFolder ``src`` into ``out``.
 
     ``src=None`` uses the built-in example photos; ``seed`` overrides the recipe's (it picks the rows too).
     Returns a summary: the sheet's size and, per op, where its row lies and what each tile shows.
+    ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     """
-    from augexpand.folder import scan_image_folder, write_atomic
+    from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_atomic
     from augexpand.plan import OPS, make_plan
     from augexpand.recipe import load_recipe
     from augexpand.rows import RowContext, RowMaker
@@ -57,6 +60,8 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     fmt = SHEET_FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise PreviewError(f"the sheet's file name must end in {', '.join(SHEET_FORMATS)}, got {out.name!r}")
+    if max_pixels is not None:
+        limit_opencv_pixels(max_pixels)
     recipe = load_recipe(recipe, {**(overrides or {}), **({"seed": seed} if seed is not None else {})})
     if src is None:
         from augexpand.example import example_dir
@@ -69,7 +74,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
         raise DestinationError(f"the sheet {out} would be written inside the source {src}; "
                                f"the source is never written to")
 
-    scan = scan_image_folder(src)
+    scan = scan_image_folder(src, max_pixels=max_pixels)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
     read: set[Path] = set()
