@@ -10,27 +10,38 @@ import copy
 import difflib
 import json
 import os
+import re
+import statistics
 import sys
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augexpand.errors import RecipeError
+from augexpand.policies import POLICIES
 
 __all__ = [
+    "NOMINAL_SIZE",
+    "AutoSize",
     "MixSection",
     "OutputSpec",
     "OversampleSpec",
+    "PolicySpec",
     "Recipe",
     "build_pipeline",
     "builtin_recipes",
     "import_albumentations",
     "load_recipe",
     "recipes_dir",
+    "resolve_output",
+    "source_sizes",
 ]
+
+NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
@@ -76,10 +87,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AutoSize(_Strict):
+    """``size: auto`` (224), ``size: {auto: 160}`` or ``{auto: [h, w]}``: that size, but never larger than the
+    training sources' median short side (scaled down keeping its aspect). ``resolve_output`` makes it concrete."""
+
+    auto: tuple[PositiveInt, PositiveInt] = (NOMINAL_SIZE, NOMINAL_SIZE)
+
+    @field_validator("auto", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class OutputSpec(_Strict):
     """How output images are written."""
 
-    size: tuple[PositiveInt, PositiveInt] | None = None  # (height, width); an int means square; None keeps native
+    # (height, width); an int means square; auto follows the sources (AutoSize); None keeps each image's size
+    size: tuple[PositiveInt, PositiveInt] | AutoSize | None = None
     fit: Literal["crop", "stretch"] = "crop"  # crop: resize the short side, centre-crop; stretch: resize exactly
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # jpg and webp
@@ -90,7 +114,19 @@ class OutputSpec(_Strict):
     def _square(cls, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
             return (v, v)
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return AutoSize()
+        if isinstance(v, str) and v.strip().lower() in ("native", "null", "none"):
+            return None
+        if not (v is None or isinstance(v, (list, tuple, dict, AutoSize))):
+            raise ValueError(f"expected a size (224, [height, width]), auto, {{auto: 160}} or null (native), "
+                             f"got {v!r}")
         return v
+
+    @property
+    def nominal(self) -> tuple[int, int] | None:
+        """The size as written (``auto``: its nominal size), for checks that have no images to look at."""
+        return self.size.auto if isinstance(self.size, AutoSize) else self.size
 
     @field_validator("format", mode="before")
     @classmethod
@@ -155,6 +191,36 @@ class OversampleSpec(_Strict):
     augment: bool = False  # run the single-image pipeline on each synthetic image too
 
 
+class PolicySpec(_Strict):
+    """An augmentation policy applied after the pipeline wherever the pipeline is applied (policies.py)."""
+
+    name: str
+    num_ops: Annotated[int, Field(ge=1, le=10)] | None = None  # randaugment: ops per image (default 2)
+    magnitude: Annotated[int, Field(ge=0, le=30)] | None = None  # randaugment: M of 0..30 (default 9);
+    # trivialaugment: strengths are drawn from 0..magnitude (default 30)
+    keep_orientation: bool = False  # True: no flip, rotations and shears within 10 degrees
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in POLICIES:
+            return v.strip().lower()
+        if isinstance(v, str):
+            raise ValueError(f"unknown policy {v!r}{_closest(v, list(POLICIES))} "
+                             f"(expected one of: {', '.join(POLICIES)})")
+        return v
+
+    @model_validator(mode="after")
+    def _applies(self) -> PolicySpec:
+        definition = POLICIES[self.name]
+        for key in ("num_ops", "magnitude"):
+            if getattr(self, key) is not None and getattr(definition, key) is None:
+                takes = [k for k in ("num_ops", "magnitude") if getattr(definition, k) is not None]
+                raise ValueError(f"{key} does not apply to {self.name} (it takes: "
+                                 f"{', '.join(takes) or 'only keep_orientation'})")
+        return self
+
+
 class Recipe(_Strict):
     """A validated recipe. ``pipeline`` is kept as written; ``build_pipeline`` turns it into an A.Compose."""
 
@@ -168,6 +234,7 @@ class Recipe(_Strict):
     pipeline: list[Any] | dict[str, Any] | str = Field(default_factory=list)
     mix: MixSection = Field(default_factory=MixSection)
     oversample: OversampleSpec | None = None
+    policy: PolicySpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     # Not part of the schema: where the recipe came from, and the pipeline in albumentations' serialized form.
@@ -177,7 +244,8 @@ class Recipe(_Strict):
     def pipeline_dict(self) -> dict[str, Any]:
         """The pipeline in albumentations' own serialized form (``A.to_dict`` output)."""
         A = import_albumentations()
-        return A.to_dict(build_pipeline(self.pipeline, self.source, {}))
+        pipeline = resolve_sizes(self.pipeline, self.output.nominal, self.source, {})
+        return A.to_dict(build_pipeline(pipeline, self.source, {}))
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe, as written into dataset.json."""
@@ -239,8 +307,13 @@ def _pydantic_message(err: dict[str, Any], model: type[BaseModel]) -> tuple[tupl
         options = [o for o in options if o != "source"]
         return loc, f"unknown key {loc[-1]!r}{_closest(str(loc[-1]), options)} (expected one of: {', '.join(options)})"
     got = err.get("input")
+    if kind == "value_error":  # our own validators' messages say what arrived
+        return loc, str(err.get("ctx", {}).get("error", err["msg"]))
     got_text = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
-    return loc, f"{err['msg'][0].lower()}{err['msg'][1:]}{got_text}"
+    hint = ""
+    if kind == "literal_error" and isinstance(got, str):
+        hint = _closest(got, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
+    return loc, f"{err['msg'][0].lower()}{err['msg'][1:]}{got_text}{hint}"
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
@@ -314,7 +387,8 @@ def load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str,
     if isinstance(pipeline, str):  # a path to a serialized pipeline (A.save output, JSON or YAML) or a list
         pipeline = _load_pipeline_file(pipeline, base, _where(source, lines, ("pipeline",)))
         recipe = Recipe.model_validate({**recipe.model_dump(), "pipeline": pipeline, "source": source})
-    build_pipeline(recipe.pipeline, source, lines)  # fail now, not in a worker
+    # Fail now, not in a worker: with `output` sizes at the recipe's nominal size (the data may make them smaller).
+    build_pipeline(resolve_sizes(recipe.pipeline, recipe.output.nominal, source, lines), source, lines)
     return recipe
 
 
@@ -332,6 +406,100 @@ def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
             raise RecipeError(f"JSON syntax error in {path}, line {exc.lineno}: {exc.msg}") from None
     data, _ = _read_yaml(text, str(path))
     return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sizes that follow the data: `size: auto` and `output` inside the pipeline
+
+_SIZE_REF = re.compile(r"^output(?:\s*\*\s*(\d+(?:\.\d*)?|\.\d+))?$")
+_HEIGHT_KEYS = ("height", "min_height", "max_height")
+_WIDTH_KEYS = ("width", "min_width", "max_width")
+
+
+def _size_ref(value: Any, key: Any, index: int | None, size: tuple[int, int], where: str) -> Any:
+    """The number(s) an `output` reference stands for under ``key`` (``index``: its place in a list)."""
+    match = _SIZE_REF.match(value.strip())
+    if match is None or (match.group(1) is not None and float(match.group(1)) <= 0):
+        raise RecipeError(f"expected `output` or `output*F` (F > 0, e.g. output*1.15), got {value!r} ({where})")
+    factor = float(match.group(1)) if match.group(1) is not None else 1.0
+    h, w = (max(1, int(round(n * factor))) for n in size)
+    if key == "size" and index is None:
+        return [h, w]
+    if key in _HEIGHT_KEYS or (key == "size" and index == 0):
+        return h
+    if key in _WIDTH_KEYS or (key == "size" and index == 1):
+        return w
+    return min(h, w)  # max_size, min_max_height, ...: the short side
+
+
+def resolve_sizes(pipeline: Any, size: tuple[int, int] | None, source: str = "<recipe>",
+                  lines: dict | None = None) -> Any:
+    """The pipeline with every `output` size reference replaced by numbers for the output ``size`` (h, w).
+
+    ``size`` / ``[output, output]`` → [h, w] / h, w; ``height``, ``min_height`` → h; ``width``, ``min_width`` → w;
+    any other key (``max_size``, ``min_max_height``) → the short side. ``output*F`` scales by F, rounded."""
+    lines = lines or {}
+
+    def walk(node: Any, path: tuple, key: Any, index: int | None) -> Any:
+        if isinstance(node, str) and node.strip().startswith("output"):
+            where = _where(source, lines, path)
+            if size is None:
+                raise RecipeError(f"{node!r} follows the output size, but output.size is null (each image keeps "
+                                  f"its size): give output a size or auto, or the transform a number ({where})")
+            return _size_ref(node, key, index, size, where)
+        if isinstance(node, dict):
+            return {k: walk(v, path + (k,), k, None) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, path + (i,), key, i) for i, v in enumerate(node)]
+        return node
+
+    return walk(pipeline, ("pipeline",), None, None)
+
+
+def source_sizes(scan: Any, indices: Iterable[int] | None = None) -> dict[str, Any]:
+    """The size distribution of a scan's sources (``indices``: which; default all), from their headers:
+    ``{"count", "short_side": {"min", "median", "max"}, "width": {"median"}, "height": {"median"}}``.
+    Medians are the lower median: a size one of the images has."""
+    chosen = [scan.sources[i] for i in indices] if indices is not None else list(scan.sources)
+    if not chosen:
+        return {"count": 0, "short_side": {"min": None, "median": None, "max": None}, "width": {"median": None},
+                "height": {"median": None}}
+    short = [min(s.width, s.height) for s in chosen]
+    return {"count": len(chosen),
+            "short_side": {"min": min(short), "median": int(statistics.median_low(short)), "max": max(short)},
+            "width": {"median": int(statistics.median_low(s.width for s in chosen))},
+            "height": {"median": int(statistics.median_low(s.height for s in chosen))}}
+
+
+def auto_size(nominal: tuple[int, int], median_short_side: int | None) -> tuple[int, int]:
+    """``size: auto``: ``nominal`` (h, w), scaled down (keeping its aspect) so that its short side is at most the
+    sources' median short side; never scaled up."""
+    if not median_short_side:
+        return tuple(nominal)
+    scale = min(1.0, median_short_side / min(nominal))
+    return max(1, int(round(nominal[0] * scale))), max(1, int(round(nominal[1] * scale)))
+
+
+def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) -> Recipe:
+    """The recipe with a concrete output size and numbers for every `output` size in its pipeline.
+
+    ``size: auto`` follows the training sources of ``scan`` (those ``make_plan`` keeps for training with this
+    ``val_fraction`` and the recipe's seed), from the sizes the scan read from the headers (no decoding); with no
+    scan (``validate``) it is the nominal size. An explicit size is kept as written. Resolving twice is harmless.
+    """
+    size = recipe.output.size
+    if isinstance(size, AutoSize):
+        median = None
+        if scan is not None and scan.sources:
+            from augexpand.plan import _split_val
+
+            train, _ = _split_val(scan, val_fraction, recipe.seed)
+            median = source_sizes(scan, train)["short_side"]["median"]
+        size = auto_size(size.auto, median)
+    data = recipe.model_dump()
+    data["output"]["size"] = size
+    data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source)
+    return Recipe.model_validate({**data, "source": recipe.source})
 
 
 # --------------------------------------------------------------------------------------------------------------
