@@ -58,13 +58,16 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
         return None
     if value.lower() in ("native", "none", "keep"):
         return "native"
+    if value.lower() == "auto":
+        return "auto"
     parts = value.lower().replace("x", " ").split()
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
         numbers = []
     if len(numbers) not in (1, 2) or min(numbers) <= 0:
-        raise click.BadParameter(f"expected SIZE like 224 or 256x192 (height x width) or 'native', got {value!r}",
+        raise click.BadParameter(f"expected SIZE like 224 or 256x192 (height x width), 'auto' or 'native', "
+                                 f"got {value!r}",
                                  param_hint="--size")
     return (numbers[0], numbers[-1])
 
@@ -79,7 +82,8 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--target-per-class", type=click.IntRange(min=1),
               help="Make augmented copies until each class has at least this many images (minority classes get more).")
 @click.option("--originals/--no-originals", default=None, help="Write the source images too (default: the recipe's).")
-@click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width) or 'native'.")
+@click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width), 'auto' (224, or the sources' median short "
+                   "side when smaller) or 'native'.")
 @click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp"], case_sensitive=False),
               help="Output format (overrides the recipe).")
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality (overrides the recipe).")
@@ -139,7 +143,8 @@ def _print_expand_summary(s: dict) -> None:
     verb = "Would make" if s["dry_run"] else "Made"
     rate = f", {s['images_per_second']:.0f} images/s" if s.get("images_per_second") else ""
     seconds = sum(v for k, v in s["timings"].items() if k != "total")
-    click.echo(f"{verb} {s['images_out']} training images from {s['images_in']} source images in "
+    size = f" of {s['output_size'][0]}x{s['output_size'][1]}" if s.get("output_size") else ""
+    click.echo(f"{verb} {s['images_out']} training images{size} from {s['images_in']} source images in "
                f"{len(s['classes'])} classes ({seconds:.1f} s{rate}, {s['workers']} worker"
                f"{'s' if s['workers'] != 1 else ''}, seed {s['seed']})")
     header = ["class", "source", *(["val"] if s["val_images"] else []), *ops, "total"]
@@ -213,7 +218,7 @@ def validate_command(recipe: str, as_json: bool) -> None:
       augexpand validate my_recipe.yaml
       augexpand validate heavy --json
     """
-    from augexpand.recipe import load_recipe
+    from augexpand.recipe import AutoSize, load_recipe
 
     r = load_recipe(recipe)
     compose = r.pipeline_dict["transform"]
@@ -224,6 +229,7 @@ def validate_command(recipe: str, as_json: bool) -> None:
         "transforms": n,
         "mix": list(r.mix.enabled()),
         "oversample": r.oversample.method if r.oversample else None,
+        "policy": r.policy.model_dump(mode="json") if r.policy else None,
         "output": r.output.model_dump(mode="json"),
         "seed": r.seed,
     }
@@ -231,9 +237,17 @@ def validate_command(recipe: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     out = r.output
-    size = f"{out.size[0]}x{out.size[1]}" if out.size else "native size"
+    if isinstance(out.size, AutoSize):
+        size = f"auto (at most {out.size.auto[0]}x{out.size.auto[1]}, the sources' median short side if smaller)"
+    else:
+        size = f"{out.size[0]}x{out.size[1]}" if out.size else "native size"
+    policy = ""
+    if r.policy:
+        settings = [f"{k} {v}" for k, v in (("num_ops", r.policy.num_ops), ("magnitude", r.policy.magnitude))
+                    if v is not None] + (["upright"] if r.policy.keep_orientation else [])
+        policy = f", policy: {r.policy.name}" + (f" ({', '.join(settings)})" if settings else "")
     extras = "".join([f", mix: {', '.join(info['mix'])}" if info["mix"] else "",
-                      f", oversample: {info['oversample']}" if info["oversample"] else ""])
+                      f", oversample: {info['oversample']}" if info["oversample"] else "", policy])
     click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {out.format}, seed {r.seed}")
 
 

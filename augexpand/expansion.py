@@ -34,7 +34,7 @@ from augexpand.folder import (
 )
 from augexpand.manifest import METADATA_NAME, read_card, write_card, write_metadata
 from augexpand.plan import OPS, Plan, Row, folder_counts, make_plan
-from augexpand.recipe import Recipe, load_recipe
+from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
 
 __all__ = ["TASKS_PER_WORKER", "ExpandError", "default_workers", "expand"]
@@ -136,6 +136,9 @@ def expand(
     for name in scan.empty_classes:
         log.warning("class folder %r has no readable image: left out", name)
     t_scan = time.perf_counter()
+    written = recipe.output.size
+    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
+    size_note = _size_note(written, recipe)
 
     ctx = RowContext(str(src), str(dst), [s.rel for s in scan.sources], [s.label for s in scan.sources],
                    scan.classes, recipe)
@@ -144,6 +147,7 @@ def expand(
         plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: executor.map(_descriptor, items))
         for note in plan.notes:
             log.info("%s", note)
+        plan.notes[:0] = [size_note] if size_note else []  # in the summary and the card (the table says the size)
         t_plan = time.perf_counter()
         run_id = fingerprint(scan, recipe, val_fraction)
         if dry_run:
@@ -285,6 +289,8 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         },
         "images_in": len(scan.sources),
         "images_out": made,
+        "output_size": list(recipe.output.size) if recipe.output.size else None,  # [h, w]; null: native sizes
+        "source_sizes": source_sizes(scan, plan.train_sources),  # of the training sources (not val)
         "val_images": len(plan.val_sources),
         "resumed_rows": reused,
         "imbalance_ratio": {"source": _ratio(list(source_counts.values())), "train": _ratio(counts_after)},
@@ -299,6 +305,16 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "images_per_second": round((made - reused) / timings["write"], 1) if timings.get("write") else None,
     }
+
+
+def _size_note(written: Any, recipe: Recipe) -> str | None:
+    """What ``size: auto`` became, and why."""
+    if not isinstance(written, AutoSize):
+        return None
+    (h, w), (nh, nw) = recipe.output.size, written.auto
+    why = "the training sources' median short side is smaller" if (h, w) != (nh, nw) else \
+        "the training sources' median short side is at least that"
+    return f"output size auto: {h}x{w} (at most {nh}x{nw}; {why})"
 
 
 def _ratio(counts: list[int]) -> float | None:

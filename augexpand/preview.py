@@ -49,7 +49,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     """
     from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_atomic
     from augexpand.plan import OPS, make_plan
-    from augexpand.recipe import load_recipe
+    from augexpand.recipe import load_recipe, resolve_output
     from augexpand.rows import RowContext, RowMaker
 
     if samples < 1:
@@ -77,6 +77,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     scan = scan_image_folder(src, max_pixels=max_pixels)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
+    recipe = resolve_output(recipe, scan)  # `size: auto` and `output` sizes follow these images, as in expand
     read: set[Path] = set()
     plan = make_plan(scan, recipe, 0.0, imap=_few_descriptors(read))
     for note in plan.notes:
@@ -188,6 +189,9 @@ def caption(op: str, soft: list[float], params: dict[str, Any], classes: list[st
         detail = f"box {y1 - y0}x{x1 - x0}, area {1.0 - params['lam']:.2f}"
     elif op == "ricap":
         detail = "areas " + " ".join(f"{a:.2f}" for a in params["areas"])
+    elif params.get("policy") is not None:  # the policy's ops on this image
+        detail = ", ".join("flip" if n == "HorizontalFlip" else f"{n} {v:g}" if v else n
+                           for n, v in params["policy"]) or "no policy op"
     else:
         detail = name
     return f"{op} {labels}" if op not in ("original", "augment", "duplicate") else labels, detail
@@ -199,7 +203,8 @@ def _describe(op: str, recipe) -> str:
     over = recipe.oversample
     words = {
         "original": "the source image" + (", resized" if recipe.output.size else ""),
-        "augment": f"the pipeline ({_n_transforms(recipe)} transforms) on one source image",
+        "augment": f"the pipeline ({_n_transforms(recipe)} transforms)"
+                   + (f" and {recipe.policy.name}" if recipe.policy else "") + " on one source image",
         "duplicate": "random duplicates of minority images" + (", augmented" if over and over.augment else ""),
         "smote": f"SMOTE: a + gap (b - a), b among the {over.k_neighbors} nearest of a's class" if over else "",
         "samplepairing": "SamplePairing: pixel mean of two images, label of the first",

@@ -34,10 +34,12 @@ __all__ = [
     "Recipe",
     "build_pipeline",
     "builtin_recipes",
+    "has_size_refs",
     "import_albumentations",
     "load_recipe",
     "recipes_dir",
     "resolve_output",
+    "resolve_sizes",
     "source_sizes",
 ]
 
@@ -244,13 +246,19 @@ class Recipe(_Strict):
     def pipeline_dict(self) -> dict[str, Any]:
         """The pipeline in albumentations' own serialized form (``A.to_dict`` output)."""
         A = import_albumentations()
-        pipeline = resolve_sizes(self.pipeline, self.output.nominal, self.source, {})
+        pipeline = resolve_sizes(self.pipeline, self.output.nominal or (NOMINAL_SIZE, NOMINAL_SIZE), self.source)
         return A.to_dict(build_pipeline(pipeline, self.source, {}))
 
+    @property
+    def sizes_per_image(self) -> bool:
+        """True when the pipeline has `output` sizes and the output keeps native sizes: they follow each image."""
+        return self.output.size is None and has_size_refs(self.pipeline)
+
     def resolved(self) -> dict[str, Any]:
-        """The fully resolved recipe, as written into dataset.json."""
+        """The fully resolved recipe, as written into dataset.json (the pipeline in albumentations' serialized
+        form; as written when its `output` sizes follow each image's native size)."""
         data = self.model_dump(mode="json")
-        data["pipeline"] = self.pipeline_dict
+        data["pipeline"] = self.pipeline if self.sizes_per_image else self.pipeline_dict
         data["source"] = self.source
         return data
 
@@ -388,7 +396,8 @@ def load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str,
         pipeline = _load_pipeline_file(pipeline, base, _where(source, lines, ("pipeline",)))
         recipe = Recipe.model_validate({**recipe.model_dump(), "pipeline": pipeline, "source": source})
     # Fail now, not in a worker: with `output` sizes at the recipe's nominal size (the data may make them smaller).
-    build_pipeline(resolve_sizes(recipe.pipeline, recipe.output.nominal, source, lines), source, lines)
+    nominal = recipe.output.nominal or (NOMINAL_SIZE, NOMINAL_SIZE)
+    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines)
     return recipe
 
 
@@ -432,8 +441,18 @@ def _size_ref(value: Any, key: Any, index: int | None, size: tuple[int, int], wh
     return min(h, w)  # max_size, min_max_height, ...: the short side
 
 
-def resolve_sizes(pipeline: Any, size: tuple[int, int] | None, source: str = "<recipe>",
-                  lines: dict | None = None) -> Any:
+def has_size_refs(pipeline: Any) -> bool:
+    """Whether a pipeline has `output` size references."""
+    if isinstance(pipeline, str):
+        return pipeline.strip().startswith("output")
+    if isinstance(pipeline, dict):
+        return any(has_size_refs(v) for v in pipeline.values())
+    if isinstance(pipeline, list):
+        return any(has_size_refs(v) for v in pipeline)
+    return False
+
+
+def resolve_sizes(pipeline: Any, size: tuple[int, int], source: str = "<recipe>", lines: dict | None = None) -> Any:
     """The pipeline with every `output` size reference replaced by numbers for the output ``size`` (h, w).
 
     ``size`` / ``[output, output]`` → [h, w] / h, w; ``height``, ``min_height`` → h; ``width``, ``min_width`` → w;
@@ -442,11 +461,7 @@ def resolve_sizes(pipeline: Any, size: tuple[int, int] | None, source: str = "<r
 
     def walk(node: Any, path: tuple, key: Any, index: int | None) -> Any:
         if isinstance(node, str) and node.strip().startswith("output"):
-            where = _where(source, lines, path)
-            if size is None:
-                raise RecipeError(f"{node!r} follows the output size, but output.size is null (each image keeps "
-                                  f"its size): give output a size or auto, or the transform a number ({where})")
-            return _size_ref(node, key, index, size, where)
+            return _size_ref(node, key, index, size, _where(source, lines, path))
         if isinstance(node, dict):
             return {k: walk(v, path + (k,), k, None) for k, v in node.items()}
         if isinstance(node, list):
@@ -485,7 +500,8 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) 
 
     ``size: auto`` follows the training sources of ``scan`` (those ``make_plan`` keeps for training with this
     ``val_fraction`` and the recipe's seed), from the sizes the scan read from the headers (no decoding); with no
-    scan (``validate``) it is the nominal size. An explicit size is kept as written. Resolving twice is harmless.
+    scan (``validate``) it is the nominal size. An explicit size is kept as written. With native sizes
+    (``size: null``) `output` sizes stay: they follow each image (``rows.RowMaker``). Resolving twice is harmless.
     """
     size = recipe.output.size
     if isinstance(size, AutoSize):
@@ -498,7 +514,7 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) 
         size = auto_size(size.auto, median)
     data = recipe.model_dump()
     data["output"]["size"] = size
-    data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source)
+    data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source) if size is not None else recipe.pipeline
     return Recipe.model_validate({**data, "source": recipe.source})
 
 

@@ -22,11 +22,13 @@ from augexpand.errors import ImageReadError
 from augexpand.folder import decode_image, encode_image, write_atomic
 from augexpand.mixing import MIXERS, smote_interpolate, soft_label
 from augexpand.plan import Row, row_seed
-from augexpand.recipe import Recipe, build_pipeline
+from augexpand.policies import make_policy
+from augexpand.recipe import AutoSize, Recipe, build_pipeline, resolve_output, resolve_sizes
 
 __all__ = ["CACHE_BYTES", "RowContext", "RowMaker", "fit_to_size"]
 
 CACHE_BYTES = 128 << 20  # decoded images a worker keeps while it runs one task (a partner group)
+PIPELINES_KEPT = 64  # native sizes with `output` sizes in the pipeline: pipelines kept, one per image size
 
 
 def fit_to_size(image: np.ndarray, size: tuple[int, int] | None, mode: str = "crop") -> np.ndarray:
@@ -72,8 +74,14 @@ class RowMaker:
 
         cv2.setNumThreads(1)  # scale with processes, not threads: and the same arithmetic for any --workers
         self.ctx = ctx
-        self.recipe = ctx.recipe
-        self.pipeline = build_pipeline(ctx.recipe.pipeline) if ctx.recipe.pipeline else None
+        # A recipe whose sizes still follow the data (not yet resolve_output'ed) gets its nominal sizes.
+        recipe = ctx.recipe
+        self.recipe = resolve_output(recipe) if isinstance(recipe.output.size, AutoSize) else recipe
+        self.pipeline = None
+        if self.recipe.pipeline and not self.recipe.sizes_per_image:
+            self.pipeline = build_pipeline(self.recipe.pipeline)
+        self.pipelines: OrderedDict[tuple[int, int], Any] = OrderedDict()  # native sizes: one per image size
+        self.policy = make_policy(self.recipe.policy)
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cached_bytes = 0
         self.cache_key: object = None
@@ -94,13 +102,36 @@ class RowMaker:
             self.cached_bytes -= old.nbytes
         return image
 
-    def augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.pipeline is None:
-            return image
-        # One generator pair shared by every transform of the pipeline, drawn from the row's own stream: 8x
-        # cheaper per row than set_random_seed, which seeds two new generators for each transform.
-        self.pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
-        return self.pipeline(image=image)["image"]
+    def augment(self, image: np.ndarray, rng: np.random.Generator, params: dict[str, Any] | None = None
+                ) -> np.ndarray:
+        """The recipe's pipeline, then its policy, on one image; the policy's ops (``[name, value]`` pairs) go to
+        ``params["policy"]``."""
+        pipeline = self.pipeline_for(image.shape[:2])
+        if pipeline is not None:
+            # One generator pair shared by every transform of the pipeline, drawn from the row's own stream: 8x
+            # cheaper per row than set_random_seed, which seeds two new generators for each transform.
+            pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
+            image = pipeline(image=image)["image"]
+        if self.policy is not None:
+            image, ops = self.policy(image, rng)
+            if params is not None:
+                params["policy"] = ops
+        return image
+
+    def pipeline_for(self, shape: tuple[int, int]):
+        """The pipeline for an image of this (height, width): the recipe's, or, when its `output` sizes follow each
+        image's native size, one built for that size (the last PIPELINES_KEPT sizes are kept)."""
+        if not self.recipe.sizes_per_image:
+            return self.pipeline
+        key = (int(shape[0]), int(shape[1]))
+        pipeline = self.pipelines.get(key)
+        if pipeline is None:
+            pipeline = build_pipeline(resolve_sizes(self.recipe.pipeline, key, self.recipe.source))
+            self.pipelines[key] = pipeline
+            if len(self.pipelines) > PIPELINES_KEPT:
+                self.pipelines.popitem(last=False)
+        self.pipelines.move_to_end(key)
+        return pipeline
 
     def run_task(self, rows: list[Row], key: object = None) -> list[dict[str, Any]]:
         """Run a task's rows. A task of another partner group (``key``) than the last one starts with an empty
@@ -157,7 +188,7 @@ class RowMaker:
         if row.op == "original":
             image = fit_to_size(self.load(row.sources[0]), size, fit)
         elif row.op == "augment":
-            image = fit_to_size(self.augment(self.load(row.sources[0]), rng), size, fit)
+            image = fit_to_size(self.augment(self.load(row.sources[0]), rng, params), size, fit)
         elif row.op == "duplicate":
             image = self.load(row.sources[0])
             if recipe.oversample is not None and recipe.oversample.augment:

@@ -41,7 +41,7 @@ def test_expand_prints_a_summary_and_json(small_src: Path, tmp_path: Path, tiny_
     result = invoke("expand", "-r", tiny_recipe, small_src, tmp_path / "out", "-w", "1")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("Made 45 training images from 10 source images in 3 classes")
+    assert lines[0].startswith("Made 45 training images of 32x32 from 10 source images in 3 classes")
     assert any(line.split()[:2] == ["cat", "5"] for line in lines)
     assert "expand:" not in result.output  # no progress bar when not a terminal
 
@@ -111,9 +111,15 @@ def test_user_errors_are_one_line_with_the_right_exit_code(small_src, tmp_path, 
 def test_recipes_and_validate(tmp_path: Path):
     listed = invoke("recipes")
     assert listed.exit_code == 0
-    assert [line.split()[0] for line in listed.output.splitlines()[:3]] == ["balance", "heavy", "light"]
+    builtins = ["autoaugment", "autoaugment_upright", "balance", "heavy", "light", "light_upright", "randaugment",
+                "randaugment_upright", "trivialaugment", "trivialaugment_upright"]
+    assert [line.split()[0] for line in listed.output.splitlines()[:len(builtins)]] == builtins
     names = [r["name"] for r in json.loads(invoke("recipes", "--json").output)]
-    assert names == ["balance", "heavy", "light"]
+    assert names == builtins
+    for name in builtins:
+        assert invoke("validate", name).exit_code == 0, name
+    result = invoke("validate", "randaugment_upright")
+    assert "policy: randaugment (num_ops 2, magnitude 9, upright); output auto (at most 224x224" in result.output
     result = invoke("validate", "heavy")
     assert result.exit_code == 0 and result.output.startswith("ok: ") and "mix: samplepairing, mixup" in result.output
     info = json.loads(invoke("validate", "balance", "--json").output)

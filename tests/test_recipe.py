@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from augexpand.errors import RecipeError
-from augexpand.recipe import builtin_recipes, import_albumentations, load_recipe
+from augexpand.recipe import AutoSize, builtin_recipes, import_albumentations, load_recipe
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
@@ -22,7 +22,10 @@ def test_builtin_recipes_load_by_name():
     heavy = load_recipe("heavy")
     assert heavy.copies >= 1 and set(heavy.mix.enabled()) >= {"mixup", "samplepairing"}
     assert load_recipe("balance").oversample.method == "smote"
-    assert load_recipe("light.yaml").output.size == (224, 224)
+    light = load_recipe("light.yaml")
+    assert light.output.size == AutoSize(auto=(224, 224)) and light.output.nominal == (224, 224)
+    assert {"light_upright", "trivialaugment", "randaugment", "autoaugment", "trivialaugment_upright",
+            "randaugment_upright", "autoaugment_upright"} <= set(builtin_recipes())
 
 
 def test_compact_form_with_nesting_builds_the_same_pipeline_as_albumentations(tmp_path: Path):
