@@ -120,6 +120,13 @@ class OutputSpec(_Strict):
             return AutoSize()
         if isinstance(v, str) and v.strip().lower() in ("native", "null", "none"):
             return None
+        if isinstance(v, dict):  # {auto: 160} or {auto: [h, w]}: one clear message rather than the union's
+            nominal = v.get("auto")
+            nominal = [nominal, nominal] if isinstance(nominal, int) else nominal
+            if set(v) != {"auto"} or not (isinstance(nominal, (list, tuple)) and len(nominal) == 2 and all(
+                    isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in nominal)):
+                raise ValueError(f"expected {{auto: N}} or {{auto: [height, width]}} with sizes > 0, got {v!r}")
+            return AutoSize(auto=tuple(nominal))
         if not (v is None or isinstance(v, (list, tuple, dict, AutoSize))):
             raise ValueError(f"expected a size (224, [height, width]), auto, {{auto: 160}} or null (native), "
                              f"got {v!r}")
@@ -205,12 +212,9 @@ class PolicySpec(_Strict):
     @field_validator("name", mode="before")
     @classmethod
     def _known(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().lower() in POLICIES:
-            return v.strip().lower()
-        if isinstance(v, str):
-            raise ValueError(f"unknown policy {v!r}{_closest(v, list(POLICIES))} "
-                             f"(expected one of: {', '.join(POLICIES)})")
-        return v
+        if not isinstance(v, str) or v.strip().lower() in POLICIES:
+            return v.strip().lower() if isinstance(v, str) else v
+        raise ValueError(f"unknown policy {v!r}{_closest(v, list(POLICIES))} (expected one of: {', '.join(POLICIES)})")
 
     @model_validator(mode="after")
     def _applies(self) -> PolicySpec:

@@ -1,0 +1,155 @@
+"""Data-aware sizes: `size: auto` follows the training sources' median short side, `output` sizes inside the
+pipeline follow the output size, an explicit size is honoured, and dataset.json records both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augexpand import expand
+from augexpand.errors import RecipeError
+from augexpand.folder import decode_image
+from augexpand.recipe import AutoSize, load_recipe, resolve_output, resolve_sizes
+from tests.conftest import save_rgb
+
+
+@pytest.fixture
+def digits_src(tmp_path: Path) -> Path:
+    """Real handwritten digits (scikit-learn), 3 classes x 4, upscaled from 8x8 to 32x32 PNGs."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "digits"
+    for label in range(3):
+        for k, i in enumerate(np.flatnonzero(digits.target == label)[:4]):
+            gray = cv2.resize((digits.images[i] * 16).clip(0, 255).astype(np.uint8), (32, 32),
+                              interpolation=cv2.INTER_NEAREST)
+            save_rgb(root / str(label) / f"d{k}.png", np.dstack([gray] * 3))
+    return root
+
+
+@pytest.fixture
+def photo_src(tmp_path: Path) -> Path:
+    """Real photos at 500x375 (width x height), as a camera folder would have them: 2 classes x 2."""
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path / "photos"
+    for name, image in zip(("china", "flower"), load_sample_images().images):  # 427x640 each
+        for k, x in enumerate((0, 140)):
+            save_rgb(root / name / f"{name}{k}.jpg", np.ascontiguousarray(image[20:395, x:x + 500]), quality=90)
+    return root
+
+
+def _shapes(dst: Path) -> set[tuple[int, ...]]:
+    return {decode_image(p).shape for p in (dst / "train").rglob("*.jpg")}
+
+
+def test_auto_keeps_32px_digits_at_32_and_records_the_sizes_in_the_card(digits_src: Path, tmp_path: Path):
+    summary = expand(digits_src, tmp_path / "out", "light", workers=1)
+    assert _shapes(tmp_path / "out") == {(32, 32, 3)} and summary["images_out"] == 36  # 12 + 2 copies each
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert card["output_size"] == summary["output_size"] == [32, 32]
+    assert card["source_sizes"] == {"count": 12, "short_side": {"min": 32, "median": 32, "max": 32},
+                                    "width": {"median": 32}, "height": {"median": 32}}
+    assert card["recipe"]["output"]["size"] == [32, 32]  # the resolved recipe: a concrete size, not auto
+    crop = card["recipe"]["pipeline"]["transform"]["transforms"][0]
+    assert crop["__class_fullname__"] == "RandomResizedCrop" and crop["size"] == [32, 32]  # size: output
+    assert any(note.startswith("output size auto: 32x32") for note in card["notes"])
+
+
+def test_auto_makes_500x375_photos_224(photo_src: Path, tmp_path: Path):
+    summary = expand(photo_src, tmp_path / "out", "light", overrides={"copies": 1}, workers=1)
+    assert _shapes(tmp_path / "out") == {(224, 224, 3)} and summary["output_size"] == [224, 224]
+    assert summary["source_sizes"]["short_side"] == {"min": 375, "median": 375, "max": 375}
+    assert summary["source_sizes"]["width"] == {"median": 500} and summary["source_sizes"]["height"] == {"median": 375}
+
+
+def test_auto_follows_the_training_sources_only(tmp_path: Path, photos):
+    # Two classes of three images (short sides 24, 24 and 60); the validation split holds one of each class
+    # out, and the median is over the four training images only.
+    import cv2
+
+    root = tmp_path / "src"
+    for name, photo in (("a", "coffee"), ("b", "rocket")):
+        for k, (w, h) in enumerate(((30, 24), (24, 40), (80, 60))):
+            save_rgb(root / name / f"{k}.png", cv2.resize(photos[photo], (w, h)))
+    summary = expand(root, tmp_path / "out", {"output": {"size": "auto", "format": "png"}}, val_fraction=0.34,
+                     workers=1)
+    val_records = (tmp_path / "out" / "val" / "metadata.jsonl").read_text().splitlines()
+    held_out = {json.loads(line)["sources"][0] for line in val_records}
+    train = [p for p in root.rglob("*.png") if p.relative_to(root).as_posix() not in held_out]
+    assert len(held_out) == 2 and len(train) == summary["source_sizes"]["count"] == 4
+    shorts = sorted(min(decode_image(p).shape[:2]) for p in train)
+    median = shorts[(len(shorts) - 1) // 2]  # the lower median: a size one of the images has
+    assert summary["source_sizes"]["short_side"] == {"min": shorts[0], "median": median, "max": shorts[-1]}
+    assert summary["output_size"] == [median, median]
+    assert {decode_image(p).shape[:2] for p in (tmp_path / "out" / "train").rglob("*.png")} == {(median, median)}
+
+
+def test_an_explicit_size_is_honoured_even_above_the_median(digits_src: Path, tmp_path: Path):
+    summary = expand(digits_src, tmp_path / "out", "light", overrides={"output.size": [48, 64], "copies": 1},
+                     workers=1)
+    assert summary["output_size"] == [48, 64] and _shapes(tmp_path / "out") == {(48, 64, 3)}
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert card["recipe"]["pipeline"]["transform"]["transforms"][0]["size"] == [48, 64]
+
+
+def test_auto_with_a_nominal_size_of_its_own_scales_down_keeping_its_aspect(digits_src: Path, tmp_path: Path):
+    recipe = load_recipe({"output": {"size": {"auto": [96, 128]}}})
+    assert recipe.output.size == AutoSize(auto=(96, 128))
+    from augexpand.folder import scan_image_folder
+
+    assert resolve_output(recipe, scan_image_folder(digits_src)).output.size == (32, 43)
+    assert resolve_output(recipe).output.size == (96, 128)  # no images (validate): the nominal size
+
+
+def test_native_size_with_output_references_follows_each_image(tmp_path: Path, photos):
+    root = tmp_path / "src"
+    save_rgb(root / "a" / "wide.png", np.ascontiguousarray(photos["coffee"][:40, :64]))
+    save_rgb(root / "a" / "tall.png", np.ascontiguousarray(photos["rocket"][:50, :30]))
+    recipe = {"copies": 2, "pipeline": [{"RandomResizedCrop": {"size": "output", "scale": [0.5, 1.0]}}],
+              "output": {"size": None, "format": "png"}}
+    summary = expand(root, tmp_path / "out", recipe, workers=1)
+    assert summary["output_size"] is None
+    for p in (tmp_path / "out" / "train" / "a").glob("*.png"):
+        expected = (40, 64) if p.name.startswith("wide") else (50, 30)
+        assert decode_image(p).shape[:2] == expected, p.name
+
+
+@pytest.mark.parametrize("pipeline, expected", [
+    # size: the whole (h, w); inside a list, h then w
+    ({"RandomResizedCrop": {"size": "output"}}, {"RandomResizedCrop": {"size": [24, 40]}}),
+    ({"RandomResizedCrop": {"size": ["output", "output*0.5"]}}, {"RandomResizedCrop": {"size": [24, 20]}}),
+    # height / width and their min_ forms
+    ({"CenterCrop": {"height": "output", "width": "output*0.5"}}, {"CenterCrop": {"height": 24, "width": 20}}),
+    ({"PadIfNeeded": {"min_height": "output*2", "min_width": "output"}},
+     {"PadIfNeeded": {"min_height": 48, "min_width": 40}}),
+    # anything else: the short side (scaled)
+    ({"SmallestMaxSize": {"max_size": "output*1.15"}}, {"SmallestMaxSize": {"max_size": 28}}),
+])
+def test_output_references_resolve_by_parameter(pipeline: dict, expected: dict):
+    assert resolve_sizes([pipeline], (24, 40)) == [expected]
+
+
+@pytest.mark.parametrize("recipe, match", [
+    ({"pipeline": [{"RandomResizedCrop": {"size": "output*big"}}]},
+     r"expected `output` or `output\*F`.*got 'output\*big'.*pipeline\[0\]\.RandomResizedCrop\.size"),
+    ({"pipeline": [{"RandomResizedCrop": {"size": "output*0"}}]}, r"F > 0"),
+    ({"output": {"size": "huge"}}, r"expected a size \(224, \[height, width\]\), auto, .*got 'huge'"),
+    ({"output": {"size": {"auto": 0}}},
+     r"expected {auto: N} or {auto: \[height, width\]} with sizes > 0.*output\.size"),
+])
+def test_size_errors_name_the_key(recipe: dict, match: str):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(recipe)
+
+
+def test_validate_works_without_images_at_the_nominal_size():
+    light = load_recipe("light")
+    assert light.pipeline[0]["RandomResizedCrop"]["size"] == "output"  # kept as written
+    assert tuple(light.pipeline_dict["transform"]["transforms"][0]["size"]) == (224, 224)
+    assert resolve_output(light).output.size == (224, 224)
