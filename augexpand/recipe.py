@@ -222,8 +222,8 @@ class PolicySpec(_Strict):
         for key in ("num_ops", "magnitude"):
             if getattr(self, key) is not None and getattr(definition, key) is None:
                 takes = [k for k in ("num_ops", "magnitude") if getattr(definition, k) is not None]
-                raise ValueError(f"{key} does not apply to {self.name} (it takes: "
-                                 f"{', '.join(takes) or 'only keep_orientation'})")
+                raise ValueError(f"{key} does not apply to {self.name} (it takes "
+                                 f"{', '.join([*takes, 'keep_orientation'])})")
         return self
 
 

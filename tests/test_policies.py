@@ -108,7 +108,8 @@ def test_a_row_draws_its_ops_from_its_own_generator_only(photo: np.ndarray):
 @pytest.mark.parametrize("policy, match", [
     ({"name": "randaugmnt"}, r"unknown policy 'randaugmnt'; did you mean 'randaugment'\?.*policy\.name"),
     ({"name": "autoaugment", "num_ops": 3}, r"num_ops does not apply to autoaugment"),
-    ({"name": "trivialaugment", "num_ops": 3}, r"num_ops does not apply to trivialaugment \(it takes: magnitude\)"),
+    ({"name": "trivialaugment", "num_ops": 3},
+     r"num_ops does not apply to trivialaugment \(it takes magnitude, keep_orientation\)"),
     ({"name": "randaugment", "magnitude": 31}, r"less than or equal to 30, got 31.*policy\.magnitude"),
     ({"name": "randaugment", "num_ops": 0}, r"greater than or equal to 1, got 0.*policy\.num_ops"),
     ({"name": "randaugment", "magnitudes": 5}, r"unknown key 'magnitudes'; did you mean 'magnitude'\?"),
