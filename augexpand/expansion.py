@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from augexpand import __version__
+from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
 from augexpand.destination import STATE_DIR, check_paths, fingerprint, prepare_destination, read_journal
 from augexpand.errors import AugexpandError, DestinationError, SourceError
 from augexpand.executors import Executor, LocalExecutor, Task, default_workers, probe_map
@@ -140,8 +141,9 @@ def expand(
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
     size_note = _size_note(written, recipe)
 
+    scales = decode_scales(scan.sources, recipe)  # JPEGs decoded smaller where the output needs no more pixels
     ctx = RowContext(str(src), str(dst), [s.rel for s in scan.sources], [s.label for s in scan.sources],
-                   scan.classes, recipe)
+                     scan.classes, recipe, tuple(scales), decoded_sizes(scan.sources, scales))
     executor: Executor = LocalExecutor(workers, ctx)
     try:
         plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: executor.map(_descriptor, items))
@@ -299,6 +301,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "ignored_non_image_files": scan.ignored,
         "empty_classes": scan.empty_classes,
         "converted_to_rgb8": scan.converted(excluding={rel for rel, _ in unreadable}),
+        "decode_scales": scale_counts(plan.decode_scale),  # sources decoded at 1/1, 1/2, 1/4, 1/8 of their size
         "notes": plan.notes,
         "workers": workers,
         "fingerprint": run_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augexpand.decodescale import decode_scales
 from augexpand.errors import RecipeError
 from augexpand.folder import OUTPUT_EXTENSIONS, ScanResult
 from augexpand.mixing import MIXERS
@@ -75,6 +76,7 @@ class Plan:
     oversample_counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     groups: dict[int, int] = field(default_factory=dict)  # source index -> its partner group (val: its own)
+    decode_scale: list[int] = field(default_factory=list)  # source index -> 1, 2, 4 or 8 (decodescale.py)
 
     def counts(self, classes: list[str], split: str = "train") -> dict[str, dict[str, int]]:
         """Planned rows per class and op (mixed rows counted under their first source's class)."""
@@ -243,7 +245,7 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
                         partners = pool[picks + (picks >= k) if has_first else picks]
                 add(method, label, (first, *map(int, partners)))
 
-    return Plan(rows, train, val, counts, notes, groups)
+    return Plan(rows, train, val, counts, notes, groups, decode_scales(scan.sources, recipe))
 
 
 def folder_counts(plan: Plan, scan: ScanResult, recipe: Recipe, split: str = "train") -> dict[str, dict[str, int]]:

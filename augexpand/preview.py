@@ -90,7 +90,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
 
     picked = pick_rows(plan.rows, [s.label for s in scan.sources], recipe.seed, usable)
     worker = RowMaker(RowContext(str(src), "", [s.rel for s in scan.sources], [s.label for s in scan.sources],
-                              scan.classes, recipe))
+                              scan.classes, recipe, tuple(plan.decode_scale)))
     planned = {op: sum(r.op == op for r in plan.rows) for op in OPS}
     sections = []
     for op, candidates in picked.items():

@@ -25,9 +25,12 @@ from augexpand.plan import Row, row_seed
 from augexpand.policies import make_policy
 from augexpand.recipe import AutoSize, Recipe, build_pipeline, resolve_output, resolve_sizes
 
-__all__ = ["CACHE_BYTES", "RowContext", "RowMaker", "fit_to_size"]
+__all__ = ["CACHE_BYTES", "CACHE_CAP", "RowContext", "RowMaker", "fit_to_size"]
 
-CACHE_BYTES = 128 << 20  # decoded images a worker keeps while it runs one task (a partner group)
+# Decoded images a worker keeps while it runs one task (a partner group): all of the group's images (each decoded
+# once for all the rows that use it), at least CACHE_BYTES, at most CACHE_CAP (native-size camera photos: 36 MB each).
+CACHE_BYTES = 128 << 20
+CACHE_CAP = 768 << 20
 PIPELINES_KEPT = 64  # native sizes with `output` sizes in the pipeline: pipelines kept, one per image size
 
 
@@ -64,6 +67,8 @@ class RowContext:
     labels: list[int]
     classes: list[str]
     recipe: Recipe
+    scales: tuple[int, ...] = ()  # each source's decode scale (decodescale.decode_scales); empty: all 1
+    sizes: tuple[tuple[int, int], ...] = ()  # each source's decoded (height, width), for the cache's budget
 
 
 class RowMaker:
@@ -84,6 +89,7 @@ class RowMaker:
         self.policy = make_policy(self.recipe.policy)
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cached_bytes = 0
+        self.cache_budget = CACHE_BYTES
         self.cache_key: object = None
         self.n_classes = len(ctx.classes)
 
@@ -93,11 +99,11 @@ class RowMaker:
         if image is not None:
             self.cache.move_to_end(i)
             return image
-        image = decode_image(Path(self.ctx.src) / self.ctx.rels[i])
+        image = decode_image(Path(self.ctx.src) / self.ctx.rels[i], self.ctx.scales[i] if self.ctx.scales else 1)
         image.flags.writeable = False  # a transform that writes into its input would corrupt later rows
         self.cache[i] = image
         self.cached_bytes += image.nbytes
-        while self.cached_bytes > CACHE_BYTES and len(self.cache) > 1:
+        while self.cached_bytes > self.cache_budget and len(self.cache) > 1:
             _, old = self.cache.popitem(last=False)
             self.cached_bytes -= old.nbytes
         return image
@@ -140,6 +146,11 @@ class RowMaker:
             self.cache.clear()
             self.cached_bytes = 0
             self.cache_key = key
+            self.cache_budget = CACHE_BYTES
+        if self.ctx.sizes:  # room for every image the task uses, within the cap
+            used = {s for row in rows if row.split != "val" for s in row.sources}
+            need = sum(3 * self.ctx.sizes[s][0] * self.ctx.sizes[s][1] for s in used)
+            self.cache_budget = max(self.cache_budget, min(CACHE_CAP, need))
         out = []
         for row in rows:
             try:

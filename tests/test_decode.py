@@ -1,0 +1,180 @@
+"""Scaled JPEG decoding: the scale each source gets, its pixels (upright, converted, close to an ideal resize), and
+the same bytes for any number of workers."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from augexpand.decodescale import decode_scales, source_need
+from augexpand.expansion import expand
+from augexpand.folder import Source, decode_image
+from augexpand.manifest import read_metadata
+from augexpand.recipe import load_recipe, resolve_output
+from augexpand.rows import RowContext, RowMaker
+from tests.conftest import tree_digest
+
+REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+           8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def jpeg_bytes(image: np.ndarray, orientation: int = 1, quality: int = 92, mode: str = "RGB") -> bytes:
+    pil = Image.fromarray(image).convert(mode)
+    exif = pil.getexif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    pil.save(buf, "JPEG", quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()  # a real 512x512 photo, full of detail
+
+
+@pytest.fixture
+def camera_src(tmp_path: Path) -> Path:
+    """Six ~2000x1500 JPEGs made from real photos (upscaled, with sensor-like grain), in two classes."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    grain = rng.integers(-4, 5, size=(1500, 2000, 3), dtype=np.int16)  # sensor-like noise, costly to decode
+    root = tmp_path / "camera"
+    for cls, photo in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (root / cls).mkdir(parents=True)
+        for k in range(3):
+            h, w = photo.shape[:2]
+            crop = photo[k * 10:h - k * 10, k * 15:w - k * 15]
+            big = cv2.resize(crop, (2000, 1500), interpolation=cv2.INTER_LINEAR) + np.roll(grain, 7 * k, axis=0)
+            big = cv2.cvtColor(np.clip(big, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+            assert cv2.imwrite(str(root / cls / f"{cls}{k}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return root
+
+
+def source(width: int, height: int, fmt: str = "JPEG") -> Source:
+    return Source("c/x.jpg", 0, "x", "RGB", width, height, fmt)
+
+
+@pytest.mark.parametrize("recipe, overrides, expected", [
+    # RandomResizedCrop scale (0.5, 1): its smallest crop of a 1/8 decode (504x378) is still 267 px >= 224.
+    ("light", {}, 8),
+    # scale (0.35, 1): at 1/8 the smallest crop is 224 * 0.998 px: one step less, 1/4.
+    ("heavy", {}, 4),
+    # native size: every pixel of the source is an output pixel.
+    ("light", {"output.size": None, "pipeline": []}, 1),
+    # a transform with sizes in pixels before any resize sees the source as it is.
+    ("light", {"pipeline": [{"GaussianBlur": {"blur_limit": [3, 7], "p": 1.0}},
+                            {"RandomResizedCrop": {"size": [224, 224]}}]}, 1),
+    # a resize applied only sometimes: the other times the pipeline runs on the source itself.
+    ("light", {"pipeline": [{"RandomResizedCrop": {"size": [224, 224], "p": 0.5}}]}, 1),
+    # only flips and colour, then fit_to_size: the decoded image needs the output size on both sides.
+    ("light", {"pipeline": [{"HorizontalFlip": {"p": 0.5}}]}, 8),
+    ("light", {"pipeline": [], "output.size": 512}, 4),
+])
+def test_scale_rule_for_a_camera_photo(recipe: str, overrides: dict, expected: int):
+    r = resolve_output(load_recipe(recipe, overrides))  # `size: auto` at its nominal 224x224
+    assert decode_scales([source(4032, 3024)], r) == [expected]
+
+
+def test_scale_rule_follows_the_header_and_format():
+    r = resolve_output(load_recipe("light", {"copies": 1}))
+    sources = [source(4032, 3024), source(3024, 4032), source(500, 375), source(4032, 3024, "PNG"),
+               source(2000, 1500), source(224, 224)]
+    assert decode_scales(sources, r) == [8, 8, 1, 1, 4, 1]
+    assert source_need(load_recipe("light", {"output.size": None})) is None
+    assert source_need(load_recipe("light")) is None  # `auto` not resolved yet: nothing to base a scale on
+
+
+def test_exif_rotated_photo_is_upright_at_every_scale(astronaut: np.ndarray):
+    data = jpeg_bytes(astronaut[:384], orientation=6)  # stored 512 wide, 384 high; shown rotated clockwise
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert upright.shape == (512, 384, 3)
+    for scale in (1, 2, 4, 8):
+        image = decode_image(data, scale)
+        assert image.shape == (512 // scale, 384 // scale, 3)
+        reference = cv2.resize(upright, (384 // scale, 512 // scale), interpolation=cv2.INTER_AREA)
+        assert psnr(image, reference) > 30, scale  # a wrong orientation scores ~12 dB
+        # OpenCV (the fallback) gives the same pixels, orientation included.
+        opencv = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[scale])
+        opencv = opencv if scale == 1 else cv2.cvtColor(opencv, cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(image, opencv)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(astronaut: np.ndarray, orientation: int):
+    data = jpeg_bytes(astronaut[:256, :320], orientation=orientation, quality=95)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(data), upright)
+
+
+def test_cmyk_and_grayscale_jpegs_and_16bit_png_still_convert(astronaut: np.ndarray, tmp_path: Path):
+    cmyk = jpeg_bytes(astronaut, mode="CMYK")
+    gray = jpeg_bytes(astronaut, mode="L")
+    for scale in (1, 4):
+        image = decode_image(cmyk, scale)
+        assert image.shape == (512 // scale, 512 // scale, 3) and image.dtype == np.uint8
+        reference = cv2.resize(np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB")), image.shape[1::-1],
+                               interpolation=cv2.INTER_AREA)
+        assert psnr(image, reference) > 25
+        g = decode_image(gray, scale)
+        assert g.shape == (512 // scale, 512 // scale, 3)
+        assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    deep = (astronaut[..., 0].astype(np.uint16) * 257)
+    assert cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    image = decode_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and image.shape == (512, 512, 3)
+    np.testing.assert_array_equal(image[..., 1], astronaut[..., 0])
+
+
+@pytest.mark.parametrize("op, pipeline", [
+    ("original", []),  # fit_to_size: a full decode is area-averaged (INTER_AREA) to 64x64
+    ("augment", [{"Resize": {"height": 64, "width": 64}}]),  # bilinear, as albumentations resizes
+])
+def test_scaled_outputs_are_as_good_as_full_decoding(astronaut: np.ndarray, tmp_path: Path, op: str, pipeline):
+    """64x64 outputs of a real 512x512 photo from its 1/8 decode (64x64 itself) and from its full decode, against
+    an area-averaged resize of the full decode (the alias-free reference)."""
+    from augexpand.plan import Row
+
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "a" / "astronaut.jpg").write_bytes(jpeg_bytes(astronaut))
+    ideal = cv2.resize(decode_image(tmp_path / "src" / "a" / "astronaut.jpg"), (64, 64), interpolation=cv2.INTER_AREA)
+    recipe = load_recipe("light", {"output.size": 64, "copies": 1, "pipeline": pipeline})
+    assert decode_scales([source(512, 512)], recipe) == [8]
+    quality = {}
+    for scale in (1, 8):
+        maker = RowMaker(RowContext(str(tmp_path / "src"), "", ["a/astronaut.jpg"], [0], ["a"], recipe, (scale,)))
+        image, _, _ = maker.make_image(Row(0, op, 0, (0,), "x.jpg"))
+        quality[scale] = psnr(image, ideal)
+    assert quality[8] > 45  # measured 51 dB
+    if op == "augment":  # bilinear shrinking of the full decode aliases: the scaled decode is closer to the ideal
+        assert quality[8] > quality[1] + 5
+
+
+def test_scaled_decoding_same_bytes_and_scales_for_any_worker_count(camera_src: Path, tmp_path: Path):
+    overrides = {"copies": 2, "mix": {"mixup": {"count": 1.0}}}
+    summaries = {w: expand(camera_src, tmp_path / f"w{w}", "light", overrides=overrides, workers=w)
+                 for w in (1, 2)}
+    # 2000x1500 for 224x224 after a crop of at least half the area: 1/4 (500x375) for every source.
+    assert summaries[1]["decode_scales"] == summaries[2]["decode_scales"] == {"4": 6}
+    assert tree_digest(tmp_path / "w1" / "train") == tree_digest(tmp_path / "w2" / "train")
+    card = json.loads((tmp_path / "w1" / "dataset.json").read_text())
+    assert card["decode_scales"] == {"4": 6}
+    records = read_metadata(tmp_path / "w1" / "train" / "metadata.jsonl")
+    assert len(records) == 6 * (1 + 2 + 1)
+    image = decode_image(tmp_path / "w1" / "train" / records[0]["file_name"])
+    assert image.shape == (224, 224, 3)
