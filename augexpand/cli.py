@@ -95,10 +95,13 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--overwrite", is_flag=True, help="Replace DST if an earlier augexpand run wrote it.")
 @click.option("--dry-run", is_flag=True, help="Scan and plan, print what would be made, write nothing.")
 @_max_pixels_option
+@click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _parse_shard(value),
+              help="Make only shard I of N (a job array's task) into a shared DST; afterwards, one --resume run "
+                   "without --shard writes the manifest and card.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @_json_option
 def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
-                   val_fraction, strict, resume, overwrite, dry_run, max_pixels, quiet, as_json):
+                   val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, quiet, as_json):
     """Expand the ImageFolder SRC into a larger one in DST, with a soft-label manifest.
 
     SRC holds one folder per class (images anywhere below it). DST receives train/<class>/...,
@@ -110,6 +113,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
       augexpand expand --recipe heavy --example out/               # the built-in photos
       augexpand expand --recipe heavy.yaml --seed 1 photos/ out/
       augexpand expand -r light --copies 5 --val-fraction 0.2 photos/ out/ --json
+      augexpand expand --shard 2/8 photos/ out/ && augexpand expand --resume photos/ out/   # job arrays
     """
     from augexpand.expansion import expand
 
@@ -119,6 +123,9 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
         raise click.UsageError("expected SRC and DST (or --example DST)")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite cannot be used together")
+    if shard and overwrite:
+        raise click.UsageError("--shard and --overwrite cannot be used together (shards of one plan share DST: "
+                               "clear it with one --overwrite run first)")
     src, dst = (None, paths[0]) if example else paths
     require_path(src, "SRC")
     given = {"seed": seed, "copies": copies, "target_per_class": target_per_class, "keep_originals": originals,
@@ -130,11 +137,20 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
                      strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, shard=shard)
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
         _print_expand_summary(summary)
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    from augexpand.destination import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
 
 
 def _print_expand_summary(s: dict) -> None:
@@ -172,7 +188,12 @@ def _print_expand_summary(s: dict) -> None:
         click.echo(f"converted to 8-bit RGB: {kinds}")
     if s["resumed_rows"]:
         click.echo(f"resumed: {s['resumed_rows']} images were already done")
-    if not s["dry_run"]:
+    if s.get("shard"):
+        sh = s["shard"]
+        click.echo(f"shard {sh['index']}/{sh['count']}: {sh['rows']} of the plan's images"
+                   + ("" if s["dry_run"] else f", {sh['made']} made now, {sh['resumed']} already done")
+                   + "; after every shard, run `augexpand expand --resume` without --shard to write the manifest")
+    elif not s["dry_run"]:
         val = ", val/" if s["val_images"] else ""
         click.echo(f"wrote {s['dst']}/train/ (metadata.jsonl){val}, dataset.json")
 

@@ -56,6 +56,15 @@ def _init_worker(ctx: RowContext) -> None:
     _MAKER = RowMaker(ctx)
 
 
+def _init_pool_worker(ctx: RowContext) -> None:
+    """A pool worker leaves Ctrl-C and SIGTERM to the parent, which stops it (SIGTERM, default action: quietly)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(ctx)
+
+
 def _run_task(task: Task) -> list[dict[str, Any]]:
     assert _MAKER is not None
     key, rows = task
@@ -77,7 +86,7 @@ class LocalExecutor:
             import multiprocessing as mp
 
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(ctx,))
+            self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(ctx,))
         else:
             _init_worker(ctx)
 

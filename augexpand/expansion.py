@@ -8,11 +8,11 @@ journals finished rows, so that ``--resume`` redoes nothing, and writes metadata
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
-import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,18 +22,11 @@ import numpy as np
 
 from augexpand import __version__
 from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
-from augexpand.destination import STATE_DIR, check_paths, fingerprint, prepare_destination, read_journal
+from augexpand.destination import JOURNAL_ONLY, Destination, check_paths, fingerprint, parse_shard
 from augexpand.errors import AugexpandError, DestinationError, SourceError
 from augexpand.executors import Executor, LocalExecutor, Task, default_workers, probe_map
-from augexpand.folder import (
-    DEFAULT_MAX_PIXELS,
-    ScanResult,
-    is_temp_file,
-    limit_opencv_pixels,
-    scan_image_folder,
-    write_atomic,
-)
-from augexpand.manifest import METADATA_NAME, read_card, write_card, write_metadata
+from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
+from augexpand.manifest import METADATA_NAME, write_card, write_metadata
 from augexpand.plan import OPS, Plan, Row, folder_counts, make_plan
 from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
@@ -106,12 +99,15 @@ def expand(
     dry_run: bool = False,
     progress: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    shard: tuple[int, int] | str | None = None,
 ) -> dict[str, Any]:
     """Expand the ImageFolder ``src`` into ``dst`` (``dst/train``, ``dst/val``, metadata.jsonl, dataset.json).
 
     ``overrides`` sets recipe keys on top of the recipe (``seed``, ``copies``, ``output.format``, ...).
     ``src=None`` uses the built-in example dataset. Returns the summary that ``--json`` prints.
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
+    ``shard=(i, n)`` makes only shard i of n (a job array's task: images and a journal, no manifest); a later
+    ``resume=True`` run without ``shard`` finishes whatever is missing and writes the manifest and card.
     """
     started = time.perf_counter()
     if max_pixels is not None:
@@ -127,9 +123,21 @@ def expand(
     if not src.is_dir():
         raise SourceError(f"source folder {src} does not exist" if not src.exists() else f"source {src} is not a folder")
     check_paths(src, dst)
-    if not dry_run:
-        prepare_destination(dst, resume, overwrite)
+    try:
+        shard = parse_shard(shard)
+    except ValueError as exc:
+        raise AugexpandError(f"shard: {exc}") from None
+    if shard is not None and overwrite:
+        raise AugexpandError("a shard cannot --overwrite: shards of one plan write into one destination together",
+                             hint="clear it with one --overwrite run first, or use an empty DST")
+    with _stopped_by_sigterm(), (_nothing() if dry_run else Destination(dst, resume, overwrite, shard)) as dest:
+        return _expand(src, dst, recipe, dest, started, workers=workers, val_fraction=val_fraction, strict=strict,
+                       resume=resume, dry_run=dry_run, progress=progress, max_pixels=max_pixels, shard=shard)
 
+
+def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, started: float, *, workers: int | None,
+            val_fraction: float, strict: bool, resume: bool, dry_run: bool, progress: bool,
+            max_pixels: int | None, shard: tuple[int, int] | None) -> dict[str, Any]:
     workers = max(1, workers or default_workers())
     scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
     for s in scan.skipped:
@@ -143,7 +151,8 @@ def expand(
 
     scales = decode_scales(scan.sources, recipe)  # JPEGs decoded smaller where the output needs no more pixels
     ctx = RowContext(str(src), str(dst), [s.rel for s in scan.sources], [s.label for s in scan.sources],
-                     scan.classes, recipe, tuple(scales), decoded_sizes(scan.sources, scales))
+                   scan.classes, recipe, tuple(scales), decoded_sizes(scan.sources, scales),
+                   tag=dest.tag if dest is not None else "", journal=dest.journal if dest is not None else "")
     executor: Executor = LocalExecutor(workers, ctx)
     try:
         plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: executor.map(_descriptor, items))
@@ -153,9 +162,15 @@ def expand(
         t_plan = time.perf_counter()
         run_id = fingerprint(scan, recipe, val_fraction)
         if dry_run:
-            return _summary(scan, plan, recipe, {}, [], dst, workers, run_id, dry_run=True,
-                            timings={"scan": t_scan - started, "plan": t_plan - t_scan})
-        records, failures, reused = _execute(executor, plan, scan, dst, run_id, resume, strict, progress)
+            summary = _summary(scan, plan, recipe, {}, [], dst, workers, run_id, dry_run=True,
+                               timings={"scan": t_scan - started, "plan": t_plan - t_scan})
+            if shard is not None:
+                summary["shard"] = {"index": shard[0], "count": shard[1],
+                                    "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard))}
+            return summary
+        dest.check_folders(scan.classes)
+        dest.remove_previous()  # --overwrite: only now, when the new run is planned and about to write
+        records, failures, reused = _execute(executor, plan, dest, run_id, resume, strict, progress, shard)
     except BaseException:
         executor.close(terminate=True)
         raise
@@ -175,78 +190,101 @@ def expand(
     timings = {"scan": t_scan - started, "plan": t_plan - t_scan, "write": t_run - t_plan}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, workers, run_id, reused=reused,
                        timings=timings)
-    for split in ("train", "val"):
-        rows = [records[i] for i in sorted(records) if records[i]["split"] == split]
-        if rows:
-            write_metadata(dst / split / METADATA_NAME, ({k: v for k, v in r.items() if k != "split"} for r in rows))
-    summary["timings"]["total"] = time.perf_counter() - started
-    write_card(dst, _card(summary, recipe))
-    shutil.rmtree(dst / STATE_DIR, ignore_errors=True)
+    if shard is not None:  # a shard writes images and its journal; the run without --shard writes the rest
+        summary["shard"] = {"index": shard[0], "count": shard[1],
+                            "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard)),
+                            "made": len(records) - reused, "resumed": reused}
+        summary["timings"]["total"] = time.perf_counter() - started
+        return summary
+    try:
+        for split in ("train", "val"):
+            rows = [records[i] for i in sorted(records) if records[i]["split"] == split]
+            if rows:
+                write_metadata(dst / split / METADATA_NAME,
+                               ({k: v for k, v in r.items() if k not in JOURNAL_ONLY} for r in rows))
+        summary["timings"]["total"] = time.perf_counter() - started
+        write_card(dst, _card(summary, recipe))
+    except OSError as exc:
+        raise _write_error(exc, dst) from None
+    dest.finish()
     return summary
 
 
-def _execute(executor: Executor, plan: Plan, scan: ScanResult, dst: Path, run_id: str, resume: bool, strict: bool,
-             progress: bool) -> tuple[dict[int, dict], list[dict], int]:
-    """Run every row not already done; journal each finished one. Returns records by row, failures, rows reused."""
+def _in_shard(row: Row, groups: dict[int, int], shard: tuple[int, int]) -> bool:
+    """Shard i of n holds the partner groups whose number is i-1 modulo n: a whole group (a worker's task, and
+    the images its rows share) stays in one shard, whatever the number of workers."""
+    return groups.get(row.sources[0], 0) % shard[1] == shard[0] - 1
+
+
+def _write_error(exc: OSError, dst: Path) -> DestinationError:
+    return DestinationError(f"cannot write to {exc.filename or dst}: {exc.strerror or exc}",
+                            hint="free some space (or fix the permissions), then run again with --resume")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _stopped_by_sigterm:
+    """SIGTERM to the main process stops the run as Ctrl-C does: the workers are terminated, this run's temporary
+    files removed, the journal kept for --resume; exit status 143. Only where nobody else handles SIGTERM."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self._stop)
+
+    @staticmethod
+    def _stop(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        log.warning("stopped by SIGTERM: run the same command with --resume to finish")
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, resume: bool, strict: bool,
+             progress: bool, shard: tuple[int, int] | None = None) -> tuple[dict[int, dict], list[dict], int]:
+    """Run every row not already done (of the shard; the workers journal each file they write). Returns records
+    by row, failures, rows reused."""
     from tqdm import tqdm
 
-    state = dst / STATE_DIR
-    journal_path = state / "journal.jsonl"
     done: dict[int, dict[str, Any]] = {}
-    card = read_card(dst)
-    run_file = state / "run.json"
-    if resume and (card is not None or run_file.is_file()):  # else: nothing to resume, a fresh run
-        previous = card.get("fingerprint") if card else None
-        if previous is None and run_file.is_file():
-            previous = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint")
-        if previous != run_id:
-            raise DestinationError(f"cannot resume into {dst}: it was made from a different source, recipe, seed or "
-                                   f"split", hint="use --overwrite to start it again")
-        if card is not None:  # a finished run: its rows are all there
-            done = {r["row"]: {**r, "split": split} for split in ("train", "val")
-                    for r in _metadata_or_empty(dst / split / METADATA_NAME)}
-        done.update(read_journal(journal_path))
-        done = {i: r for i, r in done.items() if i < len(plan.rows) and (dst / r["split"] / r["file_name"]).is_file()}
-        for folder in (dst / "train", dst / "val"):
-            for tmp in folder.rglob("*.augexpand-tmp") if folder.exists() else []:
-                if is_temp_file(tmp.name):
-                    tmp.unlink()
-    state.mkdir(parents=True, exist_ok=True)
-    write_atomic(state / "run.json", json.dumps({"tool": "augexpand", "fingerprint": run_id}) + "\n")
-    # val/<class>/ only for a class that holds out an image: torchvision's ImageFolder refuses an empty folder (a
-    # class too small to hold one out has none). Every class keeps its train/<class>/ (a training row may land in
-    # any class by its soft label).
-    for name in scan.classes:
-        (dst / "train" / name).mkdir(parents=True, exist_ok=True)
-    for label in sorted({r.label for r in plan.rows if r.split == "val"}):
-        (dst / "val" / scan.classes[label]).mkdir(parents=True, exist_ok=True)
-
-    todo = [r for r in plan.rows if r.index not in done]
+    try:
+        if resume or shard is not None:  # a shard continues the shared destination (other shards, its own past)
+            done, _ = dest.kept(run_id, len(plan.rows))
+        dest.start(run_id)
+    except OSError as exc:
+        raise _write_error(exc, dest.dst) from None
+    rows = plan.rows if shard is None else [r for r in plan.rows if _in_shard(r, plan.groups, shard)]
+    if shard is not None:
+        done = {r.index: done[r.index] for r in rows if r.index in done}
+    todo = [r for r in rows if r.index not in done]
     records = dict(done)
     failures: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     # Each task goes with its group's key: a worker that gets the next piece of the same group keeps its images.
-    with open(journal_path, "a", encoding="utf-8") as journal:
-        for results in executor.run(_tasks(todo, plan.groups, executor.workers)):
-            for r in results:
-                if "error" in r:
-                    if strict and r["unreadable"]:
-                        raise SourceError(f"{r['source']}: {r['error']} (--strict)")
-                    failures.append(r)
-                    continue
-                records[r["row"]] = r
-                journal.write(json.dumps(r) + "\n")
-            journal.flush()
-            bar.update(len(results))
+    for results in executor.run(_tasks(todo, plan.groups, executor.workers)):
+        for r in results:
+            if "error" in r:
+                if r.get("write"):
+                    raise DestinationError(r["error"])  # the destination's fault: say so, stop at once
+                if strict and r["unreadable"]:
+                    raise SourceError(f"{r['source']}: {r['error']} (--strict)")
+                failures.append(r)
+                continue
+            records[r["row"]] = r
+        bar.update(len(results))
     bar.close()
     return records, failures, len(done)
-
-
-def _metadata_or_empty(path: Path) -> list[dict[str, Any]]:
-    from augexpand.manifest import read_metadata
-
-    return read_metadata(path) if path.is_file() else []
 
 
 def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, dict], unreadable: list, dst: Path,
@@ -305,6 +343,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "notes": plan.notes,
         "workers": workers,
         "fingerprint": run_id,
+        "shard": None,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "images_per_second": round((made - reused) / timings["write"], 1) if timings.get("write") else None,
     }
@@ -326,7 +365,7 @@ def _ratio(counts: list[int]) -> float | None:
 
 
 def _card(summary: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
-    card = {k: v for k, v in summary.items() if k not in ("dst", "dry_run", "resumed_rows")}
+    card = {k: v for k, v in summary.items() if k not in ("dst", "dry_run", "resumed_rows", "shard")}
     card["recipe"] = recipe.resolved()
     card["versions"] = _versions(recipe)
     card["layout"] = {"train": "train/<class>/<file>", "manifest": f"train/{METADATA_NAME}",

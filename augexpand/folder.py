@@ -537,12 +537,20 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 95, png_compression
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file so that it either exists whole or not at all: a temporary sibling, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
-    mode = "wb" if isinstance(data, bytes) else "w"
+    # A new file (O_EXCL), never through a link (O_NOFOLLOW), removed again if writing fails (a full disk).
     # Text is UTF-8; a name that is not (a surrogate escape of a non-UTF-8 byte) is written as %XX, never a crash.
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8", "errors": _PERCENT})) as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{os.getpid()}-{os.urandom(4).hex()}{_TEMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8", _PERCENT))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _probe_or_reason(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, int, int, str] | str:

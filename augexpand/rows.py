@@ -8,9 +8,7 @@ its own generator (seed, row index), so the bytes do not depend on which worker 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from augexpand.destination import OutputWriteError, append_journal, write_output
 from augexpand.errors import ImageReadError
-from augexpand.folder import decode_image, encode_image, write_atomic
+from augexpand.folder import decode_image, encode_image
 from augexpand.mixing import MIXERS, smote_interpolate, soft_label
 from augexpand.plan import Row, row_seed
 from augexpand.policies import make_policy
@@ -69,6 +68,8 @@ class RowContext:
     recipe: Recipe
     scales: tuple[int, ...] = ()  # each source's decode scale (decodescale.decode_scales); empty: all 1
     sizes: tuple[tuple[int, int], ...] = ()  # each source's decoded (height, width), for the cache's budget
+    tag: str = ""  # the run's prefix of temporary file and journal names
+    journal: str = ""  # where workers journal what they write (``<journal><tag><pid>.jsonl``); "": nowhere
 
 
 class RowMaker:
@@ -155,6 +156,9 @@ class RowMaker:
         for row in rows:
             try:
                 out.append(self.run_row(row))
+            except OutputWriteError as exc:  # the destination's fault (disk full, a link): the run stops
+                out.append({"row": row.index, "error": str(exc), "source": self.ctx.rels[row.sources[0]],
+                            "unreadable": False, "write": True})
             except ImageReadError as exc:
                 bad = next((s for s in row.sources if self._unreadable(s)), row.sources[0])
                 out.append({"row": row.index, "error": str(exc), "source": self.ctx.rels[bad], "unreadable": True})
@@ -181,8 +185,7 @@ class RowMaker:
         folder = ctx.classes[int(np.argmax(target))]
         data = encode_image(np.ascontiguousarray(image), recipe.output.format, recipe.output.quality,
                             recipe.output.png_compression)
-        write_atomic(Path(ctx.dst) / "train" / folder / row.name, data)
-        return self._record(row, folder, target, seed, params)
+        return self._write("train", self._record(row, folder, target, seed, params), data)
 
     def make_image(self, row: Row, seed: int | None = None) -> tuple[np.ndarray, list[float], dict[str, Any]]:
         """Make one training row's image in memory, writing nothing: (image, soft label, the op's parameters).
@@ -229,11 +232,21 @@ class RowMaker:
     def _copy_val(self, row: Row, target: list[float], seed: int) -> dict[str, Any]:
         src = Path(self.ctx.src) / self.ctx.rels[row.sources[0]]
         folder = self.ctx.classes[row.label]
-        dst = Path(self.ctx.dst) / "val" / folder / row.name
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.augexpand-tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        return self._record(row, folder, target, seed, {})
+        return self._write("val", self._record(row, folder, target, seed, {}), src)
+
+    def _write(self, split: str, record: dict[str, Any], data: bytes | Path) -> dict[str, Any]:
+        """Write a row's file; its record, with what was written, goes to the journal before the file gets its
+        name (so a run killed at any moment has journaled every file it left). Returns the record."""
+        ctx = self.ctx
+        folder, name = record["file_name"].split("/", 1)
+
+        def journal(written: dict[str, Any]) -> None:
+            record["written"] = written
+            if ctx.journal:
+                append_journal(ctx.journal, ctx.tag, record)
+
+        write_output(ctx.dst, split, folder, name, data, ctx.tag, journal)
+        return record
 
     def _record(self, row: Row, folder: str, target: list[float], seed: int, params: dict) -> dict[str, Any]:
         """A metadata.jsonl row. Every row has the same keys and types (Hugging Face's loader infers one schema
