@@ -190,7 +190,7 @@ def caption(op: str, soft: list[float], params: dict[str, Any], classes: list[st
     elif op == "ricap":
         detail = "areas " + " ".join(f"{a:.2f}" for a in params["areas"])
     elif params.get("policy") is not None:  # the policy's ops on this image
-        detail = ", ".join("flip" if n == "HorizontalFlip" else f"{n} {v:g}" if v else n
+        detail = ", ".join("flip" if n == "HorizontalFlip" else f"{n} {v:.3g}" if v else n
                            for n, v in params["policy"]) or "no policy op"
     else:
         detail = name

@@ -138,3 +138,17 @@ def test_policy_rows_are_byte_identical_for_any_worker_count_and_record_their_op
     card = json.loads((tmp_path / "w1" / "dataset.json").read_text())
     assert card["recipe"]["policy"] == {"name": "randaugment", "num_ops": 2, "magnitude": 12,
                                         "keep_orientation": False}
+
+
+def test_preview_captions_each_policy_tile_with_its_ops(small_src: Path, tmp_path: Path):
+    from augexpand.preview import preview
+
+    recipe = {"copies": 1, "policy": {"name": "trivialaugment"}, "output": {"size": 32}}
+    report = preview(small_src, tmp_path / "sheet.png", recipe, samples=3, tile=48)
+    tiles = next(section for section in report["ops"] if section["op"] == "augment")["samples"]
+    assert len(tiles) == 3 and "trivialaugment" in next(s for s in report["ops"] if s["op"] == "augment")[
+        "description"]
+    for tile in tiles:
+        ops = tile["params"]["policy"]
+        names = ["flip" if name == "HorizontalFlip" else name for name, _ in ops]
+        assert [part.split()[0] for part in tile["caption"][1].split(", ")] == names
