@@ -104,8 +104,8 @@ def test_the_scan_passes_over_every_hostile_entry_and_names_it(hostile_src: Path
 
 
 def test_a_higher_pixel_limit_lets_a_large_header_through(hostile_src: Path):
-    assert probe_image(hostile_src / "cat" / "bomb.png", max_pixels=None)[1:] == (30000, 30000)
-    assert probe_image(hostile_src / "cat" / "bomb.png", max_pixels=30000 * 30000)[1:] == (30000, 30000)
+    assert probe_image(hostile_src / "cat" / "bomb.png", max_pixels=None)[1:3] == (30000, 30000)
+    assert probe_image(hostile_src / "cat" / "bomb.png", max_pixels=30000 * 30000)[1:3] == (30000, 30000)
 
 
 def test_expand_on_a_hostile_tree_finishes_quickly_with_right_labels(hostile_src: Path, tmp_path: Path):
