@@ -361,6 +361,102 @@ def inspect_command(folder, plot, as_json):
     click.echo(printable(text))
 
 
+@cli.command("tune", context_settings=CONTEXT)
+@click.argument("src", required=False, type=click.Path(path_type=Path), metavar="SRC")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), metavar="YAML",
+              help="Write the winning recipe here (with its scores in a header comment).")
+@click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar="MINUTES", help="Wall-clock budget of the search.")
+@click.option("-c", "--candidate", "candidates", multiple=True, metavar="NAME|PATH",
+              help="Also score this recipe (a file or a builtin name); repeatable.")
+@click.option("--only", is_flag=True, help="Score only the --candidate recipes (and no expansion).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the splits, the expansions and the proxy trainings.")
+@click.option("--folds", type=click.IntRange(2, 10), default=3, show_default=True,
+              help="Each split holds out one of this many stratified folds of the source images.")
+@click.option("--steps", type=click.IntRange(10, 10000), default=100, show_default=True,
+              help="Optimizer steps of every proxy training (the same for every candidate).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="On-the-fly horizontal flip in the proxy trainings (as `augexpand train --no-flip`).")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG", help="Draw the scores as a bar chart.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
+@_json_option
+def tune_command(src, out, example, budget, candidates, only, seed, folds, steps, flip, plot, quiet, as_json):
+    """Pick the recipe that trains the best model on SRC's own images.
+
+    Candidate recipes (light, heavy, the augmentation policies, with and without flips and mixing, any
+    --candidate, and no expansion as the baseline) are scored by short proxy trainings (smallcnn, the train
+    command's own loop, the same steps for every candidate) on stratified splits of SRC: only the training
+    part of a split is expanded, and the held-out images score balanced accuracy as they are. Successive
+    halving spends the --budget on the promising candidates. The winner is written to -o only if it beat no
+    expansion by more than its standard error; otherwise the no-expansion recipe is. Deterministic for a
+    seed (when the budget lets the same rungs run). Ctrl-C stops and keeps the best so far (exit 130).
+
+    \b
+    Example:
+      augexpand tune --example -o best.yaml --budget 3
+      augexpand tune photos/ -o best.yaml --plot scores.png
+      augexpand tune digits/ -o best.yaml -c my_recipe.yaml --no-flip --json
+    """
+    from augexpand.train.cli import _need_torch
+
+    _need_torch()
+    from augexpand.tune import default_candidates, format_table, plot_scores, resolve_candidate, tune, winner_yaml
+
+    if example == (src is not None):
+        raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
+    require_path(src, "SRC")
+    if only and not candidates:
+        raise click.UsageError("--only needs at least one --candidate")
+    extra, taken = [], {c.name for c in default_candidates()}
+    for spec in candidates:
+        try:
+            c = resolve_candidate(spec, set() if only else taken)
+        except AugexpandError as exc:
+            raise click.BadParameter(str(exc), param_hint="--candidate") from None
+        extra.append(c)
+        taken.add(c.name)
+    _setup_logging(quiet or as_json)
+    progress = not quiet and not as_json and sys.stderr.isatty()
+    summary = tune(src, candidates=extra if only else None, extra=None if only else extra, budget_minutes=budget,
+                   seed=seed, folds=folds, steps=steps, flip=flip, progress=progress)
+    if out is not None:
+        from augexpand.folder import write_atomic
+
+        write_atomic(out, winner_yaml(summary))
+        summary["output"] = str(out)
+    if plot is not None:
+        summary["plot"] = str(plot_scores(summary, plot))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        _print_tune_summary(summary, format_table(summary))
+    if summary["interrupted"]:
+        sys.exit(130)
+
+
+def _print_tune_summary(s: dict, table: str) -> None:
+    p = s["proxy"]
+    scored = [r for r in s["candidates"] if r["splits"]]
+    click.echo(f"Scored {len(scored)} of {len(s['candidates'])} candidates on {s['src']} in {s['seconds']:.0f} s "
+               f"(budget {s['budget_minutes']:g} min): balanced accuracy on held-out images, {p['model']} at "
+               f"{p['size']}x{p['size']}, {p['steps']} steps of {p['batch_size']}, {p['folds']}-fold splits, "
+               f"seed {s['seed']}")
+    click.echo(table)
+    if s["interrupted"]:
+        click.echo("interrupted: the pick is the best so far")
+    elif s["stopped_by_budget"]:
+        click.echo("the budget ended the search (a larger --budget scores the leaders on more splits)")
+    if s["helps"]:
+        click.echo(f"pick: {s['pick']} ({s['reason']})")
+    else:
+        click.echo(f"pick: no expansion: {s['reason']}")
+    for key, what in (("output", "recipe"), ("plot", "chart")):
+        if s.get(key):
+            click.echo(f"wrote the {what} to {s[key]}")
+
+
 def _register_train_commands() -> None:
     from augexpand.train.cli import evaluate_command, train_command
 
