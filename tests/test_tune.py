@@ -1,0 +1,235 @@
+"""augexpand tune: leak-free splits, the budget, determinism, never a pick below no expansion, and its errors.
+
+Real pixels: scikit-learn's handwritten digits at 12x12, a few per class, so that each proxy training (a handful
+of optimizer steps of a small CNN) takes well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from augexpand import tune as T
+from augexpand.cli import cli
+from augexpand.manifest import read_metadata
+from augexpand.recipe import load_recipe
+
+# A cheap recipe that uses every way a held-out image could leak in: copies, mixing partners and SMOTE neighbours.
+MIXING = {"seed": 3, "copies": 1, "keep_originals": True,
+          "pipeline": [{"Affine": {"rotate": [-10, 10], "p": 1.0}}],
+          "mix": {"mixup": {"alpha": 0.4, "count": 1.0}, "cutmix": {"count": 0.5}},
+          "oversample": {"method": "smote", "k_neighbors": 1, "sampling_strategy": "all"},
+          "output": {"size": 12, "format": "png"}}
+LIGHT = {"seed": 0, "copies": 1, "pipeline": [{"Affine": {"translate_percent": [-0.1, 0.1], "p": 1.0}}],
+         "output": {"size": 12, "format": "png"}}
+
+
+def write_digits(root: Path, per_class: dict[int, int], size: int = 12, offset: int = 0) -> Path:
+    """root/d<k>/<i>.png: real handwritten digits of class k, upscaled to size x size."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.clip(digits.images * (255 / 16), 0, 255).astype(np.uint8)
+    for k, n in per_class.items():
+        members = np.flatnonzero(digits.target == k)[offset:offset + n]
+        (root / f"d{k}").mkdir(parents=True, exist_ok=True)
+        for i in members:
+            cv2.imwrite(str(root / f"d{k}" / f"{i:04d}.png"), cv2.resize(images[i], (size, size)))
+    return root
+
+
+@pytest.fixture
+def digits_src(tmp_path: Path) -> Path:
+    return write_digits(tmp_path / "digits", {0: 7, 1: 6, 7: 4})
+
+
+def candidates(*recipes: tuple[str, dict]) -> list[T.Candidate]:
+    return [T.Candidate(T.NONE, None, "baseline"), *(T.Candidate(n, r, "test") for n, r in recipes)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def test_splits_are_stratified_folds_that_cover_every_image_once_per_repeat():
+    labels = np.array([0] * 7 + [1] * 3 + [2] * 2)
+    splits = T.make_splits(labels, folds=3, seed=5, count=6)
+    assert [s.tolist() for s in splits] == [s.tolist() for s in T.make_splits(labels, 3, 5, 6)]  # seeded
+    for repeat in (splits[:3], splits[3:]):
+        together = np.concatenate(repeat)
+        assert sorted(together.tolist()) == list(range(len(labels)))  # each image held out once per repeat
+    for held in splits:
+        for c, n in ((0, 7), (1, 3), (2, 2)):
+            out = int(np.sum(labels[held] == c))
+            assert out in (n // 3, -(-n // 3)) and out < n  # in proportion, and never the whole class
+    assert splits[0].tolist() != splits[3].tolist()  # a new shuffle per repeat
+
+
+def test_held_out_images_never_reach_any_expansion(digits_src: Path, tmp_path: Path):
+    work = tmp_path / "work"
+    summary = T.tune(digits_src, candidates=candidates(("mixing", MIXING)), steps=3, max_splits=2,
+                     budget_minutes=10, workdir=work)
+    assert summary["candidates"][1]["skipped"] is None and summary["candidates"][1]["splits"] == 2
+    checked = 0
+    for split in sorted(work.glob("split*")):
+        held = {p.relative_to(split / "heldout").as_posix() for p in (split / "heldout").rglob("*.png")}
+        train = {p.relative_to(split / "train").as_posix() for p in (split / "train").rglob("*.png")}
+        assert held and train and not held & train
+        held_hashes = {sha(split / "heldout" / r) for r in held}
+        assert held_hashes == {sha(digits_src / r) for r in held}  # the originals, untouched
+        for metadata in work.glob(f"expand-{split.name[5:]}-*/train/metadata.jsonl"):
+            records = read_metadata(metadata)
+            ops = {r["op"] for r in records}
+            assert {"mixup", "cutmix", "smote", "augment"} <= ops
+            sources = {s for r in records for s in r["sources"]}
+            assert sources <= train and not sources & held
+            assert not {sha(split / "train" / s) for s in sources} & held_hashes
+            checked += len(records)
+    assert checked > 0
+
+
+# ---------------------------------------------------------------------------------------------------- pick
+
+
+def fake_trials(monkeypatch, scores: dict[str, list[float]], seconds: float = 0.0, clock: list | None = None):
+    """Replace the proxy training by a table of scores per candidate and split (and a fake clock)."""
+
+    def trial(candidate, split_dir, work, split, seed, proxy):
+        if clock is not None:
+            clock[0] += seconds
+        return {"score": scores[candidate.name][split], "accuracy": scores[candidate.name][split], "images": 10}
+
+    monkeypatch.setattr(T, "_trial", trial)
+
+
+def test_never_picks_a_recipe_below_no_expansion(digits_src, monkeypatch):
+    fake_trials(monkeypatch, {T.NONE: [0.8, 0.7, 0.9, 0.8], "worse": [0.7, 0.6, 0.8, 0.7],
+                              "noisy": [0.9, 0.6, 0.95, 0.6]})
+    s = T.tune(digits_src, candidates=candidates(("worse", LIGHT), ("noisy", LIGHT)), max_splits=4)
+    assert s["pick"] == T.NONE and not s["helps"]
+    assert "no candidate beat no expansion" in s["reason"]
+    text = T.winner_yaml(s)
+    assert "# nothing helped" in text
+    recipe = yaml.safe_load(text)
+    assert recipe["copies"] == 0 and recipe["keep_originals"] is True and not recipe.get("mix")
+    load_recipe(recipe)  # a valid recipe
+
+
+def test_a_gain_within_its_standard_error_is_not_a_pick(digits_src, monkeypatch):
+    # mean gain +2.5 pts, but the paired gains (+20, -15, +15, -10) spread far more than that
+    fake_trials(monkeypatch, {T.NONE: [0.7, 0.8, 0.7, 0.8], "lucky": [0.9, 0.65, 0.85, 0.7]})
+    s = T.tune(digits_src, candidates=candidates(("lucky", LIGHT)), max_splits=4)
+    assert s["pick"] == T.NONE and "standard error" in s["reason"]
+
+
+def test_a_reliable_gain_is_picked_and_written_with_its_scores(digits_src, monkeypatch):
+    fake_trials(monkeypatch, {T.NONE: [0.7, 0.8, 0.7, 0.8], "good": [0.8, 0.85, 0.8, 0.9],
+                              "bad": [0.5, 0.5, 0.5, 0.5]})
+    s = T.tune(digits_src, candidates=candidates(("bad", MIXING), ("good", LIGHT)), max_splits=4)
+    assert s["pick"] == "good" and s["helps"] and s["recipe"] == LIGHT
+    rows = {r["name"]: r for r in s["candidates"]}
+    assert rows["good"]["splits"] == 4 and rows["bad"]["splits"] == 1  # halved away after the first split
+    assert rows["good"]["gain"] == pytest.approx(0.0875) and rows["none"]["mean"] == pytest.approx(0.75)
+    text = T.winner_yaml(s)
+    assert "# good: 0.838" in text and "+8.8" in text
+    assert yaml.safe_load(text) == LIGHT
+
+
+def test_the_budget_stops_the_search_between_rungs(digits_src, monkeypatch):
+    clock = [0.0]
+    scores = {n: [0.5 + 0.01 * i] * 8 for i, n in enumerate([T.NONE, "a", "b", "c", "d"])}
+    fake_trials(monkeypatch, scores, seconds=30.0, clock=clock)
+    s = T.tune(digits_src, candidates=candidates(*((n, LIGHT) for n in "abcd")), budget_minutes=5,
+               clock=lambda: clock[0])
+    # rung 1: 5 trainings (150 s); rung 2: none + 2 on a second split (90 s); rung 3 (4 more, 120 s) would end
+    # past 300 s, so it never starts
+    assert clock[0] == 240.0 and s["seconds"] == 240.0 and s["stopped_by_budget"]
+    assert [r["splits"] for r in s["rungs"]] == [1, 2]
+    assert s["pick"] == "d"  # it gains 4 pts on both splits
+
+
+def test_a_budget_too_small_for_one_round_is_refused_early(digits_src, monkeypatch):
+    clock = [0.0]
+    fake_trials(monkeypatch, {n: [0.5] * 8 for n in (T.NONE, "a", "b")}, seconds=40.0, clock=clock)
+    with pytest.raises(T.TuneError, match=r"a budget of 1 min is too small for 2 candidates: .* give --budget 4"):
+        T.tune(digits_src, candidates=candidates(("a", LIGHT), ("b", LIGHT)), budget_minutes=1,
+               clock=lambda: clock[0])
+    assert clock[0] == 80.0  # refused after the first two trainings
+
+
+def test_real_run_is_deterministic_and_within_budget(digits_src):
+    import time
+
+    kwargs = {"candidates": candidates(("light", LIGHT), ("mixing", MIXING)), "steps": 4, "max_splits": 2,
+              "budget_minutes": 0.5}
+    start = time.perf_counter()
+    first = T.tune(digits_src, **kwargs)
+    assert time.perf_counter() - start <= 30 + 5
+    second = T.tune(digits_src, **kwargs)
+    assert [r.get("scores") for r in first["candidates"]] == [r.get("scores") for r in second["candidates"]]
+    assert first["pick"] == second["pick"]
+    assert all(r["splits"] for r in first["candidates"])
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_writes_the_recipe_table_json_and_chart(digits_src, tmp_path, monkeypatch):
+    fake_trials(monkeypatch, {T.NONE: [0.7, 0.8] * 4, "tiny": [0.9, 0.95] * 4})
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(LIGHT))
+    out, chart = tmp_path / "best.yaml", tmp_path / "scores.png"
+    result = invoke("tune", digits_src, "-o", out, "-c", recipe, "--only", "--plot", chart)
+    assert result.exit_code == 0, result.output
+    assert "* tiny" in result.output and "+17.5" in result.output and "pick: tiny" in result.output
+    assert yaml.safe_load(out.read_text()) == LIGHT and out.read_text().startswith("# augexpand tune on")
+    assert cv2.imread(str(chart)) is not None
+    result = invoke("tune", digits_src, "-c", recipe, "--only", "--json")
+    summary = json.loads(result.output)
+    assert summary["pick"] == "tiny" and summary["metric"] == "balanced_accuracy"
+    assert [r["name"] for r in summary["candidates"]] == ["none", "tiny"]
+
+
+def test_a_recipe_that_fails_on_these_images_is_a_named_skip(digits_src):
+    broken = {"copies": 1, "pipeline": [{"RandomCrop": {"height": 40, "width": 40}}], "output": {"size": 12}}
+    s = T.tune(digits_src, candidates=candidates(("broken", broken), ("light", LIGHT)), steps=3, max_splits=2)
+    rows = {r["name"]: r for r in s["candidates"]}
+    assert rows["broken"]["skipped"] and rows["broken"]["splits"] == 0
+    assert rows["light"]["skipped"] is None and rows["light"]["splits"] == 2
+    assert "skipped:" in T.format_table(s)
+
+
+def test_cli_errors_are_one_line(digits_src, tmp_path):
+    one = write_digits(tmp_path / "one", {0: 3, 1: 1})
+    result = invoke("tune", one)
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: class 'd1' has 1 image: too small to split (tune holds out part of "
+                                     "every class and needs at least 2 images per class)")
+    result = invoke("tune", digits_src, "-c", tmp_path / "missing.yaml")
+    assert result.exit_code == 2 and "Error: Invalid value for --candidate: recipe " in result.output
+    assert "missing.yaml" in result.output and "Traceback" not in result.output
+    result = invoke("tune", digits_src, "-c", "heavvy")
+    assert result.exit_code == 2 and "did you mean 'heavy'" in result.output
+    result = invoke("tune", digits_src, "--only")
+    assert result.exit_code == 2 and "--only needs at least one --candidate" in result.output
+    result = invoke("tune", digits_src, "-c", "none", "--only")
+    assert result.exit_code == 1 and result.output == "Error: no candidate to score besides no expansion\n"
+    result = invoke("tune", digits_src, "-c", "light", "--only", "--budget", "0.001", "--steps", "10")
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "too small" in result.output
+    assert len(result.output.strip().splitlines()) == 1
