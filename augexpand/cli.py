@@ -417,7 +417,7 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
             raise click.BadParameter(str(exc), param_hint="--candidate") from None
         extra.append(c)
         taken.add(c.name)
-    _setup_logging(quiet or as_json)
+    setup_logging(quiet or as_json)
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = tune(src, candidates=extra if only else None, extra=None if only else extra, budget_minutes=budget,
                    seed=seed, folds=folds, steps=steps, flip=flip, progress=progress)

@@ -111,56 +111,55 @@ def _without_flips(pipeline: Any) -> Any:
     return out
 
 
-def _variant(base: dict[str, Any], description: str, **changes: Any) -> dict[str, Any]:
-    recipe = copy.deepcopy(base)
-    recipe["description"] = description
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
-            recipe[key] = {**recipe[key], **value}
-        else:
-            recipe[key] = value
-    return recipe
+# name, builtin recipe, changes to it (a dict merges into the section of that name; "noflip": the pipeline
+# without its flips), in the order they are listed and scored
+DEFAULT_CANDIDATES: list[tuple[str, str, dict[str, Any]]] = [
+    ("light", "light", {}),
+    ("light_upright", "light_upright", {}),
+    ("heavy", "heavy", {}),
+    ("heavy_noflip", "heavy", {"noflip": True}),
+    ("trivialaugment", "trivialaugment", {}),
+    ("trivialaugment_upright", "trivialaugment_upright", {}),
+    ("randaugment", "randaugment", {}),
+    ("randaugment_upright_m5", "randaugment_upright", {"policy": {"magnitude": 5}}),
+    ("autoaugment", "autoaugment", {}),
+    ("autoaugment_upright", "autoaugment_upright", {}),
+    ("trivialaugment_upright_mixup", "trivialaugment_upright", {"mix": {"mixup": {"alpha": 0.4, "count": 0.5}}}),
+]
+
+
+def _describe(key: str, value: dict[str, Any]) -> str:
+    """``policy {magnitude: 5}`` -> "policy magnitude 5"; ``mix {mixup: {alpha: 0.4}}`` -> "+ mixup (alpha 0.4)"."""
+    def flat(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items())
+
+    if key == "mix":
+        return "+ " + ", ".join(f"{name} ({flat(spec)})" for name, spec in value.items())
+    return f"{key} {flat(value)}"
 
 
 def default_candidates(imbalance: float = 1.0) -> list[Candidate]:
     """The builtin candidates: no expansion, light and heavy with and without flips, the policies at a few
-    strengths with and without orientation-keeping, one with mixup, and balance when the classes are imbalanced.
-    A builtin that this installation does not ship is left out."""
+    strengths with and without orientation-keeping, one with mixup, and balance when the classes are imbalanced
+    (largest over smallest class at least 1.5). A builtin that this installation lacks is left out."""
     out = [Candidate(NONE, None, "no expansion: the split's training images as they are")]
-    for name in ("light", "heavy"):
-        base = _builtin_dict(name)
+    for name, builtin, changes in DEFAULT_CANDIDATES:
+        base = _builtin_dict(builtin)
         if base is None:
             continue
-        out.append(Candidate(name, base, f"builtin {name}"))
-        if isinstance(base.get("pipeline"), list) and _without_flips(base["pipeline"]) != base["pipeline"]:
-            out.append(Candidate(f"{name}_noflip", _variant(base, f"{base.get('description', name)} (without flips)",
-                                                            pipeline=_without_flips(base["pipeline"])),
-                                 f"builtin {name} without its flips"))
-    policies = [
-        ("trivialaugment", "trivialaugment", {}),
-        ("trivialaugment_upright", "trivialaugment", {"keep_orientation": True}),
-        ("randaugment", "randaugment", {"num_ops": 2, "magnitude": 9}),
-        ("randaugment_m5_upright", "randaugment", {"num_ops": 2, "magnitude": 5, "keep_orientation": True}),
-        ("autoaugment", "autoaugment", {}),
-        ("autoaugment_upright", "autoaugment", {"keep_orientation": True}),
-    ]
-    for name, builtin, policy in policies:
-        base = _builtin_dict(builtin)
-        if base is None or not isinstance(base.get("policy"), dict):
-            continue
-        if not policy:
+        if not changes:
             out.append(Candidate(name, base, f"builtin {builtin}"))
             continue
-        words = ", ".join(f"{k} {v}" for k, v in policy.items())
-        out.append(Candidate(name, _variant(base, f"{base.get('description', builtin)} ({words})", policy=policy),
-                             f"builtin {builtin} with {words}"))
-    base = _builtin_dict("trivialaugment")
-    if base is not None and isinstance(base.get("policy"), dict):
-        mix = {"mixup": {"alpha": 0.4, "count": 0.5}}
-        out.append(Candidate("trivialaugment_upright_mixup",
-                             _variant(base, "TrivialAugment keeping orientation, plus mixup (half an image per source)",
-                                      policy={"keep_orientation": True}, mix=mix),
-                             "builtin trivialaugment, keep_orientation, + mixup 0.5"))
+        recipe, words = copy.deepcopy(base), []
+        for key, value in changes.items():
+            if key == "noflip":
+                recipe["pipeline"] = _without_flips(recipe.get("pipeline"))
+                words.append("without its flips")
+            else:
+                recipe[key] = {**(recipe.get(key) or {}), **value}
+                words.append(_describe(key, value))
+        recipe["description"] = f"{base.get('description', builtin)} ({'; '.join(words)})"
+        out.append(Candidate(name, recipe, f"builtin {builtin}, {'; '.join(words)}"))
     if imbalance >= IMBALANCED:
         base = _builtin_dict("balance")
         if base is not None:
@@ -273,6 +272,7 @@ def _balanced_accuracy(result: dict[str, Any]) -> float:
 
 def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: int, proxy: _Proxy) -> dict[str, Any]:
     """Expand the split's training part with the candidate, train the proxy on it, score it on the held-out part."""
+    from augexpand.expansion import expand
     from augexpand.train.config import make_config
     from augexpand.train.evaluate import evaluate_run
     from augexpand.train.loop import train
@@ -283,7 +283,7 @@ def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: 
     run = work / f"run-{split}-{tag}"
     try:
         if candidate.recipe is not None:
-            _expand()(data, expanded, candidate.recipe, workers=1, progress=False,
+            expand(data, expanded, candidate.recipe, workers=1, progress=False,
                       overrides={"seed": seed, "output.size": [proxy.size, proxy.size]})
             data = expanded
         config = make_config(data=data, out=run, model="smallcnn", width=proxy.width, size=proxy.size, steps=proxy.steps,
@@ -294,14 +294,6 @@ def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: 
     finally:
         shutil.rmtree(run, ignore_errors=True)
     return {"score": _balanced_accuracy(result), "accuracy": result["accuracy"], "images": summary["train_images"]}
-
-
-def _expand():
-    try:
-        from augexpand.expansion import expand
-    except ImportError:  # before the split of expand.py
-        from augexpand.expand import expand
-    return expand
 
 
 # ------------------------------------------------------------------------------------------------------ the search
