@@ -2,10 +2,12 @@
 
 The Python API mirrors the CLI::
 
-    from augexpand import expand, load_recipe
-    summary = expand("src/", "dst/", recipe="heavy", seed=0, workers=4)
+    from augexpand import expand, plan_expansion
+    plan = plan_expansion("src/", recipe="heavy", seed=0)           # scan and plan; nothing written
+    summary = expand("src/", "dst/", recipe="heavy", seed=0, workers=4, on_progress=print)
 
-Heavy libraries (albumentations, OpenCV, imbalanced-learn, torch) are imported only when a function needs them.
+Errors are ``AugexpandError`` subclasses (exported here). Heavy libraries (albumentations, OpenCV,
+imbalanced-learn, torch, Ray) are imported only when a function needs them.
 """
 
 from __future__ import annotations
@@ -14,22 +16,52 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AugexpandError", "__version__", "expand", "load_recipe", "scan_image_folder"]
+from augexpand.errors import (
+    AugexpandError,
+    DestinationError,
+    ExpandError,
+    ImageReadError,
+    RecipeError,
+    SourceError,
+    TrainingError,
+)
 
-from augexpand.errors import AugexpandError
+__all__ = [
+    "AugexpandError",
+    "DestinationError",
+    "ExpandError",
+    "ExpansionPlan",
+    "ImageReadError",
+    "RecipeError",
+    "SourceError",
+    "TrainingError",
+    "__version__",
+    "expand",
+    "load_recipe",
+    "plan_expansion",
+    "scan_image_folder",
+]
+
+# Imported on first use (``augexpand.expand``): where each public function lives.
+_LAZY = {
+    "expand": "augexpand.expansion",
+    "plan_expansion": "augexpand.expansion",
+    "ExpansionPlan": "augexpand.expansion",
+    "load_recipe": "augexpand.recipe",
+    "scan_image_folder": "augexpand.folder",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "expand":
-        from augexpand.expansion import expand
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'augexpand' has no attribute {name!r}")
+    import importlib
 
-        return expand
-    if name == "load_recipe":
-        from augexpand.recipe import load_recipe
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function; no submodule is named like a function
+    return value
 
-        return load_recipe
-    if name == "scan_image_folder":
-        from augexpand.folder import scan_image_folder
 
-        return scan_image_folder
-    raise AttributeError(f"module 'augexpand' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

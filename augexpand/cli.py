@@ -87,7 +87,11 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp"], case_sensitive=False),
               help="Output format (overrides the recipe).")
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality (overrides the recipe).")
-@click.option("-w", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores].")
+@click.option("-w", "--workers", type=click.IntRange(min=1),
+              help="Worker processes [default: all cores; with --executor ray, all CPUs of the cluster].")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the images are made: a local process pool, or Ray (the cluster in RAY_ADDRESS, else a "
+                   "local Ray; DST must be on a filesystem every node sees).")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
               help="Hold out this stratified fraction of the source images, untouched, in DST/val.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file instead of skipping it.")
@@ -101,7 +105,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @_json_option
 def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
-                   val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, quiet, as_json):
+                   executor, val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, quiet, as_json):
     """Expand the ImageFolder SRC into a larger one in DST, with a soft-label manifest.
 
     SRC holds one folder per class (images anywhere below it). DST receives train/<class>/...,
@@ -114,6 +118,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
       augexpand expand --recipe heavy.yaml --seed 1 photos/ out/
       augexpand expand -r light --copies 5 --val-fraction 0.2 photos/ out/ --json
       augexpand expand --shard 2/8 photos/ out/ && augexpand expand --resume photos/ out/   # job arrays
+      RAY_ADDRESS=head:6379 augexpand expand --executor ray -r heavy /shared/src /shared/out
     """
     from augexpand.expansion import expand
 
@@ -137,7 +142,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
                      strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
-                     max_pixels=max_pixels, shard=shard)
+                     max_pixels=max_pixels, shard=shard, executor=executor)
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AugexpandError",
     "DestinationError",
+    "ExpandError",
     "ImageReadError",
     "RecipeError",
     "SourceError",
@@ -45,3 +46,7 @@ class ImageReadError(AugexpandError):
 
 class TrainingError(AugexpandError):
     """A training or evaluation request that cannot be carried out (missing split, class mismatch, no GPU)."""
+
+
+class ExpandError(AugexpandError):
+    """Some planned images could not be made (the first failing row is named)."""

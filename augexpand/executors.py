@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from augexpand.errors import AugexpandError
 from augexpand.plan import Row
 from augexpand.rows import RowContext, RowMaker
 
-__all__ = ["Executor", "LocalExecutor", "Task", "default_workers", "probe_map"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "make_executor", "probe_map"]
+
+EXECUTORS = ("local", "ray")
 
 PARALLEL_SCAN_FILES = 500  # probe image headers in parallel from this many files on
 
@@ -27,10 +30,7 @@ Task = tuple[object, list[Row]]  # (the partner group's key, its rows)
 class Executor(Protocol):
     """What the orchestration needs from an engine."""
 
-    workers: int
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
-        """``fn`` over ``items`` in order (module-level, picklable ``fn``): the SMOTE descriptor pass."""
+    workers: int  # how many tasks run at once (the summary reports it)
 
     def run(self, tasks: list[Task]) -> Iterator[list[dict[str, Any]]]:
         """Run every task; yield each task's records (or ``{"row", "error", ...}`` failures) as it finishes."""
@@ -106,12 +106,13 @@ class LocalExecutor:
             self.pool.join()
 
 
-def probe_map(workers: int) -> Callable[[Callable, list[Path]], list]:
-    """A map for the scan's header probes: in a short-lived process pool when the folder is large (the probes
-    cost ~0.2 ms a file, worth spreading over the cores from a few hundred files on), else in this process."""
+def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[Callable, list[Path]], list]:
+    """A map for the planning passes over files (the scan's header probes, SMOTE's descriptors): in a short-lived
+    process pool when there are ``min_items`` or more (the probes cost ~0.2 ms a file, worth spreading over the
+    cores from a few hundred files on), else in this process."""
 
     def run(fn: Callable, paths: list[Path]) -> list:
-        if workers < 2 or len(paths) < PARALLEL_SCAN_FILES or not sys.platform.startswith("linux"):
+        if workers < 2 or len(paths) < min_items or not sys.platform.startswith("linux"):
             return list(map(fn, paths))
         import multiprocessing as mp
 
@@ -119,3 +120,15 @@ def probe_map(workers: int) -> Callable[[Callable, list[Path]], list]:
             return pool.map(fn, paths, chunksize=64)
 
     return run
+
+
+def make_executor(kind: str, workers: int | None, ctx: RowContext) -> Executor:
+    """The executor named ``kind`` (one of EXECUTORS), its workers ready to make rows of ``ctx``. ``workers``:
+    how many (None: every core here; for Ray, every CPU of the cluster)."""
+    if kind == "local":
+        return LocalExecutor(max(1, workers or default_workers()), ctx)
+    if kind == "ray":
+        from augexpand.ray_executor import RayExecutor
+
+        return RayExecutor(workers, ctx)
+    raise AugexpandError(f"unknown executor {kind!r}: expected one of {', '.join(EXECUTORS)}")

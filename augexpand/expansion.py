@@ -15,37 +15,127 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from augexpand import __version__
-from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
+from augexpand.decodescale import decoded_sizes, scale_counts
 from augexpand.destination import JOURNAL_ONLY, Destination, check_paths, fingerprint, parse_shard
-from augexpand.errors import AugexpandError, DestinationError, SourceError
-from augexpand.executors import Executor, LocalExecutor, Task, default_workers, probe_map
+from augexpand.errors import AugexpandError, DestinationError, ExpandError, SourceError
+from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_map
 from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, write_card, write_metadata
 from augexpand.plan import OPS, Plan, Row, folder_counts, make_plan
 from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
 
-__all__ = ["TASKS_PER_WORKER", "ExpandError", "default_workers", "expand"]
+__all__ = ["TASKS_PER_WORKER", "ExpandError", "ExpansionPlan", "default_workers", "expand", "plan_expansion"]
 
 log = logging.getLogger("augexpand")
 
+PARALLEL_DESCRIPTORS = 64  # SMOTE descriptors in a process pool from this many images of a class on
 TASKS_PER_WORKER = 8  # at least this many tasks per worker (groups cut when fewer): the last one finishes early
 
 
-class ExpandError(AugexpandError):
-    """Some planned images could not be made."""
+
+@dataclass
+class ExpansionPlan:
+    """An expansion planned and not run: the scan, the resolved recipe, one row per output image, the run's
+    fingerprint. ``tasks()`` cuts it into the picklable tasks an executor runs; nothing has been written."""
+
+    src: Path
+    scan: ScanResult
+    recipe: Recipe  # resolved: ``size: auto`` is the size the sources gave
+    val_fraction: float
+    plan: Plan
+    fingerprint: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[Row]:
+        return self.plan.rows
+
+    def tasks(self, workers: int, skip: Container[int] = ()) -> list[Task]:
+        """The rows not in ``skip`` (row indices), as tasks (a partner group, or a piece of one) for ``workers``."""
+        todo = [r for r in self.plan.rows if r.index not in skip] if skip else self.plan.rows
+        return _tasks(todo, self.plan.groups, workers)
+
+    def context(self, dst: str | Path, tag: str = "", journal: str = "") -> RowContext:
+        """What every worker needs to make rows of this plan into ``dst`` (``tag``, ``journal``: the destination's
+        temporary-file tag and the journal the workers append to; see destination.py)."""
+        sources, scales = self.scan.sources, self.plan.decode_scale  # JPEGs decoded smaller where the output allows
+        return RowContext(str(self.src), str(Path(dst).expanduser().resolve()), [s.rel for s in sources],
+                          [s.label for s in sources], self.scan.classes, self.recipe, tuple(scales),
+                          decoded_sizes(sources, scales), tag=tag, journal=journal)
+
+    def summary(self, dst: str | Path | None = None, workers: int = 1) -> dict[str, Any]:
+        """What ``--dry-run --json`` prints: the planned counts per class and op."""
+        return _summary(self.scan, self.plan, self.recipe, {}, [], Path(dst) if dst else None, workers,
+                        self.fingerprint, dry_run=True, timings=self.timings)
 
 
-def _descriptor(path: Path):
-    from augexpand.oversample import image_descriptor
+def _recipe_of(recipe: str | Path | dict | Recipe, overrides: dict[str, Any] | None, seed: int | None) -> Recipe:
+    if seed is not None:
+        overrides = {**(overrides or {}), "seed": seed}
+    return recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
 
-    return image_descriptor(path)
+
+def _source_folder(src: str | Path | None) -> Path:
+    if src is None:
+        from augexpand.example import example_dir
+
+        src = example_dir()
+    src = Path(src).expanduser().resolve()
+    if not src.is_dir():
+        raise SourceError(f"source folder {src} does not exist" if not src.exists() else f"source {src} is not a folder")
+    return src
+
+
+def plan_expansion(
+    src: str | Path | None,
+    recipe: str | Path | dict | Recipe = "light",
+    *,
+    overrides: dict[str, Any] | None = None,
+    seed: int | None = None,
+    val_fraction: float = 0.0,
+    strict: bool = False,
+    workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> ExpansionPlan:
+    """Scan ``src`` and plan every output row of an expansion, writing nothing (what ``--dry-run`` shows and what
+    ``expand`` runs). Only image headers are read, and for SMOTE a small thumbnail of each image of a class it
+    oversamples. ``workers`` processes share the header probes and SMOTE's descriptors (default: all cores).
+    ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
+    """
+    started = time.perf_counter()
+    if max_pixels is not None:
+        limit_opencv_pixels(max_pixels)  # OpenCV's own limit too, when it has not been loaded yet
+    recipe = _recipe_of(recipe, overrides, seed)  # every recipe error before anything is read
+    if not 0.0 <= val_fraction < 1.0:
+        raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    src = _source_folder(src)
+    workers = max(1, workers or default_workers())
+    scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
+    for s in scan.skipped:
+        log.warning("skipped %s: %s", s.rel, s.reason)
+    for name in scan.empty_classes:
+        log.warning("class folder %r has no readable image: left out", name)
+    t_scan = time.perf_counter()
+    written = recipe.output.size
+    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
+    size_note = _size_note(written, recipe)
+    descriptors = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)  # SMOTE's thumbnails: ~1 ms an image
+    plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: descriptors(fn, list(items)))
+    for note in plan.notes:
+        log.info("%s", note)
+    plan.notes[:0] = [size_note] if size_note else []  # in the summary and the card (the table says the size)
+    t_plan = time.perf_counter()
+    return ExpansionPlan(src, scan, recipe, val_fraction, plan, fingerprint(scan, recipe, val_fraction),
+                         {"scan": t_scan - started, "plan": t_plan - t_scan})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,6 +181,7 @@ def expand(
     recipe: str | Path | dict | Recipe = "light",
     *,
     overrides: dict[str, Any] | None = None,
+    seed: int | None = None,
     workers: int | None = None,
     val_fraction: float = 0.0,
     strict: bool = False,
@@ -98,30 +189,32 @@ def expand(
     overwrite: bool = False,
     dry_run: bool = False,
     progress: bool = False,
+    on_progress: Callable[[int, int], object] | None = None,
+    executor: str = "local",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     shard: tuple[int, int] | str | None = None,
 ) -> dict[str, Any]:
     """Expand the ImageFolder ``src`` into ``dst`` (``dst/train``, ``dst/val``, metadata.jsonl, dataset.json).
 
-    ``overrides`` sets recipe keys on top of the recipe (``seed``, ``copies``, ``output.format``, ...).
-    ``src=None`` uses the built-in example dataset. Returns the summary that ``--json`` prints.
+    ``overrides`` sets recipe keys on top of the recipe (``seed``, ``copies``, ``output.format``, ...); ``seed``
+    is a shortcut for the seed. ``src=None`` uses the built-in example dataset. Returns the summary that ``--json``
+    prints; raises ``AugexpandError``s. ``on_progress(done, total)`` is called as images finish (``total``: the
+    images of the run, ``done`` counting those a resumed run found made). ``executor``: ``"local"`` (a process
+    pool of ``workers``) or ``"ray"`` (the cluster in ``RAY_ADDRESS``, or a local Ray of ``workers`` CPUs).
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     ``shard=(i, n)`` makes only shard i of n (a job array's task: images and a journal, no manifest); a later
     ``resume=True`` run without ``shard`` finishes whatever is missing and writes the manifest and card.
     """
     started = time.perf_counter()
-    if max_pixels is not None:
-        limit_opencv_pixels(max_pixels)  # OpenCV's own limit too, when it has not been loaded yet
-    recipe = load_recipe(recipe, overrides)  # every recipe error before anything is read
+    if on_progress is not None and not callable(on_progress):
+        raise AugexpandError(f"on_progress must be a function taking (done, total), got "
+                             f"{type(on_progress).__name__} {on_progress!r:.40}")
+    if executor not in EXECUTORS:
+        raise AugexpandError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    recipe = _recipe_of(recipe, overrides, seed)  # every recipe error before anything is read
     if not 0.0 <= val_fraction < 1.0:
         raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if src is None:
-        from augexpand.example import example_dir
-
-        src = example_dir()
-    src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
-    if not src.is_dir():
-        raise SourceError(f"source folder {src} does not exist" if not src.exists() else f"source {src} is not a folder")
+    src, dst = _source_folder(src), Path(dst).expanduser().resolve()
     check_paths(src, dst)
     try:
         shard = parse_shard(shard)
@@ -132,49 +225,35 @@ def expand(
                              hint="clear it with one --overwrite run first, or use an empty DST")
     with _stopped_by_sigterm(), (_nothing() if dry_run else Destination(dst, resume, overwrite, shard)) as dest:
         return _expand(src, dst, recipe, dest, started, workers=workers, val_fraction=val_fraction, strict=strict,
-                       resume=resume, dry_run=dry_run, progress=progress, max_pixels=max_pixels, shard=shard)
+                       resume=resume, dry_run=dry_run, progress=progress, max_pixels=max_pixels, shard=shard,
+                       on_progress=on_progress, executor=executor)
 
 
 def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, started: float, *, workers: int | None,
             val_fraction: float, strict: bool, resume: bool, dry_run: bool, progress: bool,
-            max_pixels: int | None, shard: tuple[int, int] | None) -> dict[str, Any]:
-    workers = max(1, workers or default_workers())
-    scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
-    for s in scan.skipped:
-        log.warning("skipped %s: %s", s.rel, s.reason)
-    for name in scan.empty_classes:
-        log.warning("class folder %r has no readable image: left out", name)
-    t_scan = time.perf_counter()
-    written = recipe.output.size
-    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
-    size_note = _size_note(written, recipe)
-
-    scales = decode_scales(scan.sources, recipe)  # JPEGs decoded smaller where the output needs no more pixels
-    ctx = RowContext(str(src), str(dst), [s.rel for s in scan.sources], [s.label for s in scan.sources],
-                   scan.classes, recipe, tuple(scales), decoded_sizes(scan.sources, scales),
-                   tag=dest.tag if dest is not None else "", journal=dest.journal if dest is not None else "")
-    executor: Executor = LocalExecutor(workers, ctx)
+            max_pixels: int | None, shard: tuple[int, int] | None,
+            on_progress: Callable[[int, int], object] | None = None, executor: str = "local") -> dict[str, Any]:
+    requested, workers = workers, max(1, workers or default_workers())
+    planned = plan_expansion(src, recipe, val_fraction=val_fraction, strict=strict, workers=workers,
+                             max_pixels=max_pixels)
+    scan, plan, recipe, run_id = planned.scan, planned.plan, planned.recipe, planned.fingerprint
+    t_plan = time.perf_counter()
+    if dry_run:
+        summary = planned.summary(dst, workers)
+        if shard is not None:
+            summary["shard"] = {"index": shard[0], "count": shard[1],
+                                "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard))}
+        return summary
+    runner: Executor = make_executor(executor, requested, planned.context(dst, dest.tag, dest.journal))
+    t_start = time.perf_counter()
     try:
-        plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: executor.map(_descriptor, items))
-        for note in plan.notes:
-            log.info("%s", note)
-        plan.notes[:0] = [size_note] if size_note else []  # in the summary and the card (the table says the size)
-        t_plan = time.perf_counter()
-        run_id = fingerprint(scan, recipe, val_fraction)
-        if dry_run:
-            summary = _summary(scan, plan, recipe, {}, [], dst, workers, run_id, dry_run=True,
-                               timings={"scan": t_scan - started, "plan": t_plan - t_scan})
-            if shard is not None:
-                summary["shard"] = {"index": shard[0], "count": shard[1],
-                                    "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard))}
-            return summary
         dest.check_folders(scan.classes)
         dest.remove_previous()  # --overwrite: only now, when the new run is planned and about to write
-        records, failures, reused = _execute(executor, plan, dest, run_id, resume, strict, progress, shard)
+        records, failures, reused = _execute(runner, plan, dest, run_id, resume, strict, progress, shard, on_progress)
     except BaseException:
-        executor.close(terminate=True)
+        runner.close(terminate=True)
         raise
-    executor.close()
+    runner.close()
     t_run = time.perf_counter()
 
     unreadable = sorted({f["source"]: f["error"] for f in failures if f["unreadable"]}.items())
@@ -187,8 +266,8 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
                           f"from {first['source']}: {first['error']}",
                           hint="fix the recipe (or the images), then run again with --overwrite")
 
-    timings = {"scan": t_scan - started, "plan": t_plan - t_scan, "write": t_run - t_plan}
-    summary = _summary(scan, plan, recipe, records, unreadable, dst, workers, run_id, reused=reused,
+    timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
+    summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
                        timings=timings)
     if shard is not None:  # a shard writes images and its journal; the run without --shard writes the rest
         summary["shard"] = {"index": shard[0], "count": shard[1],
@@ -251,7 +330,8 @@ class _stopped_by_sigterm:
 
 
 def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, resume: bool, strict: bool,
-             progress: bool, shard: tuple[int, int] | None = None) -> tuple[dict[int, dict], list[dict], int]:
+             progress: bool, shard: tuple[int, int] | None = None,
+             on_progress: Callable[[int, int], object] | None = None) -> tuple[dict[int, dict], list[dict], int]:
     """Run every row not already done (of the shard; the workers journal each file they write). Returns records
     by row, failures, rows reused."""
     from tqdm import tqdm
@@ -271,6 +351,9 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
     failures: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
+    finished, total = len(done), len(rows)
+    if on_progress is not None:
+        on_progress(finished, total)
     # Each task goes with its group's key: a worker that gets the next piece of the same group keeps its images.
     for results in executor.run(_tasks(todo, plan.groups, executor.workers)):
         for r in results:
@@ -283,6 +366,9 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
                 continue
             records[r["row"]] = r
         bar.update(len(results))
+        finished += len(results)
+        if on_progress is not None:
+            on_progress(finished, total)
     bar.close()
     return records, failures, len(done)
 
@@ -314,7 +400,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
     counts_after = [n for n in train_counts.values() if n]
     return {
         "src": str(scan.root),
-        "dst": str(dst),
+        "dst": str(dst) if dst else None,
         "dry_run": dry_run,
         "recipe": recipe.source,
         "seed": recipe.seed,
