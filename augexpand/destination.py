@@ -63,13 +63,14 @@ log = logging.getLogger("augexpand")
 STATE_DIR = ".augexpand"  # inside dst while a run is in progress: run.json, the journals, the locks
 SPLITS = ("train", "val")
 JOURNAL_ONLY = ("split", "written")  # record keys kept in the journal, not in metadata.jsonl
-# journal.jsonl (older runs), journal-<run tag>-<pid>.jsonl (one per worker process), and a shard's
-# journal-<I>-of-<N>-<run tag>-<pid>.jsonl
-_JOURNAL = re.compile(r"journal(-[0-9]+-of-[0-9]+)?(-[0-9a-f]+-[0-9]+)?\.jsonl")
+# journal.jsonl (older runs), journal-<run tag>-<host>-<pid>.jsonl (one per worker process, on any machine that
+# shares dst), and a shard's journal-<I>-of-<N>-<run tag>-<host>-<pid>.jsonl
+_JOURNAL = re.compile(r"journal(-[0-9]+-of-[0-9]+)?(-[0-9a-f]+-[0-9a-f]+-[0-9]+)?\.jsonl")
 _SHARD_LOCK = re.compile(r"shard-([0-9]+)-of-([0-9]+)\.lock")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _WRITE_HINT = "free some space (or fix the permissions), then run again with --resume"
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()  # in journal names
 
 
 class OutputWriteError(DestinationError):
@@ -203,10 +204,11 @@ def write_output(dst: str, split: str, folder: str, name: str, data: bytes | Pat
 
 
 def append_journal(prefix: str, tag: str, record: dict[str, Any]) -> None:
-    """Append a record to this process's journal, ``<prefix><tag><pid>.jsonl`` (one file per worker process, so
-    no two processes write one file; a line cut short by a kill is skipped when read)."""
+    """Append a record to this process's journal, ``<prefix><tag><host>-<pid>.jsonl`` (one file per worker process,
+    also across machines sharing dst, so no two processes append to one file; a line cut short by a kill is skipped
+    when read)."""
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(f"{prefix}{tag}{os.getpid()}.jsonl",
+    fd = os.open(f"{prefix}{tag}{_HOST}-{os.getpid()}.jsonl",
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         os.write(fd, line)
@@ -227,13 +229,13 @@ def _read_chunks(path: Path):
 def remove_temp_files(dst: Path, tag: str | None = None) -> int:
     """Remove our temporary files from ``dst/{train,val}/<class>/`` (a run's own, by ``tag``, or every one)."""
     removed = 0
-    for split in SPLITS:
+    for split in SPLITS if tag is not None else ("", *SPLITS):  # "": dst itself (the card's temporary file)
         try:
-            split_fd = _open_folder(str(dst), (split,), create=False)
+            split_fd = _open_folder(str(dst), (split,) if split else (), create=False)
         except (OSError, DestinationError):
             continue
         try:
-            for folder in [None, *os.listdir(split_fd)]:
+            for folder in [None, *(os.listdir(split_fd) if split else ())]:
                 try:
                     fd = os.dup(split_fd) if folder is None else os.open(folder, _DIR_FLAGS, dir_fd=split_fd)
                 except OSError:

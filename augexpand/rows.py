@@ -69,7 +69,7 @@ class RowContext:
     scales: tuple[int, ...] = ()  # each source's decode scale (decodescale.decode_scales); empty: all 1
     sizes: tuple[tuple[int, int], ...] = ()  # each source's decoded (height, width), for the cache's budget
     tag: str = ""  # the run's prefix of temporary file and journal names
-    journal: str = ""  # where workers journal what they write (``<journal><tag><pid>.jsonl``); "": nowhere
+    journal: str = ""  # where workers journal what they write (``<journal><tag><host>-<pid>.jsonl``); "": nowhere
 
 
 class RowMaker:
