@@ -78,8 +78,8 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
               help="A recipe YAML file, or a builtin recipe name (see `augexpand recipes`).")
 @click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC (then give only DST).")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's).")
-@click.option("--copies", type=click.IntRange(min=0), help="Augmented copies per source image (overrides the recipe).")
-@click.option("--target-per-class", type=click.IntRange(min=1),
+@click.option("--copies", type=click.IntRange(0, 10_000), help="Augmented copies per source image (overrides the recipe).")
+@click.option("--target-per-class", type=click.IntRange(1, 10_000_000),
               help="Make augmented copies until each class has at least this many images (minority classes get more).")
 @click.option("--originals/--no-originals", default=None, help="Write the source images too (default: the recipe's).")
 @click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width), 'auto' (224, or the sources' median short "
@@ -102,10 +102,13 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _parse_shard(value),
               help="Make only shard I of N (a job array's task) into a shared DST; afterwards, one --resume run "
                    "without --shard writes the manifest and card.")
+@click.option("--allow-large", is_flag=True, help="Run a plan of more than 1,000,000 images or 100 GB (refused "
+              "without it: a typo such as copies: 10000 would fill the disk).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
 @_json_option
 def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
-                   executor, val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, quiet, as_json):
+                   executor, val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, allow_large, quiet,
+                   as_json):
     """Expand the ImageFolder SRC into a larger one in DST, with a soft-label manifest.
 
     SRC holds one folder per class (images anywhere below it). DST receives train/<class>/...,
@@ -142,7 +145,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
                      strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
-                     max_pixels=max_pixels, shard=shard, executor=executor)
+                     max_pixels=max_pixels, shard=shard, executor=executor, allow_large=allow_large)
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
@@ -156,6 +159,12 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
         return parse_shard(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} GB"
 
 
 def _print_expand_summary(s: dict) -> None:
@@ -165,6 +174,8 @@ def _print_expand_summary(s: dict) -> None:
     rate = f", {s['images_per_second']:.0f} images/s" if s.get("images_per_second") else ""
     seconds = sum(v for k, v in s["timings"].items() if k != "total")
     size = f" of {s['output_size'][0]}x{s['output_size'][1]}" if s.get("output_size") else ""
+    if s["dry_run"] and s.get("estimated_bytes"):
+        size += f", about {_human_bytes(s['estimated_bytes'])}"
     click.echo(f"{verb} {s['images_out']} training images{size} from {s['images_in']} source images in "
                f"{len(s['classes'])} classes ({seconds:.1f} s{rate}, {s['workers']} worker"
                f"{'s' if s['workers'] != 1 else ''}, seed {s['seed']})")
@@ -246,6 +257,7 @@ def validate_command(recipe: str, as_json: bool) -> None:
     """
     from augexpand.recipe import AutoSize, load_recipe
 
+    setup_logging(quiet=False)  # what albumentations warns about: one "warning:" line each
     r = load_recipe(recipe)
     compose = r.pipeline_dict["transform"]
     n = _count_transforms(compose) - 1

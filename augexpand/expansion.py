@@ -29,7 +29,7 @@ from augexpand.errors import AugexpandError, DestinationError, ExpandError, Sour
 from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_map
 from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, write_card, write_metadata
-from augexpand.plan import OPS, Plan, Row, folder_counts, make_plan
+from augexpand.plan import OPS, Plan, Row, check_plan_size, folder_counts, make_plan
 from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
 
@@ -54,6 +54,7 @@ class ExpansionPlan:
     plan: Plan
     fingerprint: str
     timings: dict[str, float] = field(default_factory=dict)
+    estimated_bytes: int = 0  # what the images would take on disk, about (augexpand.plan.planned_size)
 
     @property
     def rows(self) -> list[Row]:
@@ -75,7 +76,7 @@ class ExpansionPlan:
     def summary(self, dst: str | Path | None = None, workers: int = 1) -> dict[str, Any]:
         """What ``--dry-run --json`` prints: the planned counts per class and op."""
         return _summary(self.scan, self.plan, self.recipe, {}, [], Path(dst) if dst else None, workers,
-                        self.fingerprint, dry_run=True, timings=self.timings)
+                        self.fingerprint, dry_run=True, timings=self.timings, estimated_bytes=self.estimated_bytes)
 
 
 def _recipe_of(recipe: str | Path | dict | Recipe, overrides: dict[str, Any] | None, seed: int | None) -> Recipe:
@@ -105,11 +106,14 @@ def plan_expansion(
     strict: bool = False,
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_large: bool = False,
 ) -> ExpansionPlan:
     """Scan ``src`` and plan every output row of an expansion, writing nothing (what ``--dry-run`` shows and what
     ``expand`` runs). Only image headers are read, and for SMOTE a small thumbnail of each image of a class it
     oversamples. ``workers`` processes share the header probes and SMOTE's descriptors (default: all cores).
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
+    A plan over 1,000,000 images or 100 GB is refused before a row is built unless ``allow_large``
+    (``augexpand.plan.check_plan_size``: counted by arithmetic; over 20,000,000 rows, always).
     """
     started = time.perf_counter()
     if max_pixels is not None:
@@ -128,6 +132,7 @@ def plan_expansion(
     written = recipe.output.size
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
     size_note = _size_note(written, recipe)
+    estimated_bytes = check_plan_size(scan, recipe, val_fraction, allow_large)[2]  # by arithmetic, before any row
     descriptors = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)  # SMOTE's thumbnails: ~1 ms an image
     plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: descriptors(fn, list(items)))
     for note in plan.notes:
@@ -135,7 +140,7 @@ def plan_expansion(
     plan.notes[:0] = [size_note] if size_note else []  # in the summary and the card (the table says the size)
     t_plan = time.perf_counter()
     return ExpansionPlan(src, scan, recipe, val_fraction, plan, fingerprint(scan, recipe, val_fraction),
-                         {"scan": t_scan - started, "plan": t_plan - t_scan})
+                         {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -193,6 +198,7 @@ def expand(
     executor: str = "local",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     shard: tuple[int, int] | str | None = None,
+    allow_large: bool = False,
 ) -> dict[str, Any]:
     """Expand the ImageFolder ``src`` into ``dst`` (``dst/train``, ``dst/val``, metadata.jsonl, dataset.json).
 
@@ -204,6 +210,8 @@ def expand(
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     ``shard=(i, n)`` makes only shard i of n (a job array's task: images and a journal, no manifest); a later
     ``resume=True`` run without ``shard`` finishes whatever is missing and writes the manifest and card.
+    A plan over 1,000,000 images or 100 GB is refused before it is built unless ``allow_large``
+    (``augexpand.plan.check_plan_size``).
     """
     started = time.perf_counter()
     if on_progress is not None and not callable(on_progress):
@@ -226,16 +234,17 @@ def expand(
     with _stopped_by_sigterm(), (_nothing() if dry_run else Destination(dst, resume, overwrite, shard)) as dest:
         return _expand(src, dst, recipe, dest, started, workers=workers, val_fraction=val_fraction, strict=strict,
                        resume=resume, dry_run=dry_run, progress=progress, max_pixels=max_pixels, shard=shard,
-                       on_progress=on_progress, executor=executor)
+                       on_progress=on_progress, executor=executor, allow_large=allow_large)
 
 
 def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, started: float, *, workers: int | None,
             val_fraction: float, strict: bool, resume: bool, dry_run: bool, progress: bool,
             max_pixels: int | None, shard: tuple[int, int] | None,
-            on_progress: Callable[[int, int], object] | None = None, executor: str = "local") -> dict[str, Any]:
+            on_progress: Callable[[int, int], object] | None = None, executor: str = "local",
+            allow_large: bool = False) -> dict[str, Any]:
     requested, workers = workers, max(1, workers or default_workers())
     planned = plan_expansion(src, recipe, val_fraction=val_fraction, strict=strict, workers=workers,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, allow_large=allow_large)
     scan, plan, recipe, run_id = planned.scan, planned.plan, planned.recipe, planned.fingerprint
     t_plan = time.perf_counter()
     if dry_run:
@@ -268,7 +277,7 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
 
     timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
-                       timings=timings)
+                       timings=timings, estimated_bytes=planned.estimated_bytes)
     if shard is not None:  # a shard writes images and its journal; the run without --shard writes the rest
         summary["shard"] = {"index": shard[0], "count": shard[1],
                             "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard)),
@@ -375,7 +384,7 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
 
 def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, dict], unreadable: list, dst: Path,
              workers: int, run_id: str, *, dry_run: bool = False, reused: int = 0,
-             timings: dict[str, float]) -> dict[str, Any]:
+             timings: dict[str, float], estimated_bytes: int = 0) -> dict[str, Any]:
     classes = scan.classes
     source_counts = scan.counts()
     val_counts = Counter(classes[scan.sources[i].label] for i in plan.val_sources)
@@ -417,6 +426,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "images_out": made,
         "output_size": list(recipe.output.size) if recipe.output.size else None,  # [h, w]; null: native sizes
         "source_sizes": source_sizes(scan, plan.train_sources),  # of the training sources (not val)
+        "estimated_bytes": int(estimated_bytes),  # the plan's estimate of what the images take on disk
         "val_images": len(plan.val_sources),
         "resumed_rows": reused,
         "imbalance_ratio": {"source": _ratio(list(source_counts.values())), "train": _ratio(counts_after)},

@@ -463,7 +463,7 @@ def _decode_jpeg(data: np.ndarray, scale: int) -> np.ndarray | None:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace not in ("YCbCr", "Gray", "RGB"):  # CMYK, YCCK: OpenCV's conversion, as always
             return None
-        if height * width > int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)):
+        if height * width > int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))):
             return None  # over the decoder limit: OpenCV refuses it, in its words
         # libjpeg-turbo picks the smallest of its scales (n/8) that keeps these sides: exactly 1/scale.
         image = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale))

@@ -15,12 +15,27 @@ from pathlib import Path
 import numpy as np
 
 from augexpand.decodescale import decode_scales
-from augexpand.errors import RecipeError
+from augexpand.errors import AugexpandError, RecipeError
 from augexpand.folder import OUTPUT_EXTENSIONS, ScanResult
 from augexpand.mixing import MIXERS
 from augexpand.recipe import Recipe
 
-__all__ = ["OPS", "PARTNER_GROUP", "Plan", "Row", "folder_counts", "make_plan", "row_rng", "row_seed"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_IMAGES",
+    "MAX_ROWS",
+    "OPS",
+    "PARTNER_GROUP",
+    "Plan",
+    "PlanTooLarge",
+    "Row",
+    "check_plan_size",
+    "folder_counts",
+    "make_plan",
+    "planned_size",
+    "row_rng",
+    "row_seed",
+]
 
 # Every op a row can have, in the order rows are planned.
 OPS = ("original", "augment", "smote", "duplicate", *MIXERS)
@@ -36,6 +51,22 @@ _FOLDER_STREAM = 1_000_004
 # group once for all the rows that use it, and memory does not grow with the number of source images.
 PARTNER_GROUP = 32
 MIN_GROUP_CHOICE = 4  # fewer allowed partners than this in the group: draw from the whole pool (more variety)
+
+# How much a run may write without --allow-large, and how many rows a plan may hold at all (a few hundred bytes of
+# memory each). A recipe's own counts are bounded too (augexpand.recipe.MAX_COPIES, ...), but copies: 100 on a
+# million sources is within them and would write 100 million images.
+MAX_IMAGES = 1_000_000
+MAX_BYTES = 100 * 10**9
+MAX_ROWS = 20_000_000
+
+# Bytes per pixel of an encoded output image, for the plan's estimate (photos at quality 95: JPEG ~0.6, WebP ~0.4;
+# PNG at level 1 with the Huffman-only strategy ~2.2, about 3 bytes of raw RGB less a quarter).
+_BYTES_PER_PIXEL = {"jpg": 0.6, "webp": 0.4, "png": 2.2}
+
+
+class PlanTooLarge(AugexpandError):
+    """A plan that would write more than MAX_IMAGES images or MAX_BYTES bytes (without --allow-large), or hold more
+    than MAX_ROWS rows at all."""
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -137,9 +168,57 @@ class _Names:
         return name
 
 
+def planned_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0) -> tuple[int, int, int]:
+    """How many training images and val copies a plan of this recipe makes, and about how many bytes they take,
+    by arithmetic alone (no row is built, no image read): what ``make_plan`` makes, counted as it counts."""
+    sizes: dict[int, int] = Counter(s.label for s in scan.sources)
+    n_val = {c: min(int(np.floor(val_fraction * n + 0.5)), n - 1) if val_fraction > 0 else 0 for c, n in sizes.items()}
+    train = {c: n - n_val[c] for c, n in sizes.items()}
+    rows = 0
+    for n in train.values():
+        kept = n if recipe.keep_originals else 0
+        n_aug = recipe.copies * n
+        if recipe.target_per_class is not None:
+            n_aug = max(n_aug, recipe.target_per_class - kept)
+        rows += kept + n_aug
+        for spec in recipe.mix.enabled().values():
+            rows += int(round(spec.count * n)) if spec.per == "image" else int(spec.count)
+    if recipe.oversample is not None:
+        counts = {scan.classes[c]: n for c, n in train.items() if n}
+        rows += sum(_oversample_counts(counts, recipe.oversample.sampling_strategy).values())
+    size = recipe.output.size if isinstance(recipe.output.size, tuple) else None
+    pixels = size[0] * size[1] if size else (sum(s.width * s.height for s in scan.sources) / max(1, len(scan.sources)))
+    estimate = rows * pixels * _BYTES_PER_PIXEL[recipe.output.format]
+    val_rows = sum(n_val.values())
+    if val_rows:  # untouched copies of the sources: their own size, on average
+        estimate += val_rows * sum((scan.root / s.rel).stat().st_size for s in scan.sources[:1000]) \
+            / min(len(scan.sources), 1000)
+    return rows, val_rows, int(estimate)
+
+
+def check_plan_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
+                    allow_large: bool = False) -> tuple[int, int, int]:
+    """Refuse, before any row is built, a plan that would write more than MAX_IMAGES images or MAX_BYTES bytes
+    (unless ``allow_large``), or hold more than MAX_ROWS rows (always). Returns ``planned_size``'s answer."""
+    rows, val_rows, estimate = planned_size(scan, recipe, val_fraction)
+    what = (f"{recipe.source} would make {rows:,} training images{f' and {val_rows:,} val copies' if val_rows else ''}"
+            f" from {len(scan.sources):,} source images, about {estimate / 1e9:,.1f} GB")
+    if rows + val_rows > MAX_ROWS:
+        raise PlanTooLarge(f"{what}: more than the {MAX_ROWS:,} a plan can hold",
+                           hint="lower copies, target_per_class or the mix counts, or split the source folder")
+    if not allow_large and (rows + val_rows > MAX_IMAGES or estimate > MAX_BYTES):
+        raise PlanTooLarge(f"{what}: over the limit of {MAX_IMAGES:,} images or {MAX_BYTES / 1e9:.0f} GB",
+                           hint="pass --allow-large if that is what you want")
+    return rows, val_rows, estimate
+
+
 def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
-              imap: Callable[[Callable, Iterable], Iterable] = map) -> Plan:
-    """Plan every output row of an expansion. ``imap`` runs the SMOTE descriptor pass (a pool's imap, or map)."""
+              imap: Callable[[Callable, Iterable], Iterable] = map, allow_large: bool = True) -> Plan:
+    """Plan every output row of an expansion. ``imap`` runs the SMOTE descriptor pass (a pool's imap, or map).
+
+    A plan over MAX_ROWS rows is refused before it is built (``check_plan_size``; with ``allow_large`` False, over
+    MAX_IMAGES images or MAX_BYTES bytes too)."""
+    check_plan_size(scan, recipe, val_fraction, allow_large)
     seed = recipe.seed
     train, val = _split_val(scan, val_fraction, seed)
     groups = _partner_groups(train, val, seed)

@@ -2,6 +2,11 @@
 
 A recipe is validated once, here, before any image is read. Every error names the file, the line and the key,
 what was expected, and (for names) the closest valid one.
+
+A recipe cannot ask for the impossible (see "Limits" below): YAML alias bombs, cycles and absurd nesting are
+refused before anything is built from them, counts and sizes are bounded, every number a transform is given is
+finite and at most ``MAX_SIDE``, and a transform that needs more than an image (boxes, masks, keypoints, reference
+images, volumes) is refused, as is a Compose with ``bbox_params`` or ``keypoint_params``.
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
+import math
 import os
 import re
 import statistics
 import sys
+import warnings
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +51,17 @@ __all__ = [
     "source_sizes",
 ]
 
+# --------------------------------------------------------------------------------------------------------------
+# Limits: what a recipe may ask for. Larger values are almost always a typo (1e9 for 1e3) or an attack, and would
+# run for days or exhaust memory; the plan has its own limit on the total (augexpand.plan.MAX_ROWS, --allow-large).
+
+MAX_SIDE = 8192  # output height or width, and any number given to a transform (a blur kernel, a crop, a hole)
+MAX_COPIES = 10_000  # augmented copies per source image
+MAX_PER_CLASS = 10_000_000  # target_per_class, a mix count, an oversampling dict's count
+MAX_RECIPE_BYTES = 1 << 20  # a recipe or pipeline file (the builtin recipes are about 1 KB)
+MAX_NODES = 20_000  # YAML/JSON values after expanding aliases (a billion-laughs document has 10**9)
+MAX_DEPTH = 128  # nested mappings and lists (a 32-deep OneOf in the compact form is ~100)
+MAX_TRANSFORM_DEPTH = 32  # OneOf/SomeOf/Sequential nested in each other
 NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -85,15 +104,19 @@ def import_albumentations():
     return albumentations
 
 
+Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
+PerClass = Annotated[int, Field(ge=0, le=MAX_PER_CLASS)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf and .nan are refused
 
 
 class AutoSize(_Strict):
     """``size: auto`` (224), ``size: {auto: 160}`` or ``{auto: [h, w]}``: that size, but never larger than the
     training sources' median short side (scaled down keeping its aspect). ``resolve_output`` makes it concrete."""
 
-    auto: tuple[PositiveInt, PositiveInt] = (NOMINAL_SIZE, NOMINAL_SIZE)
+    auto: tuple[Side, Side] = (NOMINAL_SIZE, NOMINAL_SIZE)
 
     @field_validator("auto", mode="before")
     @classmethod
@@ -105,7 +128,7 @@ class OutputSpec(_Strict):
     """How output images are written."""
 
     # (height, width); an int means square; auto follows the sources (AutoSize); None keeps each image's size
-    size: tuple[PositiveInt, PositiveInt] | AutoSize | None = None
+    size: tuple[Side, Side] | AutoSize | None = None
     fit: Literal["crop", "stretch"] = "crop"  # crop: resize the short side, centre-crop; stretch: resize exactly
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # jpg and webp
@@ -144,7 +167,7 @@ class OutputSpec(_Strict):
 
 
 class _MixBase(_Strict):
-    count: NonNegativeFloat = 1.0  # samples per source image (per: image) or per class (per: class)
+    count: Annotated[float, Field(ge=0.0, le=MAX_PER_CLASS)] = 1.0  # per source image (per: image) or per class
     per: Literal["image", "class"] = "image"
     partner: Literal["any", "other", "same"] = "any"  # which class the other image(s) come from
     augment_inputs: bool = True  # run the single-image pipeline on each input before mixing
@@ -187,7 +210,7 @@ class MixSection(_Strict):
 SamplingStrategy = (
     Literal["auto", "minority", "not minority", "not majority", "all"]
     | Annotated[float, Field(gt=0.0, le=1.0)]
-    | dict[str, NonNegativeInt]
+    | dict[str, PerClass]
 )
 
 
@@ -196,7 +219,7 @@ class OversampleSpec(_Strict):
 
     method: Literal["smote", "random"] = "smote"
     sampling_strategy: SamplingStrategy = "auto"
-    k_neighbors: PositiveInt = 5
+    k_neighbors: Annotated[int, Field(gt=0, le=1000)] = 5
     augment: bool = False  # run the single-image pipeline on each synthetic image too
 
 
@@ -233,9 +256,9 @@ class Recipe(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     description: str = ""
-    seed: NonNegativeInt = 0
-    copies: NonNegativeInt = 1  # augmented copies per source image
-    target_per_class: PositiveInt | None = None  # bring each class to at least this many originals + copies
+    seed: Annotated[int, Field(ge=0, lt=1 << 64)] = 0
+    copies: Annotated[int, Field(ge=0, le=MAX_COPIES)] = 1  # augmented copies per source image
+    target_per_class: Annotated[int, Field(gt=0, le=MAX_PER_CLASS)] | None = None  # originals + copies per class
     keep_originals: bool = True  # write each source image (resized/re-encoded) too
     pipeline: list[Any] | dict[str, Any] | str = Field(default_factory=list)
     mix: MixSection = Field(default_factory=MixSection)
@@ -328,16 +351,88 @@ def _pydantic_message(err: dict[str, Any], model: type[BaseModel]) -> tuple[tupl
     return loc, f"{err['msg'][0].lower()}{err['msg'][1:]}{got_text}{hint}"
 
 
+def _check_shape(root: Any, children, source: str) -> None:
+    """Refuse a document that expands (aliases counted each time they are used) to more than MAX_NODES values,
+    nests deeper than MAX_DEPTH, or refers to itself. Linear in the document as written: each shared value is
+    measured once (an iterative walk, so no depth of input can overflow the stack)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_.discard(key)
+            kids = children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if size[key] > MAX_NODES:
+                raise RecipeError(f"{source} expands to more than {MAX_NODES:,} values (YAML aliases used over and "
+                                  f"over, a 'billion laughs'?); a recipe is a few dozen")
+            if depth[key] > MAX_DEPTH:
+                raise RecipeError(f"{source} nests deeper than {MAX_DEPTH} levels; a recipe needs a handful")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise RecipeError(f"{source} refers to itself (a recursive YAML alias); a recipe is a tree")
+        if len(open_) > MAX_DEPTH:
+            raise RecipeError(f"{source} nests deeper than {MAX_DEPTH} levels; a recipe needs a handful")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in children(node) if id(k) not in size)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _data_children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _check_yaml_depth(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH from its tokens (the scanner is a loop, not a recursion), before
+    anything recursive reads it."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
+                              yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{source} nests deeper than {MAX_DEPTH} levels; a recipe needs a handful")
+        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)):
+            depth -= 1
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source} is {len(text) / 1e6:.1f} MB; a recipe is at most {MAX_RECIPE_BYTES >> 20} MB")
     try:
+        _check_yaml_depth(text, source)  # PyYAML's composer recurses: 5000 nested brackets would overflow it
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_shape(node, _yaml_children, source)  # before anything is built from it
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
-        raise RecipeError(f"YAML syntax error ({where}): {exc.problem or exc}") from None
+        raise RecipeError(f"YAML syntax error ({where}): {_one_line(exc.problem or exc)}") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"YAML error in {source}: {exc}") from None
+        raise RecipeError(f"YAML error in {source}: {_one_line(exc)}") from None
+    except RecursionError:
+        raise RecipeError(f"{source} nests deeper than {MAX_DEPTH} levels; a recipe needs a handful") from None
+    except (ValueError, OverflowError) as exc:  # a value YAML reads but Python cannot hold: an int of 5000 digits
+        raise RecipeError(f"YAML value out of range in {source}: {_one_line(exc)}") from None
     return data, _line_index(node)
 
 
@@ -361,19 +456,43 @@ def load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str,
 
     ``overrides`` are applied on top (dotted keys such as ``output.format`` reach into sections; a None value
     sets the key to null), as the CLI's flags do. The albumentations pipeline is built once to check it; nothing else is read.
+    Every refusal is a RecipeError of one line (a key or name with a newline in it is shown escaped).
     """
+    try:
+        return _load_recipe(spec, overrides)
+    except RecipeError as exc:
+        if exc.message.isprintable():
+            raise
+        raise RecipeError(_printable(exc.message), exc.hint) from None
+    except ValidationError as exc:  # a model check this module did not phrase (a section another one adds)
+        loc, message = _pydantic_message(exc.errors()[0], Recipe)
+        raise RecipeError(_printable(f"{message} ({'.'.join(map(str, loc))})")) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (a newline in a key) escaped, so that it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str, Any] | None = None) -> Recipe:
     if isinstance(spec, Recipe):
         data, lines, source, base = spec.model_dump(), {}, spec.source, Path.cwd()
         data["pipeline"] = spec.pipeline
     elif isinstance(spec, dict):
+        _check_shape(spec, _data_children, "<inline recipe>")
         data, lines, source, base = dict(spec), {}, "<inline recipe>", Path.cwd()
     else:
         path = _resolve_path(spec)
         source = str(path) if path.parent != recipes_dir() else f"builtin recipe {path.stem!r} ({path})"
         try:
+            if path.stat().st_size > MAX_RECIPE_BYTES:
+                raise RecipeError(f"recipe {path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
+                                  f"{MAX_RECIPE_BYTES >> 20} MB")
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"recipe {path} is not UTF-8 text (a binary file?); expected YAML") from None
+        except OSError as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
         data, lines = _read_yaml(text, str(path))
         source, base = str(path), path.parent
         if data is None:
@@ -398,10 +517,16 @@ def load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str,
     pipeline = recipe.pipeline
     if isinstance(pipeline, str):  # a path to a serialized pipeline (A.save output, JSON or YAML) or a list
         pipeline = _load_pipeline_file(pipeline, base, _where(source, lines, ("pipeline",)))
+        if not isinstance(pipeline, (list, dict)):
+            raise RecipeError(f"pipeline file {recipe.pipeline} must hold a list of transforms or the mapping A.save "
+                              f"writes, got a {type(pipeline).__name__} ({_where(source, lines, ('pipeline',))})")
         recipe = Recipe.model_validate({**recipe.model_dump(), "pipeline": pipeline, "source": source})
     # Fail now, not in a worker: with `output` sizes at the recipe's nominal size (the data may make them smaller).
+    # What albumentations warns about (an ignored argument) is one line each.
     nominal = recipe.output.nominal or (NOMINAL_SIZE, NOMINAL_SIZE)
-    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines)
+    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines,
+                   on_warning=lambda text: logging.getLogger("augexpand").warning("%s: albumentations: %s", source,
+                                                                                  text))
     return recipe
 
 
@@ -411,12 +536,25 @@ def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
         path = base / path
     if not path.is_file():
         raise RecipeError(f"pipeline file {path} not found ({where})")
-    text = path.read_text(encoding="utf-8")
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"pipeline file {path} is {path.stat().st_size / 1e6:.1f} MB; a pipeline is at most "
+                              f"{MAX_RECIPE_BYTES >> 20} MB ({where})")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"pipeline file {path} is not UTF-8 text (a binary file?); expected the JSON or YAML "
+                          f"that A.save writes, or a compact list ({where})") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read pipeline file {path}: {exc.strerror or exc} ({where})") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RecipeError(f"JSON syntax error in {path}, line {exc.lineno}: {exc.msg}") from None
+        except RecursionError:
+            raise RecipeError(f"{path} nests deeper than {MAX_DEPTH} levels; a pipeline needs a handful") from None
+        _check_shape(data, _data_children, str(path))
+        return data
     data, _ = _read_yaml(text, str(path))
     return data
 
@@ -541,9 +679,79 @@ def _albu_error_text(exc: Exception) -> str:
     return " ".join(lines) or type(exc).__name__
 
 
-def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple) -> list:
+def _check_numbers(name: str, value: Any, where: str, key: str = "") -> None:
+    """Every number given to a transform is finite and at most MAX_SIDE in size: a blur kernel, a crop or a hole
+    count of 10**6 would run for ever or exhaust memory, and no image side is larger."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k not in ("seed", "__class_fullname__"):
+                _check_numbers(name, v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_numbers(name, v, where, key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (not math.isfinite(value) or abs(value) > MAX_SIDE):
+        raise RecipeError(f"{name}: {key or 'a parameter'} = {value!r} is out of range: a transform's numbers "
+                          f"must be finite and at most {MAX_SIDE} (the largest image side) ({where})")
+
+
+# Data an image-only pipeline never has (albumentations' target names, and the masks of CropNonEmptyMaskIfExists).
+_NOT_IMAGE = ("bboxes", "mask", "masks", "keypoints", "volume", "volumes", "mask3d", "masks3d")
+
+
+def _needs_more_than_an_image(t, A) -> str | None:
+    """Why a built transform cannot run on an image alone, or None. General tests, no list of names: an abstract
+    base class (no ``apply``); data it asks for (``targets_as_params``: reference images, masks, a box); no image
+    target (3D transforms); or data its parameters are computed from (BBoxSafeRandomCrop reads the boxes)."""
+    import numpy as np
+    from albumentations.core.transforms_interface import BasicTransform
+
+    targets = getattr(t, "_targets", ())
+    targets = targets if isinstance(targets, tuple) else (targets,)
+    if targets and not any(getattr(x, "name", "") == "IMAGE" for x in targets):
+        return "works on 3D volumes, not on images"
+    if type(t).apply is BasicTransform.apply:
+        return "is an abstract base class, not a transform"
+    wanted = list(getattr(t, "targets_as_params", []) or [])
+    if wanted:
+        return f"needs {', '.join(map(str, wanted))} besides the image (reference images, masks or boxes)"
+    image = np.zeros((64, 64, 3), np.uint8)
+    try:
+        t.get_params_dependent_on_data(params={"shape": image.shape}, data={"image": image})
+    except KeyError as exc:
+        if exc.args and exc.args[0] in _NOT_IMAGE:
+            return f"needs {exc.args[0]} besides the image"
+    except Exception as exc:  # noqa: BLE001 -- parameters that depend on the image size are checked when it runs
+        text = str(exc).lower()
+        if any(word in text for word in ("mask", "bbox", "bounding box", "keypoint")):
+            return f"needs masks, boxes or keypoints besides the image ({_one_line(exc)})"
+    return None
+
+
+def _check_image_only(compose, A, where: str, depth: int = 0) -> None:
+    """Walk a built pipeline: every transform works on an image alone, no Compose expects boxes or keypoints,
+    nesting is at most MAX_TRANSFORM_DEPTH."""
+    if depth > MAX_TRANSFORM_DEPTH:
+        raise RecipeError(f"transforms nested deeper than {MAX_TRANSFORM_DEPTH} levels ({where})")
+    if getattr(compose, "processors", None):
+        raise RecipeError(f"{type(compose).__name__} with bbox_params or keypoint_params: an image-classification "
+                          f"dataset has no boxes or keypoints ({where})")
+    for t in getattr(compose, "transforms", []):
+        name = type(t).__name__
+        if isinstance(t, A.BaseCompose):
+            _check_image_only(t, A, where, depth + 1)
+            continue
+        why = _needs_more_than_an_image(t, A)
+        if why:
+            raise RecipeError(f"{name} cannot be used: it {why}; a recipe's transforms get an image alone "
+                              f"({where})")
+
+
+def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple, depth: int = 0) -> list:
     if not isinstance(items, list):
         raise RecipeError(f"expected a list of transforms, got {type(items).__name__} ({_where(source, lines, path)})")
+    if depth > MAX_TRANSFORM_DEPTH:
+        raise RecipeError(f"transforms nested deeper than {MAX_TRANSFORM_DEPTH} levels ({_where(source, lines, path)})")
     built = []
     for i, item in enumerate(items):
         here = path + (i,)
@@ -566,22 +774,45 @@ def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, pa
             if "transforms" not in params:
                 raise RecipeError(f"{name} needs a `transforms:` list ({_where(source, lines, here + (name,))})")
             params["transforms"] = _build_compact(params["transforms"], A, names, source, lines,
-                                                  here + (name, "transforms"))
+                                                  here + (name, "transforms"), depth + 1)
+            _check_numbers(name, {k: v for k, v in params.items() if k != "transforms"},
+                           _where(source, lines, here + (name,)))
         elif "metadata_key" in _init_params(cls):
             raise RecipeError(f"{name} needs per-image reference data, which a recipe cannot supply "
                               f"({_where(source, lines, here + (name,))})")
+        else:
+            _check_numbers(name, params, _where(source, lines, here + (name,)))
         try:
-            built.append(cls(**params, **({} if issubclass(cls, A.BaseCompose) else {"strict": True})))
+            built.append(_construct(cls, params, strict=not issubclass(cls, A.BaseCompose)))
+        except NotImplementedError:
+            raise RecipeError(f"{name} is an abstract base class, not a transform "
+                              f"({_where(source, lines, here + (name,))})") from None
         except (ValueError, TypeError) as exc:
             bad = _albu_error_text(exc)
             key = bad.split(":", 1)[0].strip()
             where = here + (name, key) if key in params else here + (name,)
-            if "are not valid for transform" in bad:
+            if "are not valid for transform" in bad or "unexpected keyword argument" in bad:
                 unknown = bad.split("'")[1] if "'" in bad else ""
                 bad = f"unknown parameter {unknown!r}{_closest(unknown, list(_init_params(cls)))}"
                 where = here + (name, unknown)
             raise RecipeError(f"{name}: {bad} ({_where(source, lines, where)})") from None
+        except Exception as exc:  # noqa: BLE001 -- whatever odd parameters make a transform raise: one clean line
+            raise RecipeError(f"{name}: {type(exc).__name__}: {_one_line(exc)} "
+                              f"({_where(source, lines, here + (name,))})") from None
     return built
+
+
+def _construct(cls: type, params: dict[str, Any], strict: bool):
+    """``cls(**params)``, asking albumentations to refuse unknown parameters (``strict``) where the class takes
+    that switch: MedianBlur, RandomRotate90, ToSepia and a few others do not (they refuse unknown ones anyway)."""
+    if not strict:
+        return cls(**params)
+    try:
+        return cls(**params, strict=True)
+    except TypeError as exc:
+        if "'strict'" not in str(exc):
+            raise
+    return cls(**params)
 
 
 def _init_params(cls: type) -> dict[str, Any]:
@@ -590,20 +821,52 @@ def _init_params(cls: type) -> dict[str, Any]:
     return {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "kwargs")}
 
 
-def build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None):
-    """Build an ``A.Compose`` from the compact list form or from albumentations' serialized form."""
+def build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None,
+                   on_warning=None):
+    """Build an ``A.Compose`` from the compact list form or from albumentations' serialized form.
+
+    albumentations' warnings never reach stderr as Python warnings: each distinct one goes to ``on_warning``
+    (one line of text; ``load_recipe`` logs them) or is dropped (a worker building a validated recipe again)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = _build_pipeline(pipeline, source, lines)
+    if on_warning is not None:
+        for text in dict.fromkeys(_printable(_one_line(w.message)) for w in caught):
+            on_warning(text)
+    return built
+
+
+def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None):
     A = import_albumentations()
     lines = lines or {}
+    where = _where(source, lines, ("pipeline",))
     if isinstance(pipeline, dict):
         serialized = pipeline if "transform" in pipeline else {"transform": pipeline}
+        _check_numbers("serialized pipeline", serialized, where)
+        # A.from_dict imports albumentations.pytorch (and so torch: 2-6 s, in every worker) whenever torch is
+        # installed, only to register ToTensorV2, which makes no image to write. Keep it out unless already loaded.
+        blocked = "albumentations.pytorch" not in sys.modules
+        if blocked:
+            sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # its import: ImportError
         try:
             built = A.from_dict(serialized)
+        except NotImplementedError:
+            raise RecipeError(f"serialized pipeline: it holds an abstract base class (BasicTransform, DualTransform, "
+                              f"ImageOnlyTransform), not a transform ({where})") from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             text = _albu_error_text(exc)
             if isinstance(exc, KeyError) or "not found" in text or "Wrong name" in text:
                 names = _transform_names(A)
                 bad = text.strip("'\" ").split()[-1].strip("'\".")
                 text = f"unknown transform {bad!r}{_closest(bad, names)}"
-            raise RecipeError(f"serialized pipeline: {text} ({_where(source, lines, ('pipeline',))})") from None
-        return built if isinstance(built, A.Compose) else A.Compose([built])
-    return A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",)))
+            raise RecipeError(f"serialized pipeline: {_one_line(text)} ({where})") from None
+        except Exception as exc:  # noqa: BLE001 -- whatever a crafted serialized dict makes albumentations raise
+            raise RecipeError(f"serialized pipeline: {type(exc).__name__}: {_one_line(exc)} ({where})") from None
+        finally:
+            if blocked:
+                sys.modules.pop("albumentations.pytorch", None)
+        built = built if isinstance(built, A.Compose) else A.Compose([built])
+    else:
+        built = A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",)))
+    _check_image_only(built, A, where)
+    return built
