@@ -85,7 +85,7 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
 def test_not_a_state_dict_is_a_clear_error(tmp_path):
     path = tmp_path / "x.pth"
     path.write_bytes(b"not a pickle")
-    with pytest.raises(TrainingError, match="cannot read weights from"):
+    with pytest.raises(TrainingError, match="x.pth is not a PyTorch file"):
         load_backbone_weights(build_model("resnet18", 3), path)
     with pytest.raises(TrainingError, match="does not exist"):
         load_backbone_weights(build_model("resnet18", 3), tmp_path / "missing.pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,10 +18,10 @@ MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
 
 # The command-line options that are TrainConfig fields (their defaults are TrainConfig's; a test checks it).
 TRAIN_OPTIONS = (
-    "val", "model", "width", "weights", "init", "size", "epochs", "steps", "batch_size", "optimizer", "lr",
-    "momentum", "weight_decay", "warmup_epochs", "freeze_epochs", "head_lr_mult", "label_smoothing", "teacher",
-    "kd_temperature", "kd_weight", "patience", "flip", "crop_pad", "device", "amp", "channels_last", "workers",
-    "cache", "seed",
+    "val", "model", "width", "weights", "init", "size", "epochs", "steps", "min_steps", "batch_size", "optimizer",
+    "lr", "final_lr", "gamma", "momentum", "weight_decay", "warmup_epochs", "freeze_epochs", "head_lr_mult",
+    "label_smoothing", "teacher", "kd_temperature", "kd_weight", "patience", "flip", "crop_pad", "device", "amp",
+    "channels_last", "sync_bn", "workers", "cache", "seed",
 )
 
 
@@ -50,26 +51,37 @@ def _progress(quiet: bool, as_json: bool) -> bool:
               help="Validation ImageFolder (default: DST/val when it exists).")
 @click.option("-m", "--model", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="auto",
               show_default=True, help="auto: smallcnn up to 64 px, resnet18 above (resnet50 from 100k images).")
-@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--width", type=click.IntRange(1, 256), default=32, show_default=True,
               help="Channels of the small CNN's first stage.")
 @click.option("--weights", type=click.Path(path_type=Path), metavar="PATH",
               help="A torchvision ResNet state dict (e.g. resnet18-5c106cde.pth); the head is replaced.")
 @click.option("--init", type=click.Path(path_type=Path), metavar="RUN",
               help="Start from an earlier run's best.pt (transfer; the head is replaced if the classes differ).")
-@click.option("--size", type=click.IntRange(8, 1024), help="Training resolution (default: the data's median "
-              "short side, at most 224).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--size", type=click.IntRange(8, 1024), help="Training resolution (default: the median short side "
+              "of the SOURCE images DST was made from, read from DST/dataset.json, else of DST's images; at most "
+              "224).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: 20, or more to reach --min-steps).")
 @click.option("--steps", type=click.IntRange(min=1), help="Train for this many optimizer steps (overrides --epochs).")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"], case_sensitive=False), default="sgd",
-              show_default=True, help="SGD with Nesterov momentum, or AdamW.")
+@click.option("--min-steps", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Without --epochs and --steps, train at least this many optimizer steps: 50 images in batches "
+                   "of 64 make 1 step per epoch, so they train 500 epochs, not 20 (0: just 20 epochs).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per optimizer step (per process under torchrun).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw", "adabound"], case_sensitive=False), default="sgd",
+              show_default=True, help="SGD with Nesterov momentum, AdamW, or AdaBound (Adam whose steps are "
+                                      "bounded to converge to SGD at --final-lr).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Peak learning rate of the backbone (default: sgd 0.05, or 0.005 from pretrained weights; "
-                   "adamw 2e-3, or 2e-4 from pretrained weights).")
+              help="Peak learning rate of the backbone (default: sgd 0.05, adamw 2e-3, adabound 1e-3; 10x less "
+                   "from pretrained weights).")
+@click.option("--final-lr", type=click.FloatRange(min=0, min_open=True),
+              help="AdaBound: the SGD rate its step bounds converge to (default: 0.1, or 0.01 from pretrained "
+                   "weights; follows the schedule).")
+@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3, show_default=True,
+              help="AdaBound: convergence speed of the bounds, [final_lr(1-1/(gamma t+1)), final_lr(1+1/(gamma t))].")
 @click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
-              help="SGD momentum, or AdamW's beta1.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: sgd 5e-4, adamw 0.05 (never on "
-              "biases and norms).")
+              help="SGD momentum, or AdamW's and AdaBound's beta1.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: sgd 5e-4, adamw 0.05 (decoupled), "
+              "adabound 5e-4 (L2, as the paper); never on biases and norms.")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Linear warmup, then a cosine decay to zero.")
 @click.option("--freeze-epochs", type=click.IntRange(min=0), help="Train only the new head (backbone and its "
@@ -91,7 +103,10 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (bf16, else fp16).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="Channels-last memory format (CUDA and CPU).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="Channels-last memory format (CUDA and CPU).")
+@click.option("--sync-bn", is_flag=True, default=False, help="Under torchrun on GPUs: SyncBatchNorm (statistics over all "
+              "processes' batches; for per-GPU batches below about 16). Default: BatchNorm per process.")
 @click.option("-w", "--workers", type=click.IntRange(min=0),
               help="Data-loading processes (default: 2 on CPU, up to 8 with a GPU).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
@@ -108,9 +123,12 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
     """Fine-tune an image classifier on DST: an `augexpand expand` output (train/ with soft labels in
     metadata.jsonl, optional val/) or any ImageFolder (one-hot labels).
 
-    The resolution follows the data (32x32 images train at 32x32), the model follows the resolution, and
-    CUDA is used when present (mixed precision, channels-last). Writes RUN/best.pt and RUN/last.pt
-    (torch.load(weights_only=True)), config.yaml, metrics.jsonl and curves.png.
+    The resolution follows the SOURCE images DST was made from (32x32 digits train at 32x32 even when the
+    expansion wrote them at 224), the model follows the resolution, a tiny set trains at least --min-steps
+    optimizer steps, and CUDA is used when present (mixed precision, channels-last). Writes RUN/best.pt and
+    RUN/last.pt (torch.load(weights_only=True)), config.yaml, metrics.jsonl and curves.png.
+
+    Several GPUs or machines: start it with torchrun (DDP; NCCL on CUDA, gloo on CPU; rank 0 writes RUN).
 
     \b
     Example:
@@ -118,6 +136,7 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
       augexpand train dst/ --out runs/ft --model resnet18 --weights resnet18-5c106cde.pth --freeze-epochs 2
       augexpand train target/ --out runs/transfer --init runs/exp1 --epochs 10
       augexpand train --out runs/exp1 --resume --epochs 30
+      torchrun --nproc_per_node 4 -m augexpand train dst/ --out runs/ddp
     """
     _need_torch()
     from augexpand.train.config import make_config
@@ -138,7 +157,19 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
     values = {k: v for k, v in options.items() if v is not None}
     setup_logging(quiet or as_json)
     config = make_config(data=dst, out=out, progress=_progress(quiet, as_json), **values)
-    summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
+    from augexpand.train.distributed import FollowerAbort
+
+    try:
+        summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
+    except FollowerAbort:
+        # Rank 0 stops with the same error and prints it; torchrun then ends this process. Exiting first could
+        # make torchrun stop rank 0 before its message is out.
+        import time
+
+        time.sleep(15)
+        ctx.exit(1)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 prints the summary
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -182,13 +213,14 @@ def _summary_line(s: dict) -> str:
 @click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--png", type=click.Path(path_type=Path), metavar="PATH",
               help="Where to draw the confusion matrix (default: RUN/confusion_<DIR name>.png).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the accuracy line.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the line of scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (with the confusion matrix) as JSON.")
 def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_size: int, workers: int,
                      png: Path | None, quiet: bool, as_json: bool) -> None:
-    """Score a trained RUN on the ImageFolder DIR: top-1 accuracy, per-class accuracy, confusion matrix.
+    """Score a trained RUN on the ImageFolder DIR: top-1 accuracy, balanced accuracy (mean per-class recall),
+    macro-F1, per-class recall, precision and F1, and the confusion matrix.
 
-    DIR's classes must be among the run's classes.
+    DIR's classes must be among the run's classes. RUN may be a run folder or a .pt checkpoint.
 
     \b
     Example:
@@ -210,7 +242,8 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif quiet:
-        click.echo(f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images")
+        click.echo(f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images, balanced accuracy "
+                   f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
     else:
         click.echo(format_report(result))
         click.echo(f"\nconfusion matrix drawn in {png}")

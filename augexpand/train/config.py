@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from augexpand.errors import TrainingError
 
 __all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_FINAL_LR",
     "DEFAULT_LR",
+    "DEFAULT_MIN_STEPS",
     "DEFAULT_WEIGHT_DECAY",
     "RESUMABLE_OVERRIDES",
     "TrainConfig",
@@ -35,8 +38,15 @@ DEFAULT_LR: dict[tuple[str, bool], float] = {
     ("sgd", True): 0.005,
     ("adamw", False): 2e-3,
     ("adamw", True): 2e-4,
+    ("adabound", False): 1e-3,
+    ("adabound", True): 1e-4,
 }
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05, "adabound": 5e-4}
+# AdaBound's final (SGD-like) rate, by whether the backbone is pretrained: the paper's 0.1, and 10x less for
+# fine-tuning as with every other rate here.
+DEFAULT_FINAL_LR = {False: 0.1, True: 0.01}
+DEFAULT_EPOCHS = 20  # when neither --epochs nor --steps is given ...
+DEFAULT_MIN_STEPS = 500  # ... but at least this many optimizer steps (a tiny dataset makes 1 step per epoch)
 
 # Options that may change when a run is resumed (the rest must stay as the run was started).
 RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "patience", "amp", "progress"})
@@ -52,16 +62,20 @@ class TrainConfig(BaseModel):
     val: Path | None = None
 
     model: str = "auto"
-    width: PositiveInt = 32  # channels of the small CNN's first stage
+    width: Annotated[int, Field(ge=1, le=256)] = 32  # channels of the small CNN's first stage
     weights: Path | None = None
     init: Path | None = None
     size: Annotated[int, Field(ge=8, le=1024)] | None = None
 
-    epochs: PositiveInt = 20
+    # None: DEFAULT_EPOCHS, or more so that the run takes at least min_steps optimizer steps
+    epochs: PositiveInt | None = None
     steps: PositiveInt | None = None  # total optimizer steps; overrides epochs when given
-    batch_size: PositiveInt = 64
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    min_steps: NonNegativeInt = DEFAULT_MIN_STEPS  # only when epochs and steps are both left to the default
+    batch_size: PositiveInt = 64  # per process under torchrun
+    optimizer: Literal["sgd", "adamw", "adabound"] = "sgd"
     lr: Annotated[float, Field(gt=0)] | None = None
+    final_lr: Annotated[float, Field(gt=0)] | None = None  # AdaBound's final rate (default DEFAULT_FINAL_LR)
+    gamma: Annotated[float, Field(gt=0, lt=1)] = 1e-3  # AdaBound: how fast the bounds converge to final_lr
     momentum: Probability = 0.9
     weight_decay: Annotated[float, Field(ge=0)] | None = None
     warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
@@ -78,6 +92,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
+    sync_bn: bool = False  # SyncBatchNorm under torchrun on CUDA
     workers: NonNegativeInt | None = None
     cache: bool = True
     seed: NonNegativeInt = 0

@@ -38,6 +38,7 @@ __all__ = [
     "probe_resolution",
     "read_classes",
     "read_split",
+    "source_resolution",
 ]
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,27 @@ def read_split(root: Path, classes: list[str]) -> Split:
     if empty:
         log.warning("%s has no image of class(es) %s", root, ", ".join(empty))
     return split
+
+
+def source_resolution(data: Path) -> tuple[int, int] | None:
+    """(median short side, number of images) of the sources an expanded dataset was made from, or None.
+
+    Read from ``data/dataset.json``'s ``source_sizes`` (``{"count": N, "short_side": {"median": ...}}``, written
+    by ``augexpand expand``); None for a plain ImageFolder, an older card, or a value that is not a positive number.
+    """
+    card = Path(data) / CARD
+    if not card.is_file():
+        return None
+    try:
+        sizes = json.loads(card.read_text(encoding="utf-8")).get("source_sizes")
+        median, count = sizes["short_side"]["median"], sizes.get("count", 0)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    if isinstance(median, bool) or not isinstance(median, (int, float)) or not 1 <= median < 1e6:
+        log.warning("%s: source_sizes.short_side.median is %r, not a size; reading the training images instead",
+                    card, median)
+        return None
+    return round(median), int(count) if isinstance(count, int) else 0
 
 
 def probe_resolution(split: Split, samples: int = 200) -> int:

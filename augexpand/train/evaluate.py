@@ -1,4 +1,5 @@
-"""Scoring a trained run on an ImageFolder: top-1 accuracy, per-class accuracy and the confusion matrix."""
+"""Scoring a trained run on an ImageFolder: top-1 accuracy, balanced accuracy, macro-F1, per-class recall,
+precision and F1, and the confusion matrix."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from augexpand.errors import TrainingError
 from augexpand.train import data as D
 from augexpand.train.loop import Runtime, evaluate, load_checkpoint, model_from_checkpoint, resolve_device
 
-__all__ = ["checkpoint_path", "evaluate_run", "format_report", "plot_confusion"]
+__all__ = ["checkpoint_path", "classification_scores", "evaluate_run", "format_report", "plot_confusion"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,36 @@ def checkpoint_path(run: Path, which: str = "best") -> Path:
     if not run.exists():
         raise TrainingError(f"run {run} does not exist")
     return run / f"{which}.pt"
+
+
+def classification_scores(confusion: np.ndarray) -> dict[str, Any]:
+    """Scores from a confusion matrix (rows: true class, columns: predicted), defined as scikit-learn defines them.
+
+    - ``balanced_accuracy``: the mean recall over the classes that occur in the true labels
+      (``sklearn.metrics.balanced_accuracy_score``);
+    - ``macro_f1``: the mean F1 over the classes that occur in the true or the predicted labels, a class with no
+      true positive scoring 0 (``f1_score(average="macro")``);
+    - per class: ``recall`` (None when the class has no image), ``precision`` (None when never predicted), ``f1``.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(c)
+    support, predicted = c.sum(1), c.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        denom = support + predicted  # 2 tp + fp + fn
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+    present = support > 0
+    seen = (support > 0) | (predicted > 0)
+    total = c.sum()
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+        "recall": [None if np.isnan(v) else float(v) for v in recall],
+        "precision": [None if np.isnan(v) else float(v) for v in precision],
+        "f1": [None if np.isnan(v) else float(v) for v in f1],
+    }
 
 
 def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "auto", batch_size: int = 256,
@@ -59,15 +90,19 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
                                          pin_memory=rt.device.type == "cuda")
     result = evaluate(model, loader, rt, len(classes))
     confusion = result["confusion"]
+    scores = classification_scores(confusion)
     per_class = {}
     for i, name in enumerate(classes):
-        n = int(confusion[i].sum())
-        per_class[name] = {"images": n, "accuracy": float(confusion[i, i] / n) if n else None}
+        # "accuracy" of a class is its recall (kept under that name for earlier readers of the JSON)
+        per_class[name] = {"images": int(confusion[i].sum()), "accuracy": scores["recall"][i],
+                           "precision": scores["precision"][i], "f1": scores["f1"][i]}
     return {
         "checkpoint": str(path),
         "folder": str(folder),
         "images": int(result["images"]),
         "accuracy": result["acc"],
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_f1": scores["macro_f1"],
         "loss": result["loss"],
         "classes": classes,
         "per_class": per_class,
@@ -76,16 +111,23 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
 
 
 def format_report(result: dict[str, Any]) -> str:
-    """The accuracy, a per-class table and the confusion matrix as plain text."""
+    """The accuracy, balanced accuracy and macro-F1, a per-class table and the confusion matrix as plain text."""
     classes = result["classes"]
     title = (f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images of {result['folder']} "
              f"({result['checkpoint']})")
-    lines = [title, ""]
+    present = sum(1 for row in result["per_class"].values() if row["images"])
+    lines = [title,
+             f"balanced accuracy {result['balanced_accuracy']:.4f} (mean recall over the {present} classes present)",
+             f"macro-F1 {result['macro_f1']:.4f}", ""]
     width = max(5, *(len(c) for c in classes))
-    lines.append(f"  {'class'.ljust(width)}  images  accuracy")
+    lines.append(f"  {'class'.ljust(width)}  images    recall  precision        F1")
+
+    def num(v: float | None, w: int) -> str:
+        return ("-" if v is None else f"{v:.4f}").rjust(w)
+
     for name, row in result["per_class"].items():
-        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-        lines.append(f"  {name.ljust(width)}  {row['images']:>6}  {acc:>8}")
+        lines.append(f"  {name.ljust(width)}  {row['images']:>6}  {num(row['accuracy'], 8)}  "
+                     f"{num(row['precision'], 9)}  {num(row['f1'], 8)}")
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
     confusion = np.asarray(result["confusion"])
     cell = max(len(str(confusion.max())), 3)

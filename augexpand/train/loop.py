@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,11 @@ from torch import nn
 from augexpand.errors import TrainingError
 from augexpand.folder import write_atomic
 from augexpand.train import data as D
+from augexpand.train import distributed as DDP
+from augexpand.train.checkpoint import load_checkpoint, model_from_checkpoint, read_torch_file, save_checkpoint
 from augexpand.train.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_FINAL_LR,
     DEFAULT_LR,
     DEFAULT_WEIGHT_DECAY,
     RESUMABLE_OVERRIDES,
@@ -35,6 +40,7 @@ from augexpand.train.config import (
     save_config,
 )
 from augexpand.train.models import build_model, guess_resnet, head_parameter_names, load_backbone_weights
+from augexpand.train.optim import AdaBound
 
 __all__ = [
     "MEAN",
@@ -60,6 +66,7 @@ log = logging.getLogger(__name__)
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what torchvision's pretrained weights expect
 STD = (0.229, 0.224, 0.225)
+MAX_AUTO_SIZE = 224  # the automatic training size is the data's median short side, at most this
 RUN_FILES = ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png", "summary.json")
 
 
@@ -159,10 +166,10 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW over four groups: backbone/head x decayed/not decayed.
+    """SGD (Nesterov momentum), AdamW or AdaBound over four groups: backbone/head x decayed/not decayed.
 
-    Biases and normalisation weights are not decayed. The head's rate is ``head_lr_mult`` times the backbone's.
-    Each group keeps its peak rate in ``base_lr``; the schedule scales it every step.
+    Biases and normalisation weights are not decayed. The head's rate is ``head_lr_mult`` times the backbone's
+    (AdaBound's final rate too). Each group keeps its peak rate in ``base_lr``; the schedule scales it every step.
     """
     head = head_parameter_names(model)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -170,11 +177,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         groups.setdefault((name in head, p.ndim > 1), []).append(p)
     params = []
     for (is_head, decay), ps in sorted(groups.items()):
-        lr = config.lr * (config.head_lr_mult if is_head else 1.0)
-        params.append({"params": ps, "lr": lr, "base_lr": lr, "weight_decay": config.weight_decay if decay else 0.0,
-                       "name": ("head" if is_head else "backbone") + ("" if decay else "_no_decay")})
+        mult = config.head_lr_mult if is_head else 1.0
+        group = {"params": ps, "lr": config.lr * mult, "base_lr": config.lr * mult,
+                 "weight_decay": config.weight_decay if decay else 0.0,
+                 "name": ("head" if is_head else "backbone") + ("" if decay else "_no_decay")}
+        if config.optimizer == "adabound":
+            group["final_lr"] = config.final_lr * mult
+        params.append(group)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    if config.optimizer == "adabound":
+        return AdaBound(params, lr=config.lr, betas=(config.momentum, 0.999), final_lr=config.final_lr,
+                        gamma=config.gamma)
     return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999))
 
 
@@ -201,7 +215,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     progress: Any = None) -> dict[str, float]:
     """One pass over the training batches (or until the step budget ends). Returns loss, accuracy, images/s."""
     model.train()
-    set_backbone_frozen(model, frozen)
+    set_backbone_frozen(DDP.unwrap(model), frozen)
     total_loss = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device, dtype=torch.long)
     seen = 0
@@ -272,62 +286,74 @@ def evaluate(model: nn.Module, loader, rt: Runtime, num_classes: int) -> dict[st
             "confusion": confusion, "images": seen}
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
-
-def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by ``train`` (``weights_only=True``: tensors and plain values only)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise TrainingError(f"no checkpoint at {path}; is {path.parent} a training run (augexpand train --out)?")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling can fail in many ways; all mean the same to the user
-        raise TrainingError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_args", "classes"} <= set(ckpt):
-        raise TrainingError(f"{path} is not an augexpand training checkpoint (no model_args/classes)")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    args = dict(ckpt["model_args"])
-    model = build_model(args.pop("name"), **args)
-    model.load_state_dict(ckpt["model"])
-    model.input_size = int(ckpt.get("size", 0)) or None
-    return model
-
-
 # ---------------------------------------------------------------------------------------------------- run folder
 
-def _prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / "last.pt").is_file():
-            raise TrainingError(f"nothing to resume in {out}: no last.pt",
-                                hint="start the run without --resume")
-        return
+class RunLock:
+    """An exclusive lock on the run folder (``RUN/.lock``, flock): two runs, or two torchruns, never write one RUN.
+
+    The kernel drops the lock when the process ends, however it ends, so a crashed run never leaves RUN locked.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise TrainingError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise TrainingError(f"{self.path.parent} is being written by another training run ({holder})",
+                                hint="wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Check that RUN may be written (refusals before anything is created), lock it, clear it on overwrite."""
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and {p.name for p in out.iterdir()} - {"cache"}:  # a decoded cache alone is reused as is
-        ours = (out / "config.yaml").is_file()
-        if not ours:
-            raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
-        if not overwrite:
-            raise TrainingError(f"{out} already holds a training run",
-                                hint="use --resume to continue it or --overwrite to start again")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for p in out.glob("confusion_*"):
-            p.unlink()
-        # the decoded cache stays: it is checked against the files and size before any reuse
-    out.mkdir(parents=True, exist_ok=True)
+    if resume and not (out / "last.pt").is_file():
+        raise TrainingError(f"nothing to resume in {out}: no last.pt", hint="start the run without --resume")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    lock = RunLock(out).acquire()
+    try:
+        if not resume and {p.name for p in out.iterdir()} - {"cache", RunLock.NAME}:  # a cache alone is reused
+            if not (out / "config.yaml").is_file():
+                raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
+            if not overwrite:
+                raise TrainingError(f"{out} already holds a training run",
+                                    hint="use --resume to continue it or --overwrite to start again")
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            for p in out.glob("confusion_*"):
+                p.unlink()
+            # the decoded cache stays: it is checked against the files and size before any reuse
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
@@ -345,16 +371,29 @@ def _resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
 
 # ------------------------------------------------------------------------------------------------------ resolving
 
-def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> TrainConfig:
-    """Fill every ``auto``/``None`` of the config with the value this run will use."""
+def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> tuple[int, str]:
+    """The training resolution, and where it came from (for the log, config.yaml's neighbour and the summary)."""
+    if config.size is not None:
+        return config.size, "--size"
+    if init_ckpt is not None:
+        return int(init_ckpt["size"]), f"the --init checkpoint {config.init}"
+    source = D.source_resolution(config.data)
+    if source is not None:  # the images the dataset was made from, not the (possibly enlarged) expansion
+        median, count = source
+        return min(MAX_AUTO_SIZE, median), (f"the median short side of the {_plural(count, 'source image')} "
+                                             f"({median} px) in {Path(config.data) / D.CARD}")
+    median = D.probe_resolution(train_split)
+    return min(MAX_AUTO_SIZE, median), f"the median short side of the training images ({median} px)"
+
+
+def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> tuple[TrainConfig, str]:
+    """Fill every ``auto``/``None`` of the config with the value this run will use (the epochs: see _epochs).
+
+    Returns the resolved config and where the training size came from.
+    """
     update: dict[str, Any] = {}
     n = len(train_split)
-    size = config.size
-    if size is None:
-        if init_ckpt is not None:
-            size = int(init_ckpt["size"])
-        else:
-            size = min(224, D.probe_resolution(train_split))
+    size, size_from = _resolve_size(config, train_split, init_ckpt)
     update["size"] = size
     model = config.model
     if init_ckpt is not None:
@@ -379,6 +418,8 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
     update["lr"] = config.lr or DEFAULT_LR[(config.optimizer, pretrained)]
     update["weight_decay"] = config.weight_decay if config.weight_decay is not None else \
         DEFAULT_WEIGHT_DECAY[config.optimizer]
+    if config.optimizer == "adabound":
+        update["final_lr"] = config.final_lr or DEFAULT_FINAL_LR[pretrained]
     update["head_lr_mult"] = config.head_lr_mult or (10.0 if pretrained else 1.0)
     update["freeze_epochs"] = config.freeze_epochs if config.freeze_epochs is not None else (1 if pretrained else 0)
     if update["freeze_epochs"] and not pretrained:
@@ -387,7 +428,15 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
     if config.workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         update["workers"] = min(cpus, 8) if (config.device != "cpu" and torch.cuda.is_available()) else min(cpus, 2)
-    return config.model_copy(update=update)
+    return config.model_copy(update=update), size_from
+
+
+def _epochs(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The number of epochs when ``--epochs`` was left to the default: DEFAULT_EPOCHS, or as many more as it takes
+    to reach ``min_steps`` optimizer steps (50 images in batches of 64 make one step per epoch)."""
+    if config.epochs is not None:
+        return config.epochs
+    return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / steps_per_epoch))
 
 
 def _model_args(config: TrainConfig, num_classes: int) -> dict[str, Any]:
@@ -451,61 +500,148 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     """Train as ``config`` says, writing the run folder ``config.out``. Returns the summary (also summary.json).
 
     ``explicit`` names the options the user gave on the command line: on ``resume`` only those in
-    RESUMABLE_OVERRIDES may differ from the run's saved config.
+    RESUMABLE_OVERRIDES may differ from the run's saved config. Under torchrun every process calls this; rank 0
+    alone writes RUN (see :mod:`augexpand.train.distributed`).
     """
+    ctx = DDP.setup(config.device)
+    lock = None
+    try:
+        if not ctx.is_main:  # one voice: rank 0 logs and draws the progress bar
+            logging.getLogger("augexpand").setLevel(logging.ERROR)
+            config = config.model_copy(update={"progress": False})
+        lock = ctx.on_main(lambda: _open_run(Path(config.out), resume, overwrite), share=False)
+        return _train(config, ctx, resume, explicit or set())
+    finally:
+        if lock is not None:
+            lock.release()
+        ctx.teardown()
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> dict[str, Any]:
+    """Load ``last.pt`` into the model, optimizer and scaler; a file that does not fit is one TrainingError."""
+    ckpt = read_torch_file(path)
+    keys = ("model", "optimizer", "scaler", "rng", "step", "epoch", "best_acc", "best_loss", "best_epoch",
+            "bad_epochs")
+    hint = f"start again with --overwrite (or delete {path})"
+    if not isinstance(ckpt, dict) or not set(keys) <= set(ckpt):
+        raise TrainingError(f"{path} is not the last.pt of a training run (no optimizer state)", hint=hint)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        state = {k: int(ckpt[k]) for k in ("step", "epoch", "best_epoch", "bad_epochs")}
+        state.update({k: float(ckpt[k]) for k in ("best_acc", "best_loss")})
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise TrainingError(f"{path} does not fit this run's model and optimizer: {first[:200]}", hint=hint) from None
+    if state["step"] < 0 or state["epoch"] < 0:
+        raise TrainingError(f"{path} has a negative step or epoch", hint=hint)
+    return state
+
+
+def _reduce_train(ctx: DDP.Dist, tr: dict[str, float]) -> dict[str, float]:
+    """The epoch's training statistics over all ranks (loss and accuracy weighted by images)."""
+    if not ctx.enabled:
+        return tr
+    loss, acc, images = ctx.sum([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]])
+    seconds = ctx.max(tr["seconds"])
+    images = max(images, 1)
+    return {"loss": loss / images, "acc": acc / images, "images": images, "seconds": seconds,
+            "images_per_s": images / seconds if seconds > 0 else 0.0}
+
+
+def _reduce_eval(ctx: DDP.Dist, va: dict[str, Any]) -> dict[str, Any]:
+    """Validation over all ranks' shards: the confusion matrices and loss sums added up."""
+    if not ctx.enabled:
+        return va
+    flat = ctx.sum([va["loss"] * va["images"], va["images"], *va["confusion"].ravel().tolist()])
+    images = int(flat[1])
+    confusion = np.rint(np.asarray(flat[2:])).astype(np.int64).reshape(va["confusion"].shape)
+    return {"loss": flat[0] / max(images, 1), "acc": float(np.trace(confusion) / max(images, 1)),
+            "confusion": confusion, "images": images}
+
+
+def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str]) -> dict[str, Any]:
     from tqdm import tqdm
 
     out = Path(config.out)
-    _prepare_run_folder(out, resume, overwrite)
     if resume:
-        config = _resume_config(config, explicit or set())
+        config = _resume_config(config, explicit)
 
     # Data: splits, class list, soft targets
     train_root, val_root, classes = D.find_splits(config.data, config.val)
     train_split = D.read_split(train_root, classes)
     val_split = D.read_split(val_root, classes) if val_root is not None else None
+    if len(classes) == 1:
+        log.warning("%s has a single class (%s): the model will learn nothing useful (it always predicts it); "
+                    "a classifier needs at least two classes", train_root, classes[0])
     if val_split is None:
         log.warning("no validation split (%s/val does not exist and no --val): best.pt is the last epoch",
                     config.data)
         if config.patience is not None:
             raise TrainingError("--patience (early stopping) needs a validation split: pass --val DIR")
 
-    # Resolve the config (auto values) and save it
+    # Resolve the config (auto values); saved once the epochs are known
     init_ckpt = load_checkpoint(config.init) if config.init is not None else None
-    config = _resolve(config, train_split, init_ckpt)
-    save_config(config, out / "config.yaml")
-    device = resolve_device(config.device)
+    config, size_from = _resolve(config, train_split, init_ckpt)
+    if config.sync_bn and not (ctx.enabled and ctx.device.type == "cuda"):
+        raise TrainingError("--sync-bn needs torchrun on CUDA GPUs (SyncBatchNorm runs only there)")
+    device = ctx.device if ctx.enabled else resolve_device(config.device)
     rt = Runtime.create(device, config.amp, config.channels_last)
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
 
-    # The decoded uint8 cache at training resolution (built once, reused by every epoch and by --resume)
+    # The decoded uint8 cache at training resolution (built once by rank 0, reused by every epoch and --resume)
     size = config.size
+
+    def cached(split: D.Split, name: str) -> tuple[Path, D.Split]:
+        path = out / "cache" / f"{name}_{size}.npy"
+        kwargs = {"workers": config.workers, "progress": config.progress, "desc": f"decode {name}"}
+        built = ctx.on_main(lambda: D.build_cache(split, size, path, **kwargs), share=False)
+        return built if ctx.is_main else D.build_cache(split, size, path, **kwargs)  # the others reuse rank 0's
+
     if config.cache:
-        train_cache, train_split = D.build_cache(train_split, size, out / "cache" / f"train_{size}.npy",
-                                                 workers=config.workers, progress=config.progress,
-                                                 desc="decode train")
+        train_cache, train_split = cached(train_split, "train")
         train_ds = D.CachedBatches(train_cache, train_split, size, config.seed, True, config.flip, config.crop_pad)
     else:
         train_ds = D.FileBatches(train_split, size, config.seed, True, config.flip, config.crop_pad)
     val_ds = None
     if val_split is not None:
         if config.cache:
-            val_cache, val_split = D.build_cache(val_split, size, out / "cache" / f"val_{size}.npy",
-                                                 workers=config.workers, progress=config.progress,
-                                                 desc="decode val")
+            val_cache, val_split = cached(val_split, "val")
             val_ds = D.CachedBatches(val_cache, val_split, size, augment=False)
         else:
             val_ds = D.FileBatches(val_split, size, augment=False)
     eval_batch = max(config.batch_size, 256)
     plan = D.EpochPlan(len(train_split), config.batch_size, config.seed)
+    if ctx.enabled:  # each rank takes every world_size-th batch of the same epoch plan
+        plan = DDP.ShardedPlan(plan, ctx.rank, ctx.world_size)
     pin = device.type == "cuda"
     train_loader = make_loader(train_ds, plan, config.workers, pin)
     val_loader = None
     if val_ds is not None:
         val_plan = D.EpochPlan(len(val_split), eval_batch, config.seed, shuffle=False)
+        if ctx.enabled:
+            val_plan = DDP.ShardedPlan(val_plan, ctx.rank, ctx.world_size, pad=False)
         val_loader = make_loader(val_ds, val_plan, min(config.workers, 2), pin)
+
+    # Schedule length (in optimizer steps); the resolved config is saved now that the epochs are known
+    steps_per_epoch = len(plan)
+    epochs_before = config.epochs
+    config = config.model_copy(update={"epochs": _epochs(config, steps_per_epoch)})
+    if epochs_before is None and config.steps is None and config.epochs > DEFAULT_EPOCHS:
+        log.info("%s make %s per epoch: training %d epochs (%d steps) instead of %d, so the model gets at least "
+                 "--min-steps %d updates (--epochs or --steps sets the length)", _plural(len(train_split), "image"),
+                 _plural(steps_per_epoch, "step"), config.epochs, config.epochs * steps_per_epoch, DEFAULT_EPOCHS,
+                 config.min_steps)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    schedule = _Schedule(0, total_steps, warmup)
+    if not resume:
+        ctx.on_main(lambda: save_config(config, out / "config.yaml"), share=False)
 
     # Model: fresh, from torchvision weights, or from an earlier run (transfer: the head is replaced)
     model_args = _model_args(config, len(classes))
@@ -521,9 +657,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         log.info("initialised from %s (%s)", config.init,
                  "same classes: head kept" if same else f"{len(init_ckpt['classes'])} -> {len(classes)} classes: "
                                                           "new head")
+    if config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
+    if ctx.enabled:  # the same weights everywhere come from DDP's broadcast; dropout differs per rank
+        torch.manual_seed(config.seed + 1_000_003 * ctx.rank)
 
     # Teacher for knowledge distillation (same classes, frozen)
     teacher = None
@@ -538,38 +678,29 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         if rt.channels_last:
             teacher.to(memory_format=torch.channels_last)
 
-    # Optimizer and schedule (in optimizer steps)
+    # Optimizer
     optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
-    steps_per_epoch = len(plan)
-    total_steps = config.steps or config.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-    schedule = _Schedule(0, total_steps, warmup)
 
     # Resume: weights, optimizer, step, best so far, metrics up to the checkpoint
     start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, 0, 0
     metrics: list[dict[str, Any]] = []
     if resume:
-        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        state = _restore(out / "last.pt", model, optimizer, scaler)
         for group in optimizer.param_groups:  # resuming may change the step budget, not the peak rates
             group["base_lr"] = config.lr * (config.head_lr_mult if group["name"].startswith("head") else 1.0)
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        schedule.step = int(ckpt["step"])
-        start_epoch = int(ckpt["epoch"])  # epochs finished (1-based number of the last one)
-        best_acc, best_loss = float(ckpt["best_acc"]), float(ckpt["best_loss"])
-        best_epoch, bad_epochs = int(ckpt["best_epoch"]), int(ckpt["bad_epochs"])
-        if (out / "metrics.jsonl").is_file():
-            lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-            metrics = [m for m in map(json.loads, filter(None, lines)) if m["epoch"] <= start_epoch]
+        schedule.step = state["step"]
+        start_epoch = state["epoch"]  # epochs finished (1-based number of the last one)
+        best_acc, best_loss, best_epoch, bad_epochs = (state["best_acc"], state["best_loss"], state["best_epoch"],
+                                                       state["bad_epochs"])
+        if ctx.enabled:
+            torch.manual_seed(config.seed + 1_000_003 * ctx.rank + schedule.step)
+        metrics = _read_metrics(out / "metrics.jsonl", start_epoch)
         log.info("resuming %s at epoch %d (step %d of %d)", out, start_epoch + 1, schedule.step, total_steps)
 
     def checkpoint(epoch: int, with_optimizer: bool) -> dict[str, Any]:
-        ckpt = {"model": model.state_dict(), "model_args": model_args, "classes": classes, "size": size,
-                "mean": list(MEAN), "std": list(STD), "epoch": epoch + 1, "step": schedule.step,
+        ckpt = {"model": DDP.unwrap(model).state_dict(), "model_args": model_args, "classes": classes,
+                "size": size, "mean": list(MEAN), "std": list(STD), "epoch": epoch + 1, "step": schedule.step,
                 "config": config.model_dump(mode="json")}
         if with_optimizer:
             ckpt.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -578,23 +709,33 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         return ckpt
 
     # The epochs: train, validate, log, checkpoint, maybe stop early
-    log.info("training %s at %dx%d on %d images (%d classes%s), %s of %s, on %s%s",
+    procs = (f", {ctx.world_size} processes ({ctx.backend}, global batch {ctx.world_size}x{config.batch_size})"
+             if ctx.enabled else "")
+    log.info("training %s at %dx%d on %d images (%d classes%s), %s of %s, on %s%s%s",
              config.model, size, size, len(train_split), len(classes), ", soft labels" if train_split.soft else "",
              _plural(epochs, "epoch"), _plural(steps_per_epoch, "step"), device,
-             f" with {str(rt.amp_dtype).split('.')[-1]} autocast" if rt.amp_dtype else "")
+             f" with {str(rt.amp_dtype).split('.')[-1]} autocast" if rt.amp_dtype else "", procs)
     started, resumed_at_step = time.perf_counter(), schedule.step
     stopped_early = False
+    net, net_frozen = model, None  # net: the model as trained (DDP-wrapped under torchrun)
     try:
         for epoch in range(start_epoch, epochs):
             if schedule.step >= total_steps:
                 break
             frozen = epoch < config.freeze_epochs
+            if ctx.enabled and frozen != net_frozen:  # DDP syncs the parameters that require grad when built
+                set_backbone_frozen(model, frozen)
+                net, net_frozen = DDP.wrap_model(model, ctx), frozen
             plan.set_epoch(epoch)
             bar = tqdm(total=min(steps_per_epoch, total_steps - schedule.step), desc=f"epoch {epoch + 1}/{epochs}",
                        unit="step", leave=False, disable=not config.progress)
             with bar:
-                tr = train_one_epoch(model, train_loader, optimizer, scaler, rt, config, schedule, frozen, teacher, bar)
-                va = evaluate(model, val_loader, rt, len(classes)) if val_loader is not None else None
+                tr = train_one_epoch(net, train_loader, optimizer, scaler, rt, config, schedule, frozen, teacher, bar)
+                tr = _reduce_train(ctx, tr)
+                va = None
+                if val_loader is not None:
+                    ctx.sync_buffers(model)
+                    va = _reduce_eval(ctx, evaluate(model, val_loader, rt, len(classes)))
                 bar.set_postfix_str(f"loss {tr['loss']:.3f} acc {tr['acc']:.3f}"
                                     + (f" val {va['acc']:.3f}" if va else ""))
             row = {"epoch": epoch + 1, "step": schedule.step, "frozen": frozen,
@@ -611,11 +752,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             if improved:
                 best_acc, best_loss = (va["acc"], va["loss"]) if va else (tr["acc"], tr["loss"])
                 best_epoch, bad_epochs = epoch + 1, 0
-                _save(checkpoint(epoch, False), out / "best.pt")
+                if ctx.is_main:
+                    save_checkpoint(checkpoint(epoch, False), out / "best.pt")
             elif not frozen:
                 bad_epochs += 1
-            write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-            _save(checkpoint(epoch, True), out / "last.pt")
+            if ctx.is_main:
+                write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+                save_checkpoint(checkpoint(epoch, True), out / "last.pt")
             if config.patience is not None and bad_epochs > config.patience:
                 log.info("early stop: no val improvement for %d epochs (best %.4f at epoch %d)", bad_epochs,
                          best_acc, best_epoch)
@@ -627,20 +770,37 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         raise
     seconds = time.perf_counter() - started
 
-    # Curves and the summary
-    if metrics:
-        plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
+    # Curves and the summary (rank 0 writes; the others wait until it has)
     last = metrics[-1] if metrics else {}
     trained = [m for m in metrics if m["epoch"] > start_epoch]
     images = sum(m["images_per_s"] * m["seconds"] for m in trained)
     summary = {
-        "run": str(out), "model": config.model, "size": size, "device": str(device),
-        "classes": classes, "train_images": len(train_split), "val_images": len(val_split) if val_split else 0,
+        "run": str(out), "model": config.model, "size": size, "size_from": size_from, "device": str(device),
+        "processes": ctx.world_size, "classes": classes, "train_images": len(train_split),
+        "val_images": len(val_split) if val_split else 0,
         "epochs": last.get("epoch", 0), "steps": schedule.step, "resumed_at_step": resumed_at_step,
         "best_val_acc": best_acc if val_split else None, "best_epoch": best_epoch,
         "last_val_acc": last.get("val_acc"), "last_train_loss": last.get("train_loss"),
         "stopped_early": stopped_early, "seconds": round(seconds, 2),
         "images_per_s": round(images / max(sum(m["seconds"] for m in trained), 1e-9), 1) if trained else 0.0,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if ctx.is_main:
+        if metrics:
+            plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    ctx.barrier()
     return summary
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    """The metrics.jsonl rows up to an epoch; unreadable lines are dropped (the curves then start later)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= upto_epoch:
+                rows.append(row)
+    return rows

@@ -175,12 +175,9 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"weights file {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - a pickle that is not a plain state dict, a truncated file, ...
-        raise TrainingError(f"cannot read weights from {path}: {str(exc).splitlines()[0]}") from None
+    from augexpand.train.checkpoint import read_torch_file  # checkpoint.py imports this module
+
+    obj = read_torch_file(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # one of our checkpoints
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -1,0 +1,170 @@
+"""Reading and writing checkpoints safely: ``torch.load(weights_only=True)``, clear errors, bounded model arguments.
+
+A checkpoint is a file anybody may hand to ``evaluate``, ``--init``, ``--teacher``, ``--weights`` or ``--resume``.
+It is read with ``weights_only=True`` (tensors and plain values only: no pickled code can run), and what it says
+is checked before anything is built from it: ``model_args`` must name a known model with arguments in range
+(a crafted ``width=10**6`` would otherwise allocate terabytes), the classes must match the head, and every tensor
+must have the shape the model expects (checked on torch's ``meta`` device, which allocates nothing). Every
+failure is one :class:`TrainingError` line that names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from augexpand.errors import TrainingError
+
+__all__ = [
+    "MAX_CLASSES",
+    "MAX_WIDTH",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "read_torch_file",
+    "save_checkpoint",
+    "validate_model_args",
+]
+
+MAX_WIDTH = 256  # the small CNN's first-stage channels: 256 is already a 4.7M-parameter last stage
+MAX_CLASSES = 100_000
+_SIZE_RANGE = (8, 1024)  # the training resolutions TrainConfig accepts
+
+
+def read_torch_file(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; anything that goes wrong is one TrainingError line.
+
+    ``what`` names the file in messages ("checkpoint", "weights file").
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TrainingError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise TrainingError(f"{what} {path} is not a file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise TrainingError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise TrainingError(f"{what} {path} is empty (0 bytes); was it copied or written completely?")
+    # torch.save writes a zip archive (PK\x03\x04); very old files are a bare pickle (protocol byte 0x80)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise TrainingError(f"{what} {path} is not a PyTorch file (torch.save writes a zip archive)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean the same to the user
+        text = str(exc)
+        if "Weights only load failed" in text:
+            raise TrainingError(f"{what} {path} holds Python objects besides tensors and plain values; refused "
+                                "(checkpoints are read with weights_only=True, so a file cannot run code)") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        if "central directory" in first or isinstance(exc, EOFError):
+            first = "the file is truncated or damaged"
+        raise TrainingError(f"cannot read {what} {path}: {first[:200]}") from None
+
+
+def _int_in(args: dict, key: str, low: int, high: int, where: str) -> int:
+    value = args.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TrainingError(f"{where}: model_args.{key} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def validate_model_args(args: Any, where: str) -> dict[str, Any]:
+    """Check a checkpoint's ``model_args`` against the model registry and bounds; return a clean copy.
+
+    Only the registered model names and their known arguments, each in range, pass.
+    """
+    from augexpand.train.models import MODELS
+
+    if not isinstance(args, dict):
+        raise TrainingError(f"{where}: model_args must be a mapping, got {type(args).__name__}")
+    name = args.get("name")
+    if name not in MODELS:
+        raise TrainingError(f"{where}: model_args.name must be one of {', '.join(MODELS)}, got {name!r}")
+    clean: dict[str, Any] = {"name": name, "num_classes": _int_in(args, "num_classes", 1, MAX_CLASSES, where)}
+    allowed = {"name", "num_classes"}
+    if name == "smallcnn":
+        allowed |= {"width", "dropout"}
+        if "width" in args:
+            clean["width"] = _int_in(args, "width", 1, MAX_WIDTH, where)
+        if "dropout" in args:
+            dropout = args["dropout"]
+            if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+                raise TrainingError(f"{where}: model_args.dropout must be a number in [0, 1), got {dropout!r}")
+            clean["dropout"] = float(dropout)
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise TrainingError(f"{where}: model_args has unknown key(s) {', '.join(map(repr, unknown))} for a {name}")
+    return clean
+
+
+def _check_shapes(model_args: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> None:
+    from augexpand.train.models import build_model
+
+    args = dict(model_args)
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        own = build_model(args.pop("name"), **args).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise TrainingError(f"{where}: the weights do not fit its model_args ({detail})")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise TrainingError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                                f"its model_args give {tuple(v.shape)}")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by ``train`` (a run folder means its ``best.pt``), checked before anything is built.
+
+    Checks: a mapping with ``model`` (tensors), ``model_args`` (see :func:`validate_model_args`), ``classes``
+    (as many distinct names as the head has outputs), ``size`` (8-1024), and tensor shapes that fit the model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.exists():
+        raise TrainingError(f"no checkpoint at {path}; is {path.parent} a training run (augexpand train --out)?")
+    ckpt = read_torch_file(path)
+    if not isinstance(ckpt, dict) or not {"model", "model_args", "classes"} <= set(ckpt):
+        raise TrainingError(f"{path} is not an augexpand training checkpoint (no model_args/classes)")
+    where = f"checkpoint {path}"
+    args = validate_model_args(ckpt["model_args"], where)
+    classes = ckpt["classes"]
+    if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes) or len(classes) != args["num_classes"]):
+        raise TrainingError(f"{where}: classes must be {args['num_classes']} distinct names (model_args.num_classes)")
+    size = ckpt.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not _SIZE_RANGE[0] <= size <= _SIZE_RANGE[1]:
+        raise TrainingError(f"{where}: size must be an integer in [{_SIZE_RANGE[0]}, {_SIZE_RANGE[1]}], got {size!r}")
+    state = ckpt["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TrainingError(f"{where}: 'model' is not a state dict (parameter names to tensors)")
+    _check_shapes(args, state, where)
+    return {**ckpt, "model_args": args}
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint (from :func:`load_checkpoint`) describes and load its weights."""
+    from augexpand.train.models import build_model
+
+    args = dict(ckpt["model_args"])
+    model = build_model(args.pop("name"), **args)
+    model.load_state_dict(ckpt["model"])
+    model.input_size = int(ckpt.get("size", 0)) or None
+    return model
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary name, then an atomic rename: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
