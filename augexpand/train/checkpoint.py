@@ -65,6 +65,8 @@ def read_torch_file(path: Path, what: str = "checkpoint") -> Any:
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
         if "central directory" in first or isinstance(exc, EOFError):
             first = "the file is truncated or damaged"
+        elif magic.startswith(b"PK"):  # a zip that torch cannot read: cut short, or damaged on the way
+            first = f"the file is truncated or damaged ({first[:120]})"
         raise TrainingError(f"cannot read {what} {path}: {first[:200]}") from None
 
 
