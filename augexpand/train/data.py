@@ -243,6 +243,8 @@ def source_resolution(data: Path) -> tuple[int, int] | None:
         median, count = sizes["short_side"]["median"], sizes.get("count", 0)
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
+    if median is None:  # no source image was measured
+        return None
     if isinstance(median, bool) or not isinstance(median, (int, float)) or not 1 <= median < 1e6:
         log.warning("%s: source_sizes.short_side.median is %r, not a size; reading the training images instead",
                     card, median)

@@ -394,6 +394,8 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
     update: dict[str, Any] = {}
     n = len(train_split)
     size, size_from = _resolve_size(config, train_split, init_ckpt)
+    if config.size is None:
+        log.info("training size %dx%d from %s", size, size, size_from)
     update["size"] = size
     model = config.model
     if init_ckpt is not None:
