@@ -174,8 +174,8 @@ def test_a_single_class_trains_with_one_warning(tmp_path):
     result = CliRunner().invoke(cli, ["train", str(root), "-o", str(tmp_path / "run"), "--epochs", "1", *FAST])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if "single class" in line]
-    assert warnings == [f"warning: {root} has a single class (d4): the model will learn nothing useful (it always "
-                        "predicts it); a classifier needs at least two classes"]
+    assert warnings == [(f"warning: {root} has a single class (d4): the model will learn nothing useful (it always "
+                         "predicts it); a classifier needs at least two classes")]
 
 
 def test_cli_modules_import_without_a_circle():

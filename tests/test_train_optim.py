@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_one_step_equals_the_hand_computation():
 def test_the_bounds_converge_to_final_lr():
     lows, highs = zip(*(bounds(t, 0.1, 1e-3) for t in (1, 10, 100, 1000, 10_000, 1_000_000)))
     assert lows[0] < 1e-4 and highs[0] > 100  # step 1: practically Adam
-    assert all(a < b for a, b in zip(lows, lows[1:])) and all(a > b for a, b in zip(highs, highs[1:]))
+    assert all(a < b for a, b in pairwise(lows)) and all(a > b for a, b in pairwise(highs))
     assert lows[-1] == pytest.approx(0.1, rel=1e-3) and highs[-1] == pytest.approx(0.1, rel=1e-3)
 
 
