@@ -541,17 +541,17 @@ class Destination:
         return f"another augexpand run ({_read_holder(self.state / 'lock')})"
 
     def release(self, failed: bool = False) -> None:
-        """Unlock. After a failure before anything was written, remove what this run created (folders, locks)."""
-        if failed and not self.started:
+        """Unlock, removing this run's temporary files (a worker that was killed, or the run that was stopped, left
+        them). After a failure before anything was written, also remove what this run created (folders, locks)."""
+        if self._fds and (self.started or failed):
             remove_temp_files(self.dst, self.tag)
+        if failed and not self.started:
             if self.shard is None and self._fds:  # held alone: no other run can be using the lock file
                 _unlink_quiet(self.state / "lock")
             elif self.shard is not None and len(self._fds) == 2:
                 _unlink_quiet(self.state / "shard-{}-of-{}.lock".format(*self.shard))
             for path in reversed(self.created):
                 _rmdir_quiet(path)
-        elif failed:
-            remove_temp_files(self.dst, self.tag)
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -692,9 +692,12 @@ class Destination:
 
     def finish(self) -> None:
         """The card is written: remove the state folder (our own, checked to be a real folder) and unlock."""
+        remove_temp_files(self.dst, self.tag)
         if stat.S_ISDIR(os.lstat(self.state).st_mode):
             shutil.rmtree(self.state, ignore_errors=True)
-        self.release()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 def _writable(path: Path) -> bool:

@@ -412,3 +412,22 @@ def test_no_empty_class_folder_in_val_or_train(small_src, tmp_path, tiny_recipe)
                 assert any(folder.iterdir()), folder
     for r in read_metadata(dst / "val" / "metadata.jsonl"):
         assert np.array_equal(decode_image(dst / "val" / r["file_name"]), decode_image(small_src / r["sources"][0]))
+
+
+def test_a_killed_workers_temporary_file_is_gone_when_the_run_ends(small_src, tmp_path, tiny_recipe, monkeypatch):
+    import augexpand.rows
+
+    real = augexpand.rows.write_output
+
+    def leaves_a_temp(dst, split, folder, name, data, tag="", journal=None):
+        # What a worker killed between creating its temporary file and the rename leaves (another process's pid)
+        Path(dst, split, folder).mkdir(parents=True, exist_ok=True)
+        Path(dst, split, folder, f".{tag}99999-dead.augexpand-tmp").write_bytes(b"half")
+        return real(dst, split, folder, name, data, tag, journal)
+
+    monkeypatch.setattr(augexpand.rows, "write_output", leaves_a_temp)
+    dst = tmp_path / "out"
+    run(small_src, dst, tiny_recipe)
+    assert temp_files(dst) == [] and (dst / "dataset.json").exists()
+    shard = run(small_src, tmp_path / "shard", tiny_recipe, shard=(1, 1))
+    assert shard["shard"]["made"] == 45 and temp_files(tmp_path / "shard") == []
