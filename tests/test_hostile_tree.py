@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from augexpand.cli import cli
 from augexpand.errors import SourceError
@@ -209,3 +211,44 @@ def test_a_float_tiff_skipped_when_decoded_is_not_counted_as_converted_and_decod
     assert summary["counts"]["train"] == {"cat": 2}
     # one line naming the file, and no TIFF warning from OpenCV itself
     assert done.stderr.splitlines() == [f"warning: skipped cat/float.tif: {summary['skipped'][0]['reason']}"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Property-based: a file name of any bytes a file system allows gives a safe, unique output name inside dst.
+
+_NAME_BYTES = st.binary(min_size=1, max_size=251).filter(
+    lambda b: b"/" not in b and b"\0" not in b and not b.startswith(b"."))
+_TINY_JPEG = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.lists(_NAME_BYTES, min_size=1, max_size=6, unique_by=lambda b: b.lower()),
+       st.sampled_from(["augment", "mixup", "samplepairing"]))
+def test_names_of_any_bytes_give_safe_unique_outputs_inside_dst(names, op):
+    import tempfile
+
+    from augexpand.plan import make_plan
+    from augexpand.recipe import load_recipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(os.fsencode(tmp), b"src", b"c\xffat")
+        os.makedirs(folder)
+        for name in names:
+            with open(os.path.join(folder, name + b".jpg"), "wb") as f:
+                f.write(_TINY_JPEG)
+        scan = scan_image_folder(Path(tmp) / "src")
+        assert len(scan.sources) == len(names)
+        recipe = load_recipe({"copies": 2 if op == "augment" else 0, "mix": {op: {"count": 2}} if op != "augment"
+                              else {}, "output": {"size": 8}})
+        plan = make_plan(scan, recipe)
+        dst = Path(tmp) / "dst"
+        outputs = [f"{scan.classes[r.label]}/{r.name}" for r in plan.rows]
+        assert len({o.lower() for o in outputs}) == len(outputs)  # unique, even on a case-insensitive disk
+        for out in outputs:
+            folder_name, name = out.split("/")
+            assert folder_name == "c%FFat"
+            assert 0 < len(name.encode("utf-8")) <= 200  # room for a temporary name's prefix and suffix
+            assert not name.startswith(".") and "/" not in name and "\0" not in name
+            assert name.isprintable() and name == name.strip()
+            assert (dst / "train" / out).resolve().parent == (dst / "train" / folder_name).resolve()
