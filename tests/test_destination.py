@@ -431,3 +431,14 @@ def test_a_killed_workers_temporary_file_is_gone_when_the_run_ends(small_src, tm
     assert temp_files(dst) == [] and (dst / "dataset.json").exists()
     shard = run(small_src, tmp_path / "shard", tiny_recipe, shard=(1, 1))
     assert shard["shard"]["made"] == 45 and temp_files(tmp_path / "shard") == []
+
+
+def test_a_class_that_gets_no_output_has_no_train_folder(small_src, tmp_path):
+    # Only SMOTE images for the minority class: cat and coffee receive nothing, and get no (empty) folder.
+    recipe = {"seed": 0, "copies": 0, "keep_originals": False, "output": {"size": 32, "format": "png"},
+              "oversample": {"method": "smote", "sampling_strategy": "minority", "k_neighbors": 1}}
+    dst = tmp_path / "out"
+    summary = run(small_src, dst, recipe)
+    assert summary["counts"]["train"] == {"cat": 0, "coffee": 0, "rocket": 3}
+    assert sorted(p.name for p in (dst / "train").iterdir()) == ["metadata.jsonl", "rocket"]
+    assert len(list((dst / "train" / "rocket").iterdir())) == 3
