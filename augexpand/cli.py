@@ -123,6 +123,9 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
       augexpand expand --shard 2/8 photos/ out/ && augexpand expand --resume photos/ out/   # job arrays
       RAY_ADDRESS=head:6379 augexpand expand --executor ray -r heavy /shared/src /shared/out
     """
+    from augexpand.folder import limit_opencv_pixels
+
+    limit_opencv_pixels(max_pixels)  # before anything loads OpenCV (it reads its limit once, when it loads)
     from augexpand.expansion import expand
 
     if example and len(paths) != 1:
@@ -337,6 +340,9 @@ def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, 
       augexpand preview --recipe heavy --example -o preview.png
       augexpand preview -r my_recipe.yaml photos/ -o grid.png --samples 8 --seed 3
     """
+    from augexpand.folder import limit_opencv_pixels
+
+    limit_opencv_pixels(max_pixels)  # before anything loads OpenCV (it reads its limit once, when it loads)
     from augexpand.preview import preview
 
     if example == (src is not None):

@@ -252,3 +252,23 @@ def test_names_of_any_bytes_give_safe_unique_outputs_inside_dst(names, op):
             assert not name.startswith(".") and "/" not in name and "\0" not in name
             assert name.isprintable() and name == name.strip()
             assert (dst / "train" / out).resolve().parent == (dst / "train" / folder_name).resolve()
+
+
+def test_opencv_gets_the_pixel_limit_before_it_loads(tmp_path: Path):
+    import subprocess
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 30, 3), np.uint8))  # 600 pixels
+    code = ("import os, sys\n"
+            "from augexpand.folder import decode_image, limit_opencv_pixels\n"
+            "from augexpand.errors import ImageReadError\n"
+            "limit_opencv_pixels(int(sys.argv[2]))\n"
+            "try:\n"
+            "    print(decode_image(sys.argv[1]).shape)\n"
+            "except ImageReadError as exc:\n"
+            "    print('refused', exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    for limit, words in ((599, "refused OpenCV cannot decode it"), (600, "(20, 30, 3)")):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png"), str(limit)], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.stdout.startswith(words), (done.stdout, done.stderr)
+        assert done.stderr == ""  # OpenCV's own complaint stays out of stderr
