@@ -56,12 +56,17 @@ def _init_worker(ctx: RowContext) -> None:
     _MAKER = RowMaker(ctx)
 
 
-def _init_pool_worker(ctx: RowContext) -> None:
-    """A pool worker leaves Ctrl-C and SIGTERM to the parent, which stops it (SIGTERM, default action: quietly)."""
+def _leave_signals_to_parent() -> None:
+    """A pool worker leaves Ctrl-C and SIGTERM to the parent, which stops it (SIGTERM, default action: quietly;
+    not the parent's own handler, inherited by the fork, which would report a stop that is only the pool's end)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _init_pool_worker(ctx: RowContext) -> None:
+    _leave_signals_to_parent()
     _init_worker(ctx)
 
 
@@ -116,7 +121,7 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
             return list(map(fn, paths))
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent) as pool:
             return pool.map(fn, paths, chunksize=64)
 
     return run
