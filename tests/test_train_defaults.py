@@ -95,6 +95,8 @@ def test_a_tiny_set_trains_min_steps_unless_epochs_are_given(tmp_path):
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["epochs"] == 24
     summary = train(make_config(out=tmp_path / "given", epochs=2, min_steps=24, **common))
     assert summary["steps"] == 2
+    summary = train(make_config(out=tmp_path / "steps", steps=3, min_steps=24, **common))
+    assert summary["steps"] == 3 and yaml.safe_load((tmp_path / "steps" / "config.yaml").read_text())["epochs"] == 3
 
 
 def test_help_states_the_rules():

@@ -438,6 +438,8 @@ def _epochs(config: TrainConfig, steps_per_epoch: int) -> int:
     to reach ``min_steps`` optimizer steps (50 images in batches of 64 make one step per epoch)."""
     if config.epochs is not None:
         return config.epochs
+    if config.steps is not None:  # --steps decides the length; the epochs it makes
+        return math.ceil(config.steps / steps_per_epoch)
     return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / steps_per_epoch))
 
 
