@@ -16,7 +16,7 @@ from augexpand.cli import cli
 from augexpand.train import data as D
 from augexpand.train.config import make_config
 from augexpand.train.evaluate import classification_scores
-from augexpand.train.loop import _epochs, _resolve_size, train
+from augexpand.train.loop import _length, _resolve_size, train
 from tests.train_fixtures import write_digits
 
 FAST = ["--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip"]
@@ -72,37 +72,56 @@ def test_without_source_sizes_the_training_images_decide(expanded, tmp_path):
     assert _resolve_size(config, split, None)[0] == 224
 
 
-@pytest.mark.parametrize(("epochs", "steps_per_epoch", "expected"), [
-    (None, 1, 500),  # 50 images in batches of 64: one step per epoch, so 500 epochs
-    (None, 2, 250),
-    (None, 25, 20),  # 20 epochs already make 500 steps
-    (None, 100, 20),  # never fewer than 20 epochs
-    (3, 1, 3),  # an explicit --epochs is honoured as written
+@pytest.mark.parametrize(("n", "world", "given", "expected"), [
+    (50, 1, {}, (20, 32)),  # 50 images in batches of 64: 32 passes (1600 images) make 25 steps per epoch
+    (100, 1, {}, (20, 16)),  # 16 passes: 1600 images, 25 steps
+    (100, 1, {"min_steps": 520}, (20, 17)),  # 26 steps: 1700 images (26 batches and a kept half batch of 36)
+    (50, 2, {}, (20, 63)),  # torchrun, 2 processes: a step takes 2 batches; 49 batches make 25 steps
+    (5000, 1, {}, (20, 1)),  # 78 steps per pass: 20 epochs already make 1560 steps
+    (50, 1, {"epochs": 3}, (3, 1)),  # an explicit --epochs is honoured as written
+    (50, 1, {"steps": 7}, (7, 1)),  # --steps too
+    (50, 1, {"repeats": 4}, (20, 4)),
+    (50, 1, {"min_steps": 0}, (20, 1)),
 ])
-def test_min_steps_rule(tmp_path, epochs, steps_per_epoch, expected):
-    config = make_config(data=tmp_path, out=tmp_path, epochs=epochs)
-    assert _epochs(config, steps_per_epoch) == expected
-    assert _epochs(make_config(data=tmp_path, out=tmp_path, epochs=epochs, min_steps=0), steps_per_epoch) == \
-        (epochs or 20)
+def test_min_steps_rule(tmp_path, n, world, given, expected):
+    config = make_config(data=tmp_path, out=tmp_path, **given)
+    epochs, repeats = _length(config, n, world)
+    assert (epochs, repeats) == expected
+    steps_per_epoch = -(-D.batch_count(n * repeats, 64) // world)
+    if not given:
+        assert epochs * steps_per_epoch >= 500
+
+
+def test_repeated_passes_are_fresh_shuffles_of_the_whole_set():
+    batches = D.epoch_batches(10, 8, seed=1, epoch=0, repeats=4)
+    order = np.concatenate(batches)
+    assert len(batches) == 5 and len(order) == 40
+    passes = order.reshape(4, 10)
+    assert all(sorted(p) == list(range(10)) for p in passes)  # every pass sees every image once
+    assert len({tuple(p) for p in passes}) == 4  # each its own permutation
+    assert np.array_equal(D.epoch_batches(10, 8, 1, 0, repeats=1)[0], batches[0])  # pass 0 as without repeats
 
 
 def test_a_tiny_set_trains_min_steps_unless_epochs_are_given(tmp_path):
     root = write_digits(tmp_path / "img", classes=(0, 1), n=3, size=16)  # 6 images: one step per epoch
     common = {"data": root, "size": 16, "model": "smallcnn", "width": 8, "workers": 0, "progress": False,
               "cache": False}
-    summary = train(make_config(out=tmp_path / "auto", min_steps=24, **common))
-    assert summary["steps"] == 24 and summary["epochs"] == 24
-    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["epochs"] == 24
-    summary = train(make_config(out=tmp_path / "given", epochs=2, min_steps=24, **common))
+    summary = train(make_config(out=tmp_path / "auto", min_steps=40, **common))
+    assert summary["steps"] == 40 and summary["epochs"] == 20  # 20 epochs of 2 steps (16 passes: 96 images)
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["repeats"]) == (20, 16)
+    rows = (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 20 and json.loads(rows[0])["step"] == 2
+    summary = train(make_config(out=tmp_path / "given", epochs=2, min_steps=40, **common))
     assert summary["steps"] == 2
-    summary = train(make_config(out=tmp_path / "steps", steps=3, min_steps=24, **common))
+    summary = train(make_config(out=tmp_path / "steps", steps=3, min_steps=40, **common))
     assert summary["steps"] == 3 and yaml.safe_load((tmp_path / "steps" / "config.yaml").read_text())["epochs"] == 3
 
 
 def test_help_states_the_rules():
     result = _invoke("train", "--help")
     text = " ".join(result.output.split())
-    assert "--min-steps" in text and "they train 500 epochs, not 20" in text
+    assert "--min-steps" in text and "32 passes per epoch make 25 steps, 500 in all" in text
     assert "SOURCE images DST was made from" in text
     assert "adabound" in text and "--final-lr" in text
 

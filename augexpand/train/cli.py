@@ -18,10 +18,10 @@ MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
 
 # The command-line options that are TrainConfig fields (their defaults are TrainConfig's; a test checks it).
 TRAIN_OPTIONS = (
-    "val", "model", "width", "weights", "init", "size", "epochs", "steps", "min_steps", "batch_size", "optimizer",
-    "lr", "final_lr", "gamma", "momentum", "weight_decay", "warmup_epochs", "freeze_epochs", "head_lr_mult",
-    "label_smoothing", "teacher", "kd_temperature", "kd_weight", "patience", "flip", "crop_pad", "device", "amp",
-    "channels_last", "sync_bn", "workers", "cache", "seed",
+    "val", "model", "width", "weights", "init", "size", "epochs", "steps", "repeats", "min_steps", "batch_size",
+    "optimizer", "lr", "final_lr", "gamma", "momentum", "weight_decay", "warmup_epochs", "freeze_epochs",
+    "head_lr_mult", "label_smoothing", "teacher", "kd_temperature", "kd_weight", "patience", "flip", "crop_pad",
+    "device", "amp", "channels_last", "sync_bn", "workers", "cache", "seed",
 )
 
 
@@ -60,11 +60,14 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--size", type=click.IntRange(8, 1024), help="Training resolution (default: the median short side "
               "of the SOURCE images DST was made from, read from DST/dataset.json, else of DST's images; at most "
               "224).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: 20, or more to reach --min-steps).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs [default: 20, see --min-steps].")
 @click.option("--steps", type=click.IntRange(min=1), help="Train for this many optimizer steps (overrides --epochs).")
 @click.option("--min-steps", type=click.IntRange(min=0), default=500, show_default=True,
-              help="Without --epochs and --steps, train at least this many optimizer steps: 50 images in batches "
-                   "of 64 make 1 step per epoch, so they train 500 epochs, not 20 (0: just 20 epochs).")
+              help="Without --epochs/--steps, a tiny set is passed over several times per epoch so that the 20 "
+                   "epochs make at least this many optimizer steps: 50 images in batches of 64 make 1 step per "
+                   "epoch, 20 in all; 32 passes per epoch make 25 steps, 500 in all (0: off).")
+@click.option("--repeats", type=click.IntRange(min=1), help="Passes over the training set per epoch [default: 1, "
+              "or what --min-steps needs].")
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per optimizer step (per process under torchrun).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "adabound"], case_sensitive=False), default="sgd",

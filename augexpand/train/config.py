@@ -46,7 +46,7 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05, "adabound": 5e-4}
 # fine-tuning as with every other rate here.
 DEFAULT_FINAL_LR = {False: 0.1, True: 0.01}
 DEFAULT_EPOCHS = 20  # when neither --epochs nor --steps is given ...
-DEFAULT_MIN_STEPS = 500  # ... but at least this many optimizer steps (a tiny dataset makes 1 step per epoch)
+DEFAULT_MIN_STEPS = 500  # ... with at least this many optimizer steps (a tiny set is passed over several times)
 
 # Options that may change when a run is resumed (the rest must stay as the run was started).
 RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "patience", "amp", "progress"})
@@ -67,10 +67,12 @@ class TrainConfig(BaseModel):
     init: Path | None = None
     size: Annotated[int, Field(ge=8, le=1024)] | None = None
 
-    # None: DEFAULT_EPOCHS, or more so that the run takes at least min_steps optimizer steps
-    epochs: PositiveInt | None = None
+    epochs: PositiveInt | None = None  # None: DEFAULT_EPOCHS
     steps: PositiveInt | None = None  # total optimizer steps; overrides epochs when given
-    min_steps: NonNegativeInt = DEFAULT_MIN_STEPS  # only when epochs and steps are both left to the default
+    # None: 1, or as many passes over a tiny training set per epoch as it takes to reach min_steps optimizer steps
+    # (only when epochs and steps are left to the default)
+    repeats: PositiveInt | None = None
+    min_steps: NonNegativeInt = DEFAULT_MIN_STEPS
     batch_size: PositiveInt = 64  # per process under torchrun
     optimizer: Literal["sgd", "adamw", "adabound"] = "sgd"
     lr: Annotated[float, Field(gt=0)] | None = None

@@ -314,31 +314,42 @@ def batch_count(n: int, batch_size: int) -> int:
     return full + (1 if rest >= batch_size / 2 else 0)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
-    """The index arrays of one epoch's batches: a permutation drawn from (seed, epoch), cut into batches."""
-    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n) if shuffle else np.arange(n)
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                  repeats: int = 1) -> list[np.ndarray]:
+    """The index arrays of one epoch's batches: a permutation drawn from (seed, epoch), cut into batches.
+
+    With ``repeats`` > 1 (a tiny training set) the epoch is that many passes over the images, each its own
+    permutation (pass p > 0 drawn from (seed, epoch, p)), joined and then cut into batches.
+    """
     if not shuffle:
+        order = np.arange(n)
         return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    k = batch_count(n, batch_size)
+    passes = [np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)]
+    passes += [np.random.default_rng([seed, epoch, p, 0x5EED]).permutation(n) for p in range(1, repeats)]
+    order = np.concatenate(passes)
+    k = batch_count(len(order), batch_size)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(k)]
 
 
 class EpochPlan:
     """A DataLoader sampler that yields (epoch, batch index, indices) for the current epoch (``set_epoch``)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, repeats: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.shuffle, self.repeats = n, batch_size, seed, shuffle, repeats
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for b, idx in enumerate(epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle)):
+        batches = epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle, self.repeats)
+        for b, idx in enumerate(batches):
             yield self.epoch, b, idx
 
     def __len__(self) -> int:
-        return batch_count(self.n, self.batch_size) if self.shuffle else -(-self.n // self.batch_size)
+        if not self.shuffle:
+            return math.ceil(self.n / self.batch_size)
+        return batch_count(self.n * self.repeats, self.batch_size)
 
 
 class _BatchSource:

@@ -387,7 +387,7 @@ def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | N
 
 
 def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> tuple[TrainConfig, str]:
-    """Fill every ``auto``/``None`` of the config with the value this run will use (the epochs: see _epochs).
+    """Fill every ``auto``/``None`` of the config with the value this run will use (the length: see _length).
 
     Returns the resolved config and where the training size came from.
     """
@@ -433,14 +433,31 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
     return config.model_copy(update=update), size_from
 
 
-def _epochs(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The number of epochs when ``--epochs`` was left to the default: DEFAULT_EPOCHS, or as many more as it takes
-    to reach ``min_steps`` optimizer steps (50 images in batches of 64 make one step per epoch)."""
+def _length(config: TrainConfig, n: int, world_size: int = 1) -> tuple[int, int]:
+    """(epochs, passes over the training set per epoch) for ``n`` training images on ``world_size`` processes.
+
+    ``--epochs``/``--steps``/``--repeats`` given: as given (one pass per epoch). Otherwise DEFAULT_EPOCHS epochs,
+    and a tiny set is passed over several times per epoch (each pass its own shuffle, the passes joined and cut
+    into batches) so that the run takes at least ``min_steps`` optimizer steps: 50 images in batches of 64 make
+    one step per epoch, 20 in all; 32 passes make 25 full batches per epoch, 500 steps in 20 epochs.
+    Validation, checkpoints and metrics stay once per epoch.
+    """
+    def steps_per_epoch(repeats: int) -> int:
+        return math.ceil(D.batch_count(n * repeats, config.batch_size) / world_size)
+
+    repeats = config.repeats or 1
+    if config.repeats is None and config.epochs is None and config.steps is None and config.min_steps:
+        wanted = math.ceil(config.min_steps / DEFAULT_EPOCHS)
+        low, high = 1, math.ceil(wanted * world_size * config.batch_size / max(n, 1)) + 1
+        while low < high:  # the fewest passes that make `wanted` steps (steps grow with the passes)
+            mid = (low + high) // 2
+            low, high = (mid + 1, high) if steps_per_epoch(mid) < wanted else (low, mid)
+        repeats = low
     if config.epochs is not None:
-        return config.epochs
+        return config.epochs, repeats
     if config.steps is not None:  # --steps decides the length; the epochs it makes
-        return math.ceil(config.steps / steps_per_epoch)
-    return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / steps_per_epoch))
+        return math.ceil(config.steps / steps_per_epoch(repeats)), repeats
+    return DEFAULT_EPOCHS, repeats
 
 
 def _model_args(config: TrainConfig, num_classes: int) -> dict[str, Any]:
@@ -618,8 +635,15 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             val_ds = D.CachedBatches(val_cache, val_split, size, augment=False)
         else:
             val_ds = D.FileBatches(val_split, size, augment=False)
+    # Schedule length (in optimizer steps): a tiny set is passed over several times per epoch (see _length)
+    epochs, repeats = _length(config, len(train_split), ctx.world_size)
+    if repeats > 1 and config.repeats is None:
+        log.info("%s make few optimizer steps: each epoch passes over them %d times, so the run takes at least "
+                 "--min-steps %d steps (--epochs, --steps or --repeats set the length)",
+                 _plural(len(train_split), "image"), repeats, config.min_steps)
+    config = config.model_copy(update={"epochs": epochs, "repeats": repeats})
     eval_batch = max(config.batch_size, 256)
-    plan = D.EpochPlan(len(train_split), config.batch_size, config.seed)
+    plan = D.EpochPlan(len(train_split), config.batch_size, config.seed, repeats=config.repeats)
     if ctx.enabled:  # each rank takes every world_size-th batch of the same epoch plan
         plan = DDP.ShardedPlan(plan, ctx.rank, ctx.world_size)
     pin = device.type == "cuda"
@@ -630,16 +654,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
         if ctx.enabled:
             val_plan = DDP.ShardedPlan(val_plan, ctx.rank, ctx.world_size, pad=False)
         val_loader = make_loader(val_ds, val_plan, min(config.workers, 2), pin)
-
-    # Schedule length (in optimizer steps); the resolved config is saved now that the epochs are known
     steps_per_epoch = len(plan)
-    epochs_before = config.epochs
-    config = config.model_copy(update={"epochs": _epochs(config, steps_per_epoch)})
-    if epochs_before is None and config.steps is None and config.epochs > DEFAULT_EPOCHS:
-        log.info("%s make %s per epoch: training %d epochs (%d steps) instead of %d, so the model gets at least "
-                 "--min-steps %d updates (--epochs or --steps sets the length)", _plural(len(train_split), "image"),
-                 _plural(steps_per_epoch, "step"), config.epochs, config.epochs * steps_per_epoch, DEFAULT_EPOCHS,
-                 config.min_steps)
     total_steps = config.steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
