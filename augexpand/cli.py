@@ -199,6 +199,11 @@ def _print_expand_summary(s: dict) -> None:
                + ((" (mixed images of two classes counted by each label's odds: a run's counts differ by chance)"
                    if s["dry_run"] else " (mixed images counted under their majority label)")
                   if any(op in ops for op in ("mixup", "cutmix", "ricap")) else ""))
+    from augexpand.orientation import orientation_note
+
+    turn = orientation_note(s.get("orientation") or {})
+    if turn:
+        click.echo(turn)
     if s["skipped"]:
         click.echo(f"skipped {len(s['skipped'])} file(s) or folder link(s), each named above with its reason (and in "
                    f"dataset.json)")
@@ -272,6 +277,7 @@ def validate_command(recipe: str, as_json: bool) -> None:
         "oversample": r.oversample.method if r.oversample else None,
         "policy": r.policy.model_dump(mode="json") if r.policy else None,
         "output": r.output.model_dump(mode="json"),
+        "orientation": r.orientation,
         "seed": r.seed,
     }
     if as_json:
@@ -285,11 +291,15 @@ def validate_command(recipe: str, as_json: bool) -> None:
     policy = ""
     if r.policy:
         settings = [f"{k} {v}" for k, v in (("num_ops", r.policy.num_ops), ("magnitude", r.policy.magnitude))
-                    if v is not None] + (["upright"] if r.policy.keep_orientation else [])
+                    if v is not None] + ({True: ["upright"], "auto": ["upright: auto"]}.get(r.policy.keep_orientation, []))
         policy = f", policy: {r.policy.name}" + (f" ({', '.join(settings)})" if settings else "")
     extras = "".join([f", mix: {', '.join(info['mix'])}" if info["mix"] else "",
                       f", oversample: {info['oversample']}" if info["oversample"] else "", policy])
-    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {out.format}, seed {r.seed}")
+    turn = {"auto": "auto (decided from the images: no flips or large rotations when mirror images do not look "
+                    "like their class)", "keep": "keep (no flips, rotations within 10 deg)",
+            "free": "free (flips and rotations as written)"}[r.orientation]
+    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {out.format}, seed {r.seed}; "
+               f"orientation: {turn}")
 
 
 def _count_transforms(node: dict) -> int:

@@ -29,6 +29,7 @@ from augexpand.errors import AugexpandError, DestinationError, ExpandError, Sour
 from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_map
 from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, write_card, write_metadata
+from augexpand.orientation import orientation_note, resolve_orientation
 from augexpand.plan import OPS, Plan, Row, check_plan_size, folder_counts, make_plan
 from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
@@ -55,6 +56,7 @@ class ExpansionPlan:
     fingerprint: str
     timings: dict[str, float] = field(default_factory=dict)
     estimated_bytes: int = 0  # what the images would take on disk, about (augexpand.plan.planned_size)
+    orientation: dict[str, Any] = field(default_factory=dict)  # what `orientation: auto` decided, and why
 
     @property
     def rows(self) -> list[Row]:
@@ -76,7 +78,8 @@ class ExpansionPlan:
     def summary(self, dst: str | Path | None = None, workers: int = 1) -> dict[str, Any]:
         """What ``--dry-run --json`` prints: the planned counts per class and op."""
         return _summary(self.scan, self.plan, self.recipe, {}, [], Path(dst) if dst else None, workers,
-                        self.fingerprint, dry_run=True, timings=self.timings, estimated_bytes=self.estimated_bytes)
+                        self.fingerprint, dry_run=True, timings=self.timings, estimated_bytes=self.estimated_bytes,
+                        orientation=self.orientation)
 
 
 def _recipe_of(recipe: str | Path | dict | Recipe, overrides: dict[str, Any] | None, seed: int | None) -> Recipe:
@@ -132,15 +135,19 @@ def plan_expansion(
     written = recipe.output.size
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
     size_note = _size_note(written, recipe)
+    # `orientation: auto`: mirror images of the training sources still look like their class, or not
+    recipe, orientation = resolve_orientation(recipe, scan, val_fraction,
+                                              imap=probe_map(workers, min_items=PARALLEL_DESCRIPTORS))
+    turn_note = orientation_note(orientation)
     estimated_bytes = check_plan_size(scan, recipe, val_fraction, allow_large)[2]  # by arithmetic, before any row
     descriptors = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)  # SMOTE's thumbnails: ~1 ms an image
     plan = make_plan(scan, recipe, val_fraction, imap=lambda fn, items: descriptors(fn, list(items)))
     for note in plan.notes:
         log.info("%s", note)
-    plan.notes[:0] = [size_note] if size_note else []  # in the summary and the card (the table says the size)
+    plan.notes[:0] = [n for n in (size_note, turn_note) if n]  # in the summary and the card
     t_plan = time.perf_counter()
     return ExpansionPlan(src, scan, recipe, val_fraction, plan, fingerprint(scan, recipe, val_fraction),
-                         {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes)
+                         {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes, orientation)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -277,7 +284,7 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
 
     timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
-                       timings=timings, estimated_bytes=planned.estimated_bytes)
+                       timings=timings, estimated_bytes=planned.estimated_bytes, orientation=planned.orientation)
     if shard is not None:  # a shard writes images and its journal; the run without --shard writes the rest
         summary["shard"] = {"index": shard[0], "count": shard[1],
                             "rows": sum(1 for r in plan.rows if _in_shard(r, plan.groups, shard)),
@@ -384,7 +391,8 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
 
 def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, dict], unreadable: list, dst: Path,
              workers: int, run_id: str, *, dry_run: bool = False, reused: int = 0,
-             timings: dict[str, float], estimated_bytes: int = 0) -> dict[str, Any]:
+             timings: dict[str, float], estimated_bytes: int = 0,
+             orientation: dict[str, Any] | None = None) -> dict[str, Any]:
     classes = scan.classes
     source_counts = scan.counts()
     val_counts = Counter(classes[scan.sources[i].label] for i in plan.val_sources)
@@ -427,6 +435,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "output_size": list(recipe.output.size) if recipe.output.size else None,  # [h, w]; null: native sizes
         "source_sizes": source_sizes(scan, plan.train_sources),  # of the training sources (not val)
         "estimated_bytes": int(estimated_bytes),  # the plan's estimate of what the images take on disk
+        "orientation": orientation or {"mode": recipe.orientation, "keep": recipe.orientation == "keep"},
         "val_images": len(plan.val_sources),
         "resumed_rows": reused,
         "imbalance_ratio": {"source": _ratio(list(source_counts.values())), "train": _ratio(counts_after)},

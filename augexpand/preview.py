@@ -49,6 +49,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     """
     from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_atomic
     from augexpand.plan import OPS, make_plan
+    from augexpand.orientation import orientation_note, resolve_orientation
     from augexpand.recipe import load_recipe, resolve_output
     from augexpand.rows import RowContext, RowMaker
 
@@ -78,6 +79,9 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
     recipe = resolve_output(recipe, scan)  # `size: auto` and `output` sizes follow these images, as in expand
+    recipe, orientation = resolve_orientation(recipe, scan)  # `orientation: auto` too
+    if orientation_note(orientation):
+        log.info("%s", orientation_note(orientation))
     read: set[Path] = set()
     plan = make_plan(scan, recipe, 0.0, imap=_few_descriptors(read))
     for note in plan.notes:
@@ -124,7 +128,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
             del s["image"]
     return {"output": str(out), "format": fmt, "width": int(sheet.shape[1]), "height": int(sheet.shape[0]),
             "src": str(src), "recipe": recipe.source, "seed": recipe.seed, "samples": samples, "tile": tile,
-            "classes": scan.classes, "planned": len(plan.rows), "ops": sections}
+            "classes": scan.classes, "planned": len(plan.rows), "orientation": orientation, "ops": sections}
 
 
 def _few_descriptors(read: set[Path]) -> Callable[[Callable, Iterable], list]:

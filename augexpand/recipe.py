@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augexpand.errors import RecipeError
+from augexpand.orientation import ORIENTATIONS
 from augexpand.policies import POLICIES
 
 __all__ = [
@@ -230,7 +231,8 @@ class PolicySpec(_Strict):
     num_ops: Annotated[int, Field(ge=1, le=10)] | None = None  # randaugment: ops per image (default 2)
     magnitude: Annotated[int, Field(ge=0, le=30)] | None = None  # randaugment: M of 0..30 (default 9);
     # trivialaugment: strengths are drawn from 0..magnitude (default 30)
-    keep_orientation: bool = False  # True: no flip, rotations and shears within 10 degrees
+    keep_orientation: bool | Literal["auto"] = False  # True: no flip, rotations and shears within 10 degrees;
+    # auto: decided from the training images (orientation.py), as the recipe's `orientation: auto` does
 
     @field_validator("name", mode="before")
     @classmethod
@@ -238,6 +240,13 @@ class PolicySpec(_Strict):
         if not isinstance(v, str) or v.strip().lower() in POLICIES:
             return v.strip().lower() if isinstance(v, str) else v
         raise ValueError(f"unknown policy {v!r}{_closest(v, list(POLICIES))} (expected one of: {', '.join(POLICIES)})")
+
+    @field_validator("keep_orientation", mode="before")
+    @classmethod
+    def _upright(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() == "auto"):
+            return v.strip().lower() if isinstance(v, str) else v
+        raise ValueError(f"keep_orientation must be true, false or auto, got {v!r}")
 
     @model_validator(mode="after")
     def _applies(self) -> PolicySpec:
@@ -264,10 +273,21 @@ class Recipe(_Strict):
     mix: MixSection = Field(default_factory=MixSection)
     oversample: OversampleSpec | None = None
     policy: PolicySpec | None = None
+    # free: the pipeline as written; keep: no flips, rotations and shears within 10 degrees, an upright policy;
+    # auto: one of the two, decided from the training images at plan time (orientation.py)
+    orientation: Literal["auto", "free", "keep"] = "free"
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     # Not part of the schema: where the recipe came from, and the pipeline in albumentations' serialized form.
     source: str = Field(default="<inline>", exclude=True)
+
+    @field_validator("orientation", mode="before")
+    @classmethod
+    def _orientation(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ORIENTATIONS:
+            return v.strip().lower()
+        raise ValueError(f"unknown orientation {v!r}{_closest(str(v), list(ORIENTATIONS))} (expected one of: "
+                         f"{', '.join(ORIENTATIONS)})")
 
     @cached_property
     def pipeline_dict(self) -> dict[str, Any]:
