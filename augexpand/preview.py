@@ -48,8 +48,8 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     """
     from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_atomic
-    from augexpand.plan import OPS, make_plan
     from augexpand.orientation import orientation_note, resolve_orientation
+    from augexpand.plan import OPS, make_plan
     from augexpand.recipe import load_recipe, resolve_output
     from augexpand.rows import RowContext, RowMaker
 

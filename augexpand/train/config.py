@@ -88,7 +88,7 @@ class TrainConfig(BaseModel):
     kd_temperature: Annotated[float, Field(gt=0)] = 4.0
     kd_weight: Probability = 0.5
     patience: NonNegativeInt | None = None
-    flip: bool = True
+    flip: bool | None = None  # None: off when DATA/dataset.json says orientation was kept (digits, text), else on
     crop_pad: Annotated[float, Field(ge=0, le=0.5)] = 0.125  # random translation, as a fraction of the size
 
     device: str = "auto"

@@ -252,6 +252,16 @@ def source_resolution(data: Path) -> tuple[int, int] | None:
     return round(median), int(count) if isinstance(count, int) else 0
 
 
+def orientation_kept(data: Path) -> bool:
+    """Whether ``data/dataset.json`` says the expansion kept orientation (``orientation.keep``: its recipe had
+    ``orientation: keep``, or ``auto`` found that mirror images do not look like their class); False without one."""
+    card = Path(data) / CARD
+    try:
+        return json.loads(card.read_text(encoding="utf-8")).get("orientation", {}).get("keep") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def probe_resolution(split: Split, samples: int = 200) -> int:
     """The median short side of (up to ``samples``, evenly spread) images of the split, read from headers."""
     from PIL import Image

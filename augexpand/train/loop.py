@@ -416,6 +416,10 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
         log.warning("training a %s at %dx%d: ResNets downsample 32x; --model smallcnn suits tiny images",
                     model, size, size)
     update["model"] = model
+    if config.flip is None:  # the expansion decided that mirror images are another class: no flip here either
+        update["flip"] = not D.orientation_kept(config.data)
+        if not update["flip"]:
+            log.info("no random flip: %s says orientation was kept (--flip turns it on)", Path(config.data) / D.CARD)
     pretrained = config.pretrained
     update["lr"] = config.lr or DEFAULT_LR[(config.optimizer, pretrained)]
     update["weight_decay"] = config.weight_decay if config.weight_decay is not None else \
