@@ -63,6 +63,11 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe or pipeline file (the builtin recipes are
 MAX_NODES = 20_000  # YAML/JSON values after expanding aliases (a billion-laughs document has 10**9)
 MAX_DEPTH = 128  # nested mappings and lists (a 32-deep OneOf in the compact form is ~100)
 MAX_TRANSFORM_DEPTH = 32  # OneOf/SomeOf/Sequential nested in each other
+# Parameters whose cost grows with their square or worse get tighter bounds (a 8191-pixel motion-blur kernel takes
+# 20 s per image; OpenCV's median blur stops at 255): kernel sizes and radii, iteration counts.
+SMALL_KNOBS = {"blur_limit": 255, "kernel_size": 255, "ksize": 255, "radius": 255, "max_delta": 255,
+               "iterations": 100, "max_factor": 8}
+PROBE_SECONDS = 0.25  # a transform slower than this on a 32x32 image (twice) is refused: ~12x that per 224x224
 NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -544,7 +549,7 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
     # Fail now, not in a worker: with `output` sizes at the recipe's nominal size (the data may make them smaller).
     # What albumentations warns about (an ignored argument) is one line each.
     nominal = recipe.output.nominal or (NOMINAL_SIZE, NOMINAL_SIZE)
-    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines,
+    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines, probe=True,
                    on_warning=lambda text: logging.getLogger("augexpand").warning("%s: albumentations: %s", source,
                                                                                   text))
     return recipe
@@ -709,10 +714,41 @@ def _check_numbers(name: str, value: Any, where: str, key: str = "") -> None:
     elif isinstance(value, (list, tuple)):
         for v in value:
             _check_numbers(name, v, where, key)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
-            (not math.isfinite(value) or abs(value) > MAX_SIDE):
-        raise RecipeError(f"{name}: {key or 'a parameter'} = {value!r} is out of range: a transform's numbers "
-                          f"must be finite and at most {MAX_SIDE} (the largest image side) ({where})")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        knob = key.rsplit(".", 1)[-1]
+        if not math.isfinite(value) or abs(value) > MAX_SIDE:
+            raise RecipeError(f"{name}: {key or 'a parameter'} = {value!r} is out of range: a transform's numbers "
+                              f"must be finite and at most {MAX_SIDE} (the largest image side) ({where})")
+        if knob in SMALL_KNOBS and abs(value) > SMALL_KNOBS[knob]:
+            raise RecipeError(f"{name}: {key} = {value!r} is out of range: at most {SMALL_KNOBS[knob]} (its cost "
+                              f"grows with its square or faster) ({where})")
+
+
+def _too_slow(t, A) -> str | None:
+    """Why a transform cannot be run at a sane cost, from two runs (p = 1) on a 32x32 image: it asks for more
+    memory than there is, or takes over PROBE_SECONDS there (parameters no bound above foresaw). A failure that
+    depends on the image (a crop larger than 32x32) is no verdict: the image decides when it runs."""
+    import time
+
+    import numpy as np
+
+    probe = copy.deepcopy(t)
+    probe.p = 1.0
+    pipeline = A.Compose([probe], seed=0)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for _ in range(2):
+        started = time.perf_counter()
+        try:
+            pipeline(image=image)
+        except MemoryError:
+            return "asks for more memory than there is, even on a 32x32 image"
+        except Exception:  # noqa: BLE001 -- image-dependent (decided when it runs), unless it was slow to fail
+            pass
+        elapsed = time.perf_counter() - started
+        if elapsed < PROBE_SECONDS:
+            return None
+    return (f"takes {elapsed:.1f} s on a 32x32 image (some {elapsed * 50:.0f} s on a 224x224 one): its parameters "
+            f"are too large")
 
 
 # Data an image-only pipeline never has (albumentations' target names, and the masks of CropNonEmptyMaskIfExists).
@@ -748,9 +784,9 @@ def _needs_more_than_an_image(t, A) -> str | None:
     return None
 
 
-def _check_image_only(compose, A, where: str, depth: int = 0) -> None:
+def _check_image_only(compose, A, where: str, depth: int = 0, probe: bool = False) -> None:
     """Walk a built pipeline: every transform works on an image alone, no Compose expects boxes or keypoints,
-    nesting is at most MAX_TRANSFORM_DEPTH."""
+    nesting is at most MAX_TRANSFORM_DEPTH; with ``probe``, each runs at a sane cost (``_too_slow``)."""
     if depth > MAX_TRANSFORM_DEPTH:
         raise RecipeError(f"transforms nested deeper than {MAX_TRANSFORM_DEPTH} levels ({where})")
     if getattr(compose, "processors", None):
@@ -759,12 +795,15 @@ def _check_image_only(compose, A, where: str, depth: int = 0) -> None:
     for t in getattr(compose, "transforms", []):
         name = type(t).__name__
         if isinstance(t, A.BaseCompose):
-            _check_image_only(t, A, where, depth + 1)
+            _check_image_only(t, A, where, depth + 1, probe)
             continue
         why = _needs_more_than_an_image(t, A)
         if why:
             raise RecipeError(f"{name} cannot be used: it {why}; a recipe's transforms get an image alone "
                               f"({where})")
+        slow = _too_slow(t, A) if probe else None
+        if slow:
+            raise RecipeError(f"{name} cannot be used: it {slow} ({where})")
 
 
 def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple, depth: int = 0) -> list:
@@ -842,21 +881,23 @@ def _init_params(cls: type) -> dict[str, Any]:
 
 
 def build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None,
-                   on_warning=None):
+                   on_warning=None, probe: bool = False):
     """Build an ``A.Compose`` from the compact list form or from albumentations' serialized form.
 
     albumentations' warnings never reach stderr as Python warnings: each distinct one goes to ``on_warning``
-    (one line of text; ``load_recipe`` logs them) or is dropped (a worker building a validated recipe again)."""
+    (one line of text; ``load_recipe`` logs them) or is dropped (a worker building a validated recipe again).
+    ``probe``: run each transform on a tiny image first, refusing one too slow or too hungry (``load_recipe``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        built = _build_pipeline(pipeline, source, lines)
+        built = _build_pipeline(pipeline, source, lines, probe)
     if on_warning is not None:
         for text in dict.fromkeys(_printable(_one_line(w.message)) for w in caught):
             on_warning(text)
     return built
 
 
-def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None):
+def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None,
+                    probe: bool = False):
     A = import_albumentations()
     lines = lines or {}
     where = _where(source, lines, ("pipeline",))
@@ -888,5 +929,5 @@ def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe
         built = built if isinstance(built, A.Compose) else A.Compose([built])
     else:
         built = A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",)))
-    _check_image_only(built, A, where)
+    _check_image_only(built, A, where, probe=probe)
     return built

@@ -84,6 +84,10 @@ REFUSED = [
     ("serialized BasicTransform", _raw("BasicTransform"), "abstract base class"),
     ("serialized ImageOnlyTransform", _raw("ImageOnlyTransform"), "abstract base class"),
     ("compact BasicTransform", {"pipeline": ["BasicTransform"]}, "abstract base class"),
+    ("motion blur of 8191 px", {"pipeline": [{"MotionBlur": {"blur_limit": [3, 8191]}}]},
+     "blur_limit = 8191 is out of range: at most 255"),
+    ("GlassBlur of 8192 iterations", {"pipeline": [{"GlassBlur": {"iterations": 8192}}]},
+     "iterations = 8192 is out of range: at most 100"),
     ("MedianBlur, a typo", {"pipeline": [{"MedianBlur": {"blurr_limit": 5}}]},
      "unknown parameter 'blurr_limit'; did you mean 'blur_limit'?"),
 ]
@@ -122,6 +126,12 @@ def test_transforms_without_a_strict_switch_work_in_the_compact_form():
     recipe = load_recipe({"pipeline": [{"MedianBlur": {"blur_limit": 5}}, "RandomRotate90", "ToSepia"]})
     names = [t["__class_fullname__"] for t in recipe.pipeline_dict["transform"]["transforms"]]
     assert names == ["MedianBlur", "RandomRotate90", "ToSepia"]
+
+
+def test_a_transform_too_slow_for_its_parameters_is_refused_after_a_tiny_trial():
+    # within every bound, but 100 iterations of 255-pixel glass blur take seconds even on 32x32 pixels
+    with pytest.raises(RecipeError, match=r"GlassBlur cannot be used: it takes .* s on a 32x32 image"):
+        load_recipe({"pipeline": [{"GlassBlur": {"iterations": 100, "max_delta": 255, "p": 1}}]})
 
 
 def test_the_largest_allowed_values_pass():
