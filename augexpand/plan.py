@@ -8,7 +8,7 @@ count without decoding, ``--resume`` skip finished rows, and a run be split into
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ __all__ = [
     "Plan",
     "PlanTooLarge",
     "Row",
+    "RowSelection",
+    "Rows",
     "check_plan_size",
     "folder_counts",
     "make_plan",
@@ -80,12 +82,7 @@ def row_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(row_seed(seed, index))
 
 
-def _plan_rng(seed: int, index: int) -> np.random.Generator:
-    """Randomness used while planning a row (its partners), separate from what the row draws when it runs."""
-    return np.random.default_rng([seed, index, _PLAN_STREAM])
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One output image to make."""
 
@@ -101,7 +98,7 @@ class Row:
 class Plan:
     """All rows of a run, and what was decided on the way."""
 
-    rows: list[Row]
+    rows: Rows  # a Sequence[Row]
     train_sources: list[int]
     val_sources: list[int]
     oversample_counts: dict[str, int] = field(default_factory=dict)
@@ -111,11 +108,12 @@ class Plan:
 
     def counts(self, classes: list[str], split: str = "train") -> dict[str, dict[str, int]]:
         """Planned rows per class and op (mixed rows counted under their first source's class)."""
-        table: dict[str, Counter] = {name: Counter() for name in classes}
-        for row in self.rows:
-            if row.split == split:
-                table[classes[row.label]][row.op] += 1
-        return {name: dict(sorted(c.items(), key=lambda kv: OPS.index(kv[0]))) for name, c in table.items()}
+        rows = self.rows
+        keep = rows.val == (split == "val")
+        table = np.bincount(rows.label[keep].astype(np.int64) * len(OPS) + rows.op[keep],
+                            minlength=len(classes) * len(OPS)).reshape(len(classes), len(OPS))
+        return {name: {op: int(table[c, o]) for o, op in enumerate(OPS) if table[c, o]}
+                for c, name in enumerate(classes)}
 
 
 def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -212,118 +210,271 @@ def check_plan_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
     return rows, val_rows, estimate
 
 
+class Rows(Sequence[Row]):
+    """The rows of a plan, stored as columns (a few bytes a row, not a few hundred): ``Row`` objects are made when
+    one is looked at. Output names are made then too, from the source's stem, the op and the row's count ``k``
+    among the rows of the same (source, op), exactly as ``_Names`` would; where a name could collide (a stem that
+    itself contains ``__``, as when an expanded set is expanded again), every name is made once with ``_Names``."""
+
+    def __init__(self, scan: ScanResult, ext: str, op: np.ndarray, label: np.ndarray, sources: np.ndarray,
+                 k: np.ndarray, val: np.ndarray) -> None:
+        self.op, self.label, self.sources, self.k, self.val = op, label, sources, k, val
+        self.n_sources = (sources >= 0).sum(axis=1).astype(np.uint8)
+        self.stems = [s.stem for s in scan.sources]
+        self.val_ext = {i: Path(scan.sources[i].rel).suffix.lower() for i in np.unique(sources[val, 0]).tolist()}
+        self.ext = ext
+        self.names: list[str] | None = None
+        if any("__" in self.stems[i] for i in np.unique(sources[~val & (op == 0), 0]).tolist()):
+            names, val_names = _Names(ext), _Names("")
+            self.names = [val_names.take(self.stems[s], "original", self.val_ext[s]) if v else
+                          names.take(self.stems[s], OPS[o]) for s, o, v in
+                          zip(sources[:, 0].tolist(), op.tolist(), val.tolist())]
+
+    def __len__(self) -> int:
+        return len(self.op)
+
+    def name(self, i: int) -> str:
+        if self.names is not None:
+            return self.names[i]
+        first, op = int(self.sources[i, 0]), int(self.op[i])
+        if self.val[i]:
+            return self.stems[first] + self.val_ext[first]
+        if op == 0:
+            return self.stems[first] + self.ext
+        return f"{self.stems[first]}__{OPS[op]}_{int(self.k[i])}{self.ext}"
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return Row(i, OPS[int(self.op[i])], int(self.label[i]),
+                   tuple(self.sources[i, :self.n_sources[i]].tolist()), self.name(i),
+                   "val" if self.val[i] else "train")
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, indices: np.ndarray) -> RowSelection:
+        """The rows at ``indices``, made into ``Row`` objects only when iterated, or pickled (as a list)."""
+        return RowSelection(self, np.asarray(indices, dtype=np.int64))
+
+
+class RowSelection(Sequence[Row]):
+    """Some rows of a plan, lazily: what a task holds until it is sent to a worker (then a plain list of rows)."""
+
+    def __init__(self, rows: Rows, indices: np.ndarray) -> None:
+        self.rows, self.indices = rows, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.rows[int(j)] for j in self.indices[i]]
+        return self.rows[int(self.indices[i])]
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self.rows[j] for j in self.indices.tolist())
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
+def _uniform(seed: int, stream: int, rows: np.ndarray, draw: int = 0) -> np.ndarray:
+    """Uniform [0, 1) numbers, one per row, from (seed, stream, row, draw) alone: a counter-based hash
+    (SplitMix64's finaliser), vectorised, so that planning a row's partners costs no generator of its own."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= np.uint64((seed * 0xD1B54A32D192ED03 + stream * 0x8CB92BA72F3D8DD7 + draw * 0x94D049BB133111EB)
+                       & 0xFFFFFFFFFFFFFFFF)
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            x ^= x >> np.uint64(shift)
+            x *= np.uint64(mult)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _pick(u: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """floor(u * count) as positions (count >= 1)."""
+    return np.minimum((u * count).astype(np.int64), np.maximum(count - 1, 0))
+
+
+class _Builder:
+    """Rows appended a block at a time (numpy columns), joined once at the end."""
+
+    WIDTH = max(m.n_inputs for m in MIXERS.values())
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple] = []
+        self.n = 0
+
+    def add(self, op: str, label: np.ndarray | int, sources: np.ndarray, k: np.ndarray, val: bool = False) -> None:
+        if not len(k):
+            return
+        sources = np.asarray(sources, dtype=np.int32).reshape(len(k), -1)
+        padded = np.full((len(k), self.WIDTH), -1, dtype=np.int32)
+        padded[:, :sources.shape[1]] = sources
+        labels = np.broadcast_to(np.asarray(label, dtype=np.int32), (len(k),))
+        self.blocks.append((np.full(len(k), OPS.index(op), np.uint8), labels, padded, np.asarray(k, np.int32),
+                            np.full(len(k), val)))
+        self.n += len(k)
+
+    def rows(self, scan: ScanResult, ext: str) -> Rows:
+        if not self.blocks:
+            empty = np.zeros(0, np.int32)
+            return Rows(scan, ext, np.zeros(0, np.uint8), empty, np.zeros((0, self.WIDTH), np.int32), empty,
+                        np.zeros(0, bool))
+        cols = [np.concatenate(c) for c in zip(*self.blocks)]
+        return Rows(scan, ext, *cols)
+
+
+def _occurrence(values: np.ndarray) -> np.ndarray:
+    """For each element, how many equal elements come before it."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1]
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(values)]))
+    out = np.empty(len(values), dtype=np.int64)
+    out[order] = np.arange(len(values)) - run_start
+    return out
+
+
 def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
               imap: Callable[[Callable, Iterable], Iterable] = map, allow_large: bool = True) -> Plan:
     """Plan every output row of an expansion. ``imap`` runs the SMOTE descriptor pass (a pool's imap, or map).
 
     A plan over MAX_ROWS rows is refused before it is built (``check_plan_size``; with ``allow_large`` False, over
-    MAX_IMAGES images or MAX_BYTES bytes too)."""
+    MAX_IMAGES images or MAX_BYTES bytes too). Vectorised: rows are made a block at a time (an op and a class), so
+    a million sources plan in seconds."""
     check_plan_size(scan, recipe, val_fraction, allow_large)
     seed = recipe.seed
     train, val = _split_val(scan, val_fraction, seed)
     groups = _partner_groups(train, val, seed)
     n_classes = len(scan.classes)
-    by_class: dict[int, list[int]] = {c: [] for c in range(n_classes)}
-    for i in train:
-        by_class[scan.sources[i].label].append(i)
-
-    rows: list[Row] = []
+    label_of = np.fromiter((s.label for s in scan.sources), dtype=np.int64, count=len(scan.sources))
+    everyone = np.asarray(train, dtype=np.int64)  # ascending
+    by_class = {c: everyone[label_of[everyone] == c] for c in range(n_classes)} if len(everyone) else \
+        {c: everyone for c in range(n_classes)}
+    out = _Builder()
     notes: list[str] = []
-    names = _Names(OUTPUT_EXTENSIONS[recipe.output.format])
-    val_names = _Names("")
-
-    def add(op: str, label: int, sources: tuple[int, ...], split: str = "train") -> Row:
-        first = scan.sources[sources[0]]
-        if split == "val":
-            name = val_names.take(first.stem, "original", Path(first.rel).suffix.lower())
-        else:
-            name = names.take(first.stem, op)
-        row = Row(len(rows), op, label, sources, name, split)
-        rows.append(row)
-        return row
 
     # Untouched validation copies.
-    for i in val:
-        add("original", scan.sources[i].label, (i,), "val")
+    val_arr = np.asarray(val, dtype=np.int64)
+    out.add("original", label_of[val_arr], val_arr, np.zeros(len(val_arr), np.int64), val=True)
 
     # Originals and augmented copies: copies per source, or more to reach a class's target count.
     for label, members in by_class.items():
+        m = len(members)
         if recipe.keep_originals:
-            for i in members:
-                add("original", label, (i,))
-        if not members:
+            out.add("original", label, members, np.zeros(m, np.int64))
+        if not m:
             continue
-        n_aug = recipe.copies * len(members)
+        n_aug = recipe.copies * m
         if recipe.target_per_class is not None:
-            kept = len(members) if recipe.keep_originals else 0
-            n_aug = max(n_aug, recipe.target_per_class - kept)
-        for j in range(n_aug):
-            add("augment", label, (members[j % len(members)],))
+            n_aug = max(n_aug, recipe.target_per_class - (m if recipe.keep_originals else 0))
+        j = np.arange(n_aug)
+        out.add("augment", label, members[j % m], j // m)
 
     # Minority oversampling: counts from imbalanced-learn, partners among each image's nearest neighbours.
     counts: dict[str, int] = {}
     if recipe.oversample is not None:
         spec = recipe.oversample
-        class_counts = {scan.classes[c]: len(m) for c, m in by_class.items() if m}
+        class_counts = {scan.classes[c]: len(m) for c, m in by_class.items() if len(m)}
         counts = _oversample_counts(class_counts, spec.sampling_strategy)
         for label, members in by_class.items():
             wanted = counts.get(scan.classes[label], 0)
             if not wanted:
                 continue
+            j = np.arange(wanted)
+            u = _uniform(seed, _PLAN_STREAM, out.n + j)
             if spec.method == "random":
-                for j in range(wanted):
-                    pick = int(_plan_rng(seed, len(rows)).integers(len(members)))
-                    add("duplicate", label, (members[pick],))
+                picks = members[_pick(u, np.int64(len(members)))]
+                out.add("duplicate", label, picks, _occurrence(picks))
                 continue
-            neighbours = _class_neighbours(scan, members, spec.k_neighbors, imap, notes)
-            for j in range(wanted):
-                base = j % len(members)
-                choice = neighbours[base][int(_plan_rng(seed, len(rows)).integers(len(neighbours[base])))]
-                add("smote", label, (members[base], members[choice]))
+            neighbours = _class_neighbours(scan, members.tolist(), spec.k_neighbors, imap, notes)
+            width = max(len(n) for n in neighbours)
+            table = np.array([n + [n[0]] * (width - len(n)) for n in neighbours], dtype=np.int64)
+            lengths = np.array([len(n) for n in neighbours], dtype=np.int64)
+            base = j % len(members)
+            choice = table[base, _pick(u, lengths[base])]
+            out.add("smote", label, np.stack([members[base], members[choice]], axis=1), j // len(members))
 
-    # Sample mixing: each method makes `count` rows per source image (or per class), first image cycling
-    # through the class, partners drawn from the pool the recipe names, within the first image's partner group
-    # (or from the whole pool when the group holds fewer than MIN_GROUP_CHOICE images the recipe allows).
-    # Per row this costs O(group size + log N), not O(N): a group's members are looked up by position.
-    everyone = np.asarray(train, dtype=np.int64)  # ascending
-    labels_of = np.asarray([scan.sources[i].label for i in train], dtype=np.int64)
-    group_of = np.asarray([groups[i] for i in train], dtype=np.int64)
-    by_group_order = np.argsort(group_of, kind="stable")  # positions in everyone, grouped, ascending within
-    starts = np.searchsorted(group_of[by_group_order], np.arange(group_of.max() + 2 if len(train) else 1))
-    group_positions = {g: by_group_order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)}
-    for method, spec in recipe.mix.enabled().items():
+    # Sample mixing: each method makes `count` rows per source image (or per class), first image cycling through
+    # the class, partners drawn uniformly from the pool the recipe names within the first image's partner group
+    # (or from the whole pool when the group holds fewer than MIN_GROUP_CHOICE images the recipe allows), never
+    # the first image itself. Candidates are found by position in arrays sorted by (group, label, source).
+    enabled = recipe.mix.enabled()
+    if enabled and len(everyone):
+        group_of = np.full(len(scan.sources), -1, dtype=np.int64)
+        group_of[everyone] = [groups[i] for i in train]
+        n_groups = int(group_of.max()) + 1
+        key = group_of[everyone] * n_classes + label_of[everyone]
+        flat = everyone[np.lexsort((everyone, key))]  # by group, then label, then source
+        flat_key = group_of[flat] * n_classes + label_of[flat]
+        rank = np.empty(len(scan.sources), dtype=np.int64)
+        group_start = np.searchsorted(flat_key, np.arange(n_groups + 1) * n_classes)
+        block_start = np.searchsorted(flat_key, np.arange(n_groups * n_classes + 1))
+        rank[flat] = np.arange(len(flat)) - block_start[flat_key]  # position in its (group, label) block
+        by_label = everyone[np.argsort(label_of[everyone], kind="stable")]  # the pool by label, then source
+        class_start = np.searchsorted(label_of[by_label], np.arange(n_classes + 1))
+        n_train, last = len(everyone), len(flat) - 1
+    for method, spec in enabled.items():
         n_partners = MIXERS[method].n_inputs - 1
         for label, members in by_class.items():
-            if not members:
+            m = len(members)
+            if not m:
                 continue
-            n_rows = int(round(spec.count * len(members))) if spec.per == "image" else int(spec.count)
-            if spec.partner == "same":
-                allowed = labels_of == label
-            elif spec.partner == "other":
-                allowed = labels_of != label
-                if n_rows and not allowed.any():
-                    raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
+            n_rows = int(round(spec.count * m)) if spec.per == "image" else int(spec.count)
+            if spec.partner == "other" and n_rows and class_start[label + 1] - class_start[label] == n_train:
+                raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
+            j = np.arange(n_rows)
+            first = members[j % m]
+            g = group_of[first]
+            g0, g1 = group_start[g], group_start[g + 1]
+            b0 = block_start[g * n_classes + label]
+            nb = block_start[g * n_classes + label + 1] - b0  # the group's images of this class
+            c0, c1 = class_start[label], class_start[label + 1]
+            at = np.arange(n_rows) % m  # first's position among its class (members ascending, as by_label)
+            if spec.partner == "any":
+                in_group = g1 - g0 - 1
+                pool_size = n_train - 1
+            elif spec.partner == "same":
+                in_group = nb - 1
+                pool_size = np.int64(m - 1)
             else:
-                allowed = np.ones(len(train), dtype=bool)
-            pool = everyone[allowed] if n_rows else everyone[:0]  # ascending
-            for j in range(n_rows):
-                first = members[j % len(members)]
-                rng = _plan_rng(seed, len(rows))
-                positions = group_positions[groups[first]]
-                candidates = everyone[positions[allowed[positions] & (everyone[positions] != first)]]
-                if candidates.size >= MIN_GROUP_CHOICE:
-                    partners = candidates[rng.integers(0, candidates.size, size=n_partners)]
-                else:  # the whole pool without `first`, without building it: skip over first's position
-                    k = int(np.searchsorted(pool, first))
-                    has_first = k < pool.size and pool[k] == first
-                    size = pool.size - has_first
-                    if size == 0:  # a class of one image mixed with its own class
-                        partners = np.full(n_partners, first, dtype=np.int64)
-                    else:
-                        picks = rng.integers(0, size, size=n_partners)
-                        partners = pool[picks + (picks >= k) if has_first else picks]
-                add(method, label, (first, *map(int, partners)))
+                in_group = (g1 - g0) - nb
+                pool_size = np.int64(n_train - m)
+            use_group = in_group >= MIN_GROUP_CHOICE
+            partners = np.empty((n_rows, n_partners), dtype=np.int64)
+            for d in range(n_partners):
+                u = _uniform(seed, _PLAN_STREAM, out.n + j, d)
+                # within the group: positions in flat, skipping first (any, same) or this class's block (other)
+                p = _pick(u, np.maximum(in_group, 1))
+                if spec.partner == "any":
+                    own = b0 + rank[first] - g0  # first's position within its group
+                    grouped = flat[np.minimum(g0 + p + (p >= own), last)]
+                elif spec.partner == "same":
+                    grouped = flat[np.minimum(b0 + p + (p >= rank[first]), last)]
+                else:
+                    grouped = flat[np.minimum(g0 + p + (p >= b0 - g0) * nb, last)]
+                # the whole pool: positions in everyone (any), this class (same), or by_label minus this class
+                q = _pick(u, np.maximum(pool_size, 1))
+                if spec.partner == "any":
+                    own = np.searchsorted(everyone, first)
+                    pooled = everyone[np.minimum(q + (q >= own), n_train - 1)]
+                elif spec.partner == "same":
+                    pooled = members[np.minimum(q + (q >= at), m - 1)]
+                else:
+                    pooled = by_label[np.minimum(q + (q >= c0) * (c1 - c0), n_train - 1)]
+                if pool_size == 0:
+                    pooled = first  # a class of one image mixed with its own class
+                partners[:, d] = np.where(use_group, grouped, pooled)
+            out.add(method, label, np.column_stack([first, partners]), j // m)
 
+    rows = out.rows(scan, OUTPUT_EXTENSIONS[recipe.output.format])
     return Plan(rows, train, val, counts, notes, groups, decode_scales(scan.sources, recipe))
 
 
