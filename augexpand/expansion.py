@@ -341,10 +341,11 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
         return summary
     try:
         for split in ("train", "val"):
-            rows = [records[i] for i in sorted(records) if records[i]["split"] == split]
-            if rows:
+            # A stream: the records are held once (by row), each line made as it is written.
+            if any(r["split"] == split for r in records.values()):
                 write_metadata(dst / split / METADATA_NAME,
-                               ({k: v for k, v in r.items() if k not in JOURNAL_ONLY} for r in rows))
+                               ({k: v for k, v in records[i].items() if k not in JOURNAL_ONLY}
+                                for i in sorted(records) if records[i]["split"] == split))
         summary["timings"]["total"] = time.perf_counter() - started
         write_card(dst, _card(summary, recipe))
     except OSError as exc:

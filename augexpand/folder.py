@@ -23,7 +23,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -535,15 +535,21 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 95, png_compression
     return buf.tobytes()
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that it either exists whole or not at all: a temporary sibling, then a rename."""
+def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
+    """Write a file so that it either exists whole or not at all: a temporary sibling, then a rename. ``data``
+    may be an iterable of text pieces (a manifest's lines), written as they come, never all in memory."""
     # A new file (O_EXCL), never through a link (O_NOFOLLOW), removed again if writing fails (a full disk).
     # Text is UTF-8; a name that is not (a surrogate escape of a non-UTF-8 byte) is written as %XX, never a crash.
     tmp = path.with_name(f".{os.getpid()}-{os.urandom(4).hex()}{_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         with open(fd, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.encode("utf-8", _PERCENT))
+            if isinstance(data, bytes):
+                f.write(data)
+            elif isinstance(data, str) or not hasattr(data, "__iter__"):
+                f.write(data.encode("utf-8", _PERCENT))
+            else:
+                f.writelines(piece.encode("utf-8", _PERCENT) for piece in data)
         os.replace(tmp, path)
     except BaseException:
         try:

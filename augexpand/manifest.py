@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,18 @@ FORMAT_VERSION = 1
 
 
 def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
-    """Write records as JSON lines, atomically. Returns how many were written."""
-    lines = [json.dumps(r, ensure_ascii=False, separators=(", ", ": ")) for r in records]
-    write_atomic(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    """Write records as JSON lines, atomically, as a stream (one line in memory at a time). Returns how many
+    were written."""
+    written = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal written
+        for r in records:
+            written += 1
+            yield json.dumps(r, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+
+    write_atomic(path, lines())
+    return written
 
 
 def read_metadata(path: Path) -> list[dict[str, Any]]:
