@@ -16,6 +16,7 @@ Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -67,7 +68,7 @@ def main() -> None:
                   f"{total / r['rows'] * 1e6:>6.2f} {r['peak_mib']:>8.0f} {r['peak_mib'] - r['before_mib']:>9.0f}")
     for name in args.recipes:
         mine = sorted((r for r in results if r["recipe"] == name), key=lambda r: r["sources"])
-        for a, b in zip(mine, mine[1:]):
+        for a, b in itertools.pairwise(mine):
             ratio = (b["plan_s"] + b["tasks_s"]) / (a["plan_s"] + a["tasks_s"])
             grow = (b["peak_mib"] - b["before_mib"]) / max(1e-9, a["peak_mib"] - a["before_mib"])
             print(f"{name}: {b['sources'] // a['sources']}x the sources -> {ratio:.1f}x the time, "

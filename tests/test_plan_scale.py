@@ -15,11 +15,16 @@ from augexpand.plan import MIN_GROUP_CHOICE, Row, _Names, make_plan
 from augexpand.recipe import load_recipe
 
 
-def synthetic(n: int, classes: int = 3, stems=None) -> ScanResult:
+def synthetic(n: int, classes: int = 3, stems=None, root: Path | None = None) -> ScanResult:
+    """A scan of n sources without images (planning reads none); ``root``: empty files there (a val split's size
+    estimate looks at their sizes)."""
     names = [f"c{c}" for c in range(classes)]
     stems = stems or [f"img_{i}" for i in range(n)]
     sources = [Source(f"c{i % classes}/{stems[i]}.jpg", i % classes, stems[i], "RGB", 64, 48) for i in range(n)]
-    return ScanResult(Path("/nonexistent"), names, sources)
+    for s in sources if root else []:
+        (root / s.rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / s.rel).touch()
+    return ScanResult(root or Path("/nonexistent"), names, sources)
 
 
 def mix_recipe(partner: str, count: float = 1.0, seed: int = 0) -> dict:
@@ -29,9 +34,9 @@ def mix_recipe(partner: str, count: float = 1.0, seed: int = 0) -> dict:
 
 
 @pytest.mark.parametrize("stems", [None, ["a", "a__augment_0", "b__mixup_0", "B", "b", "c__augment_0-2"]])
-def test_lazy_names_are_the_reference_names(stems):
+def test_lazy_names_are_the_reference_names(stems, tmp_path: Path):
     n = 6 if stems else 90
-    scan = synthetic(n, stems=stems)
+    scan = synthetic(n, stems=stems, root=tmp_path)
     plan = make_plan(scan, load_recipe(mix_recipe("any")), val_fraction=0.2)
     names, val_names = _Names(".jpg"), _Names("")
     for row in plan.rows:
@@ -92,8 +97,8 @@ def test_partners_depend_on_the_seed_and_row_only():
     assert [r.sources for r in a.rows] != [r.sources for r in c.rows]
 
 
-def test_columns_tasks_equal_list_tasks_in_content():
-    plan = make_plan(synthetic(500, classes=4), load_recipe(mix_recipe("same")), val_fraction=0.1)
+def test_columns_tasks_equal_list_tasks_in_content(tmp_path: Path):
+    plan = make_plan(synthetic(500, classes=4, root=tmp_path), load_recipe(mix_recipe("same")), val_fraction=0.1)
     for workers in (1, 3, 40):
         fast = _tasks(plan.rows, plan.groups, workers)
         slow = _tasks(list(plan.rows), plan.groups, workers)
