@@ -175,27 +175,34 @@ def _thumbnail_task(item: tuple[str, int]) -> np.ndarray | None:
     return thumbnail(*item)
 
 
-def describe(thumb: np.ndarray) -> np.ndarray:
-    """HOG-like descriptor of a grey thumbnail: per cell of CELLS x CELLS, a histogram of unsigned gradient
-    orientation in BINS bins (linearly interpolated), weighted by gradient magnitude; L2-normalised."""
-    import cv2
-
-    t = np.asarray(thumb, np.float32)
-    gx = cv2.Sobel(t, cv2.CV_32F, 1, 0, ksize=1)
-    gy = cv2.Sobel(t, cv2.CV_32F, 0, 1, ksize=1)
+def describe(thumbs: np.ndarray) -> np.ndarray:
+    """HOG-like descriptors of grey thumbnails, (n, side, side) -> (n, CELLS * CELLS * BINS) (one thumbnail:
+    one descriptor): per cell of CELLS x CELLS, a histogram of unsigned gradient orientation in BINS bins
+    (linearly interpolated between the two nearest), weighted by gradient magnitude (central differences, as
+    OpenCV's Sobel with ksize=1, replicated border); each L2-normalised."""
+    t = np.asarray(thumbs, np.float32)
+    single = t.ndim == 2
+    t = t[None] if single else t
+    n, side = t.shape[0], t.shape[1]
+    padded = np.pad(t, ((0, 0), (1, 1), (1, 1)), mode="reflect")  # OpenCV's default border (BORDER_REFLECT_101)
+    gx = padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]
+    gy = padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]
     magnitude = np.hypot(gx, gy)
     angle = (np.arctan2(gy, gx) % np.pi) / np.pi * BINS
     low = np.floor(angle)
     frac = angle - low
     low = low.astype(np.int64) % BINS
     high = (low + 1) % BINS
-    side = t.shape[0] // CELLS
-    cell = (np.arange(t.shape[0]) // side).clip(max=CELLS - 1)
-    index = (cell[:, None] * CELLS + cell[None, :]) * BINS
-    hist = np.zeros(CELLS * CELLS * BINS, np.float64)
-    np.add.at(hist, (index + low).ravel(), (magnitude * (1 - frac)).ravel())
-    np.add.at(hist, (index + high).ravel(), (magnitude * frac).ravel())
-    return (hist / (np.linalg.norm(hist) + 1e-6)).astype(np.float32)
+    cell = (np.arange(side) * CELLS // side)
+    index = (cell[:, None] * CELLS + cell[None, :]) * BINS  # (side, side): first bin of each pixel's cell
+    size = CELLS * CELLS * BINS
+    offset = (np.arange(n) * size)[:, None, None]
+    hist = np.bincount((offset + index + low).ravel(), (magnitude * (1 - frac)).ravel(), minlength=n * size)
+    hist += np.bincount((offset + index + high).ravel(), (magnitude * frac).ravel(), minlength=n * size)
+    hist = hist.reshape(n, size)
+    hist /= np.linalg.norm(hist, axis=1, keepdims=True) + 1e-6
+    hist = hist.astype(np.float32)
+    return hist[0] if single else hist
 
 
 @dataclass(frozen=True)
@@ -231,8 +238,6 @@ def _nearest_labels(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray) -
 
 def decide_orientation(thumbs: Sequence[np.ndarray], labels: Sequence[int]) -> OrientationDecision:
     """The test on grey thumbnails and their class labels (module docstring): keep orientation or not."""
-    import cv2
-
     labels = np.asarray(labels, np.int64)
     counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
     usable = counts[labels] >= 2 if len(labels) else np.zeros(0, bool)  # a class of one has no neighbour
@@ -240,10 +245,10 @@ def decide_orientation(thumbs: Sequence[np.ndarray], labels: Sequence[int]) -> O
     if n < MIN_IMAGES or int((counts >= 2).sum()) < 2:
         return OrientationDecision(True, None, None, n, reason=f"too few images to tell ({n} in classes of two "
                                    f"or more; at least {MIN_IMAGES} in two classes needed)")
-    kept = [t for t, u in zip(thumbs, usable) if u]
+    kept = np.stack([np.asarray(t, np.float32) for t, u in zip(thumbs, usable) if u])
     y = labels[usable]
-    originals = np.stack([describe(t) for t in kept]).astype(np.float64)
-    mirrors = np.stack([describe(cv2.flip(np.asarray(t, np.float32), 1)) for t in kept]).astype(np.float64)
+    originals = describe(kept).astype(np.float64)
+    mirrors = describe(kept[:, :, ::-1]).astype(np.float64)
     mean, std = originals.mean(0), originals.std(0) + 1e-6  # each feature standardised (the originals' statistics)
     originals, mirrors = (originals - mean) / std, (mirrors - mean) / std
     right = _nearest_labels(originals, originals, y) == y

@@ -262,6 +262,9 @@ def test_card_summary_and_cli_line_of_auto(digits_src: Path, tmp_path: Path):
     assert o["mode"] == "auto" and o["keep"] is True and o["images"] == 50
     assert set(o["accuracy"]) == {"original", "mirrored"} and o["accuracy"]["original"] > o["accuracy"]["mirrored"]
     assert any(n.startswith("orientation: kept") for n in card["notes"])
+    names = [t["__class_fullname__"] for t in card["recipe"]["pipeline"]["transform"]["transforms"]]
+    assert names == ["RandomResizedCrop", "RandomBrightnessContrast"]  # light without its flip
+    assert card["recipe"]["orientation"] == "keep"
 
 
 def test_policy_keep_orientation_auto_follows_the_data(digits_src: Path, photo_src: Path):
