@@ -152,7 +152,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
-        _print_expand_summary(summary)
+        _print_expand_summary(json.loads(printable(json.dumps(summary, ensure_ascii=False))))  # paths of any bytes
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:

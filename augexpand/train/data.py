@@ -80,7 +80,14 @@ def _hidden(name: str) -> bool:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    """The class folders, sorted, with the scanner's rule for links (``augexpand.folder``): a class folder that is
+    a link to the folder itself (or above it), or into another class, is left out (it would relabel images)."""
+    from augexpand.folder import _class_folders
+
+    dirs, passed = _class_folders(root)
+    for s in passed:
+        log.warning("skipped %s: %s", s.rel, s.reason)
+    return dirs
 
 
 def read_classes(data: Path, train_root: Path) -> list[str]:
