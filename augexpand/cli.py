@@ -210,6 +210,9 @@ def _print_expand_summary(s: dict) -> None:
     if s["converted_to_rgb8"]:
         kinds = ", ".join(f"{n} {k}" for k, n in s["converted_to_rgb8"].items())
         click.echo(f"converted to 8-bit RGB: {kinds}")
+    scaled = {k: n for k, n in s.get("decode_scales", {}).items() if k != "1"}
+    if scaled:  # camera-size JPEGs decoded smaller, where the output needs no more pixels
+        click.echo("decoded at reduced scale: " + ", ".join(f"{n} at 1/{k}" for k, n in scaled.items()))
     if s["resumed_rows"]:
         click.echo(f"resumed: {s['resumed_rows']} images were already done")
     if s.get("shard"):

@@ -175,7 +175,7 @@ def main() -> None:
             rows.setdefault(name, []).append(value)
 
         for k in range(rounds):
-            print(f"\nround {k + 1}/{rounds}")
+            print(f"\nround {k + 1}/{rounds}", flush=True)
             # 12-megapixel photos
             full, full_cpu = floor_pass(cam_files, tmp / "floor", scaled=False)
             scaled, scaled_cpu = floor_pass(cam_files, tmp / "floor", scaled=True)
@@ -252,17 +252,20 @@ def main() -> None:
 
 def memory(b: Bench, cam: Path, small: Path, data: Path, light1: tuple[str, ...]) -> None:
     """Peak memory for 60 vs 600 sources (the same photos linked ten times), 12 MP and 500x375."""
-    print("\npeak memory (light 1 copy, no originals; heavy: its defaults); 600 = the 60 photos linked 10 times")
+    print("\npeak memory; 600 sources = the 60 photos linked 10 times (light: 1 copy, no originals; heavy: its own "
+          "4 copies + originals + mixup + SamplePairing)")
     print(f"  {'photos':<9} {'job':<6} {'sources':>7} {'workers':>7} {'largest process MiB':>20} {'tree PSS MiB':>13}")
     small60 = links(small, data / "small60", 60)
-    sets = {"12 MP": (cam, links(cam, data / "cam600", 600)), "500x375": (small60, links(small60, data / "small600", 600))}
-    for label, (few, many) in sets.items():
-        for job, job_args in (("light", light1), ("heavy", ("--recipe", "heavy"))):
-            for src, n in ((few, 60), (many, 600)):
-                for w in (1, 2):
-                    r = b.expand(src, *job_args, workers=w, memory=True)
-                    pss = "n/a" if r["tree_pss_mb"] is None else f"{r['tree_pss_mb']:.0f}"
-                    print(f"  {label:<9} {job:<6} {n:>7} {w:>7} {r['maxrss_mb']:>20.0f} {pss:>13}")
+    cam600, small600 = links(cam, data / "cam600", 600), links(small60, data / "small600", 600)
+    runs = [("12 MP", "light", cam, cam600, (1, 2)), ("12 MP", "heavy", cam, cam600, (2,)),
+            ("500x375", "light", small60, small600, (1, 2))]
+    for label, job, few, many, workers in runs:
+        job_args = light1 if job == "light" else ("--recipe", "heavy")
+        for src, n in ((few, 60), (many, 600)):
+            for w in workers:
+                r = b.expand(src, *job_args, workers=w, memory=True)
+                pss = "n/a" if r["tree_pss_mb"] is None else f"{r['tree_pss_mb']:.0f}"
+                print(f"  {label:<9} {job:<6} {n:>7} {w:>7} {r['maxrss_mb']:>20.0f} {pss:>13}", flush=True)
 
 
 def decoders(cam_files: list[Path], small_files: list[Path]) -> None:

@@ -198,3 +198,18 @@ def test_probe_pool_workers_do_not_inherit_the_parents_sigterm_handler():
         assert probe_map(2, min_items=1)(_sigterm_is_default, [0, 1, 2, 3]) == [True] * 4
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_cli_says_how_many_sources_were_decoded_smaller(camera_src: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    result = CliRunner().invoke(cli, ["expand", str(camera_src), str(tmp_path / "out"), "--copies", "1",
+                                      "--workers", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "decoded at reduced scale: 6 at 1/4" in result.output
+    result = CliRunner().invoke(cli, ["expand", str(camera_src), str(tmp_path / "out"), "--copies", "1",
+                                      "--workers", "1", "--dry-run", "--size", "1500"])
+    assert result.exit_code == 0, result.output
+    assert "reduced scale" not in result.output  # 1500x1500 from 2000x1500: every pixel is needed
