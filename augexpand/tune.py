@@ -15,7 +15,7 @@
   two are nearly the same.
 - **Budget.** Successive halving: every candidate is scored on one split, the better half (by mean score) goes on
   to twice as many splits, and so on, up to ``max_splits``; "none" is scored on every split so that each gain is
-  paired. A rung is started only if its estimated time (from the trainings measured so far) fits the budget.
+  paired. Equal scores (a few held-out images make them coarse) are ranked by the held-out cross-entropy. A rung is started only if its estimated time (from the trainings measured so far) fits the budget.
 - **Pick.** Among the candidates scored on the most splits, the one with the highest mean gain over "none" wins
   only if that gain is positive and larger than its standard error (so at least two splits); otherwise tune
   says nothing helped and recommends no expansion.
@@ -250,6 +250,7 @@ class _Score:
     candidate: Candidate
     scores: dict[int, float] = field(default_factory=dict)
     accuracy: dict[int, float] = field(default_factory=dict)
+    loss: dict[int, float] = field(default_factory=dict)  # held-out cross-entropy: breaks ties of the score
     images: dict[int, int] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
     skipped: str | None = None
@@ -293,7 +294,8 @@ def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: 
         result = evaluate_run(run, split_dir / "heldout", which="last", device="cpu", workers=0)
     finally:
         shutil.rmtree(run, ignore_errors=True)
-    return {"score": _balanced_accuracy(result), "accuracy": result["accuracy"], "images": summary["train_images"]}
+    return {"score": _balanced_accuracy(result), "accuracy": result["accuracy"], "loss": result["loss"],
+            "images": summary["train_images"]}
 
 
 # ------------------------------------------------------------------------------------------------------ the search
@@ -304,8 +306,12 @@ class _Quiet:
     tiny; more threads only fight over shared cores, and one thread gives the same floats every time)."""
 
     def __enter__(self):
+        import matplotlib
         import torch
 
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # imported once here, not inside the first timed training
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the optimizers' first use imports dynamo
         self.logger = logging.getLogger("augexpand")
         self.level = self.logger.level
         self.threads = torch.get_num_threads()
@@ -329,6 +335,11 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return (statistics.mean(values), statistics.stdev(values)) if len(values) > 1 else (values[0], 0.0)
 
 
+def _rank_key(rec: _Score) -> tuple[float, float]:
+    """Higher mean score first; on a tie (a few held-out images make scores coarse), lower held-out loss."""
+    return -statistics.mean(rec.scores.values()), statistics.mean(rec.loss.values()) if rec.loss else 0.0
+
+
 def _gains(rec: _Score, base: _Score) -> list[float]:
     return [rec.scores[s] - base.scores[s] for s in sorted(rec.scores) if s in base.scores]
 
@@ -342,7 +353,7 @@ def _decide(records: dict[str, _Score]) -> tuple[str, str]:
         return NONE, "no candidate was scored"
     most = max(len(r.scores) for r in scored)
     group = [r for r in scored if len(r.scores) == most]
-    best = max(group, key=lambda r: statistics.mean(_gains(r, base)))  # first of equals: candidate order
+    best = min(group, key=lambda r: (-statistics.mean(_gains(r, base)), _rank_key(r)[1]))  # ties: lower loss
     gains = _gains(best, base)
     mean = statistics.mean(gains)
     se = statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else math.inf
@@ -487,7 +498,7 @@ def tune(
                 done_splits = target
                 alive = [n for n in survivors if n != NONE and records[n].skipped is None]
                 rungs.append({"rung": rung + 1, "splits": target, "candidates": [NONE, *alive]})
-                ranked = sorted(alive, key=lambda n: -statistics.mean(records[n].scores.values()))
+                ranked = sorted(alive, key=lambda n: _rank_key(records[n]))
                 keep = set(ranked[:max(1, math.ceil(len(ranked) / 2))])
                 survivors = [NONE, *[n for n in alive if n in keep]]
                 rung += 1
@@ -526,6 +537,7 @@ def _run_one(rec: _Score, split_dir: Path, work: Path, split: int, seed: int, pr
         rec.skipped = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
     else:
         rec.scores[split], rec.accuracy[split], rec.images[split] = out["score"], out["accuracy"], out["images"]
+        rec.loss[split] = out.get("loss", 0.0)
         rec.seconds[split] = clock() - t0
         rec.rung = rung
 
@@ -556,6 +568,7 @@ def _summary(src, records, pick, reason, pool, proxy, seed, folds, budget_minute
             mean, std = _stats(list(r.scores.values()))
             row.update({"mean": round(mean, 4), "std": round(std, 4),
                         "accuracy": round(statistics.mean(r.accuracy.values()), 4),
+                        "loss": round(statistics.mean(r.loss.values()), 4) if r.loss else None,
                         "images": round(statistics.mean(r.images.values())),
                         "seconds": round(statistics.mean(r.seconds.values()), 2),
                         "scores": {str(k): round(v, 4) for k, v in sorted(r.scores.items())}})
