@@ -301,9 +301,13 @@ def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: 
 # ------------------------------------------------------------------------------------------------------ the search
 
 
+def _no_plot(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class _Quiet:
-    """Library notes and torch threads for the length of a tune: notes off, one intra-op thread (the proxy is
-    tiny; more threads only fight over shared cores, and one thread gives the same floats every time)."""
+    """For the length of a tune: library notes off during trainings, one torch thread (the proxy is tiny; more
+    threads only fight over shared cores, and one thread gives the same floats every time), no curve plots."""
 
     def __enter__(self):
         import matplotlib
@@ -316,6 +320,11 @@ class _Quiet:
         self.level = self.logger.level
         self.threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        # The proxy runs are thrown away: their loss curves would cost a third of a small proxy's time to draw
+        from augexpand.train import loop
+
+        self.plot_curves = loop.plot_curves
+        loop.plot_curves = _no_plot
         return self
 
     def mute(self) -> None:
@@ -327,8 +336,11 @@ class _Quiet:
     def __exit__(self, *exc) -> None:
         import torch
 
+        from augexpand.train import loop
+
         self.logger.setLevel(self.level)
         torch.set_num_threads(self.threads)
+        loop.plot_curves = self.plot_curves
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -479,7 +491,7 @@ def tune(
                         rec = records[name]
                         if rec.skipped is not None:
                             continue
-                        if rung > 0 and clock() - started > budget:  # the estimate was short: stop now
+                        if clock() - started + estimate([name]) > budget:  # the next training would end too late
                             raise _OverBudget
                         quiet.mute()
                         try:
@@ -489,7 +501,7 @@ def tune(
                         if rec.skipped is not None:
                             log.warning("skipped candidate %s: %s", name, rec.skipped)
                         bar.update(1)
-                        if rung == 0 and len([n for n in survivors if records[n].seconds]) == 2:
+                        if rung == 0:
                             _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate)
                     if workdir is None:
                         shutil.rmtree(split_dir, ignore_errors=True)
@@ -517,7 +529,8 @@ def tune(
 
 
 class _OverBudget(Exception):
-    """The search ran past its budget within a rung (the machine slowed down): stop with what was scored."""
+    """The next training would end past the budget (a short budget, or the machine slowed down): stop with what
+    was scored."""
 
 
 def _run_one(rec: _Score, split_dir: Path, work: Path, split: int, seed: int, proxy: _Proxy, rung: int,
@@ -543,17 +556,25 @@ def _run_one(rec: _Score, split_dir: Path, work: Path, split: int, seed: int, pr
 
 
 def _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate) -> None:
-    """After the first two trainings: the least budget that can recommend anything scores every candidate on one
-    split and the better half on a second; refuse at once when even that cannot fit."""
+    """In the first rung. After the baseline's training: refuse when not even one candidate can be scored. After
+    the second training: say so when the budget cannot score every candidate once and the better half twice (the
+    least that can recommend anything), and what budget would."""
+    timed = [n for n in survivors if records[n].seconds]
+    if len(timed) not in (1, 2):
+        return
     left = [n for n in survivors if not records[n].seconds and records[n].skipped is None]
     half = [NONE, *survivors[1:1 + math.ceil((len(survivors) - 1) / 2)]]
-    need = clock() - started + estimate(left) + estimate(half)
-    if need > budget:
-        one = estimate([NONE])
-        raise TuneError(f"a budget of {budget_minutes:g} min is too small for {len(survivors) - 1} candidates: "
-                        f"scoring each on one split and the better half on a second takes about {need / 60:.1f} min "
-                        f"here (one proxy training about {one:.0f} s)",
-                        hint=f"give --budget {math.ceil(need / 60 + 0.5)} or fewer candidates")
+    elapsed = clock() - started
+    need = elapsed + estimate(left) + estimate(half)
+    one = estimate([NONE])
+    advice = f"give --budget {math.ceil(need / 60 + 0.5)} or fewer candidates"
+    if len(timed) == 1 and elapsed + estimate(left[:1]) > budget:
+        raise TuneError(f"a budget of {budget_minutes:g} min is too small to score even one candidate: one proxy "
+                        f"training takes about {one:.0f} s here", hint=advice)
+    if len(timed) == 2 and need > budget:
+        log.warning("a budget of %g min cannot score each of the %d candidates once and the better half twice here "
+                    "(about %.1f min; one proxy training about %.0f s): %s", budget_minutes, len(survivors) - 1,
+                    need / 60, one, advice)
 
 
 def _summary(src, records, pick, reason, pool, proxy, seed, folds, budget_minutes, elapsed, rungs, interrupted,

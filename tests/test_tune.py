@@ -160,13 +160,26 @@ def test_the_budget_stops_the_search_between_rungs(digits_src, monkeypatch):
     assert s["pick"] == "d"  # it gains 4 pts on both splits
 
 
-def test_a_budget_too_small_for_one_round_is_refused_early(digits_src, monkeypatch):
+def test_a_budget_too_small_for_one_candidate_is_refused_early(digits_src, monkeypatch):
     clock = [0.0]
     fake_trials(monkeypatch, {n: [0.5] * 8 for n in (T.NONE, "a", "b")}, seconds=40.0, clock=clock)
-    with pytest.raises(T.TuneError, match=r"a budget of 1 min is too small for 2 candidates: .* give --budget 4"):
+    with pytest.raises(T.TuneError, match=r"a budget of 1 min is too small to score even one candidate: one proxy "
+                                          r"training takes about 40 s here; give --budget 4 or fewer candidates"):
         T.tune(digits_src, candidates=candidates(("a", LIGHT), ("b", LIGHT)), budget_minutes=1,
                clock=lambda: clock[0])
-    assert clock[0] == 80.0  # refused after the first two trainings
+    assert clock[0] == 40.0  # refused after the baseline's training
+
+
+def test_a_short_budget_scores_what_fits_and_says_so(digits_src, monkeypatch, caplog):
+    clock = [0.0]
+    fake_trials(monkeypatch, {n: [0.5 + 0.1 * (n == "b")] * 8 for n in (T.NONE, "a", "b", "c")}, seconds=40.0,
+                clock=clock)
+    s = T.tune(digits_src, candidates=candidates(("a", LIGHT), ("b", LIGHT), ("c", LIGHT)), budget_minutes=2,
+               clock=lambda: clock[0])
+    assert clock[0] == 120.0 and s["seconds"] <= 120 and s["stopped_by_budget"]
+    assert [r["splits"] for r in s["candidates"]] == [1, 1, 1, 0]
+    assert "cannot score each of the 3 candidates once and the better half twice" in caplog.text
+    assert s["pick"] == T.NONE and "single split" in s["reason"]  # b leads, on one split only
 
 
 def test_real_run_is_deterministic_and_within_budget(digits_src):
@@ -233,3 +246,30 @@ def test_cli_errors_are_one_line(digits_src, tmp_path):
     result = invoke("tune", digits_src, "-c", "light", "--only", "--budget", "0.001", "--steps", "10")
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "too small" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeypatch):
+    scores = {T.NONE: [0.6, 0.6, 0.6, 0.6], "good": [0.9, 0.85, 0.9, 0.8], "meh": [0.5] * 4}
+    calls = []
+
+    def trial(candidate, split_dir, work, split, seed, proxy):
+        calls.append((candidate.name, split))
+        if len(calls) == 7:  # rung 3 (splits 2 and 3): the second training on split 2
+            raise KeyboardInterrupt
+        return {"score": scores[candidate.name][split], "accuracy": 0.0, "loss": 1.0, "images": 10}
+
+    monkeypatch.setattr(T, "_trial", trial)
+    out = tmp_path / "best.yaml"
+    s = T.tune(digits_src, candidates=candidates(("good", LIGHT), ("meh", MIXING)), max_splits=4)
+    assert s["interrupted"] and calls[-1] == ("good", 2)
+    rows = {r["name"]: r for r in s["candidates"]}
+    assert rows["good"]["splits"] == 2 and rows["none"]["splits"] == 3  # none scored on split 2, good not yet
+    assert s["pick"] == "good" and "2 paired splits" in s["reason"]
+    calls.clear()
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(LIGHT))
+    (tmp_path / "meh.yaml").write_text(yaml.safe_dump(MIXING))
+    result = invoke("tune", digits_src, "-o", out, "-c", tmp_path / "good.yaml", "-c", tmp_path / "meh.yaml",
+                    "--only")
+    assert result.exit_code == 130 and "interrupted: the pick is the best so far" in result.output
+    assert yaml.safe_load(out.read_text()) == LIGHT and "# (interrupted: the best so far)" in out.read_text()
+    assert not list(Path(T.tempfile.gettempdir()).glob("augexpand-tune-*"))  # its temporary folder is gone
