@@ -60,6 +60,7 @@ NONE = "none"  # the baseline: no expansion
 PROXY_MAX_SIZE = 32  # proxy trainings run at the source's median short side, at most this
 PROXY_SOURCE_MAX_SIDE = 4 * PROXY_MAX_SIZE  # larger sources are reduced (short side) before a proxy expansion
 PROXY_BATCH = 32
+PROXY_EPOCH_STEPS = 10
 PROXY_WIDTH = 16  # smallcnn channels of the first stage: a quarter of the default's arithmetic
 DEFAULT_STEPS = 100
 DEFAULT_FOLDS = 3
@@ -284,12 +285,17 @@ def _trial(candidate: Candidate, split_dir: Path, work: Path, split: int, seed: 
     run = work / f"run-{split}-{tag}"
     try:
         if candidate.recipe is not None:
-            expand(data, expanded, candidate.recipe, workers=1, progress=False,
-                      overrides={"seed": seed, "output.size": [proxy.size, proxy.size]})
-            data = expanded
-        config = make_config(data=data, out=run, model="smallcnn", width=proxy.width, size=proxy.size, steps=proxy.steps,
-                             batch_size=proxy.batch_size, seed=seed, workers=0, progress=False, flip=proxy.flip,
-                             device="cpu")
+            made = expand(data, expanded, candidate.recipe, workers=1, progress=False,
+                          overrides={"seed": seed, "output.size": [proxy.size, proxy.size]})
+            data, n = expanded, made["images_out"]
+        else:
+            n = sum(1 for p in data.rglob("*") if p.is_file())
+        # A tiny set is passed over several times per epoch (as train does for its own tiny sets): about
+        # PROXY_EPOCH_STEPS steps per epoch, so that per-epoch checkpoints do not outweigh the steps themselves
+        repeats = max(1, math.ceil(PROXY_EPOCH_STEPS * proxy.batch_size / max(n, 1)))
+        config = make_config(data=data, out=run, model="smallcnn", width=proxy.width, size=proxy.size,
+                             steps=proxy.steps, repeats=repeats, batch_size=proxy.batch_size, seed=seed, workers=0,
+                             progress=False, flip=proxy.flip, device="cpu")
         summary = train(config, overwrite=True)
         result = evaluate_run(run, split_dir / "heldout", which="last", device="cpu", workers=0)
     finally:
