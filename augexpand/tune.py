@@ -13,12 +13,14 @@
 - **Score.** Balanced accuracy (the mean of per-class recall) on the held-out images: on imbalanced data plain
   accuracy rewards a model that ignores the small classes, which are what expansion is for; on balanced data the
   two are nearly the same.
-- **Budget.** Successive halving: every candidate is scored on one split, the better half (by mean score) goes on
-  to twice as many splits, and so on, up to ``max_splits``; "none" is scored on every split so that each gain is
-  paired. Equal scores (a few held-out images make them coarse) are ranked by the held-out cross-entropy. A rung is started only if its estimated time (from the trainings measured so far) fits the budget.
-- **Pick.** Among the candidates scored on the most splits, the one with the highest mean gain over "none" wins
-  only if that gain is positive and larger than its standard error (so at least two splits); otherwise tune
-  says nothing helped and recommends no expansion.
+- **Budget.** Successive halving: every candidate is scored on one split; the best third goes on to a full round
+  of ``folds`` splits (every source image held out once), the better half of those to two rounds, up to
+  ``max_splits``. "none" is scored on every split, so that each gain is paired. Equal scores (a few held-out
+  images make them coarse) are ranked by the held-out cross-entropy. A rung starts only if its estimated time
+  (from the trainings measured so far) fits the budget, and no training starts that would end past it.
+- **Pick.** Among the candidates scored on the most splits (at least a full round of folds), the one with the
+  highest mean gain over "none" wins only if that gain is positive and larger than its standard error;
+  otherwise tune says nothing helped and recommends no expansion.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ PROXY_EPOCH_STEPS = 10
 PROXY_WIDTH = 16  # smallcnn channels of the first stage: a quarter of the default's arithmetic
 DEFAULT_STEPS = 100
 DEFAULT_FOLDS = 3
-MAX_SPLITS = 8
+MAX_SPLITS = 6  # two rounds of 3 folds: every source image held out twice
 IMBALANCED = 1.5  # from this largest/smallest class ratio on, the balance recipe is a candidate
 FLIPS = frozenset({"HorizontalFlip", "VerticalFlip", "Transpose", "D4", "RandomRotate90", "SquareSymmetry"})
 
@@ -362,9 +364,9 @@ def _gains(rec: _Score, base: _Score) -> list[float]:
     return [rec.scores[s] - base.scores[s] for s in sorted(rec.scores) if s in base.scores]
 
 
-def _decide(records: dict[str, _Score]) -> tuple[str, str]:
+def _decide(records: dict[str, _Score], min_splits: int = 2) -> tuple[str, str]:
     """The pick and the reason: the best mean gain over none among the candidates scored on the most splits,
-    if it is positive and larger than its standard error; else none."""
+    if it is positive, larger than its standard error and measured on at least ``min_splits`` splits; else none."""
     base = records[NONE]
     scored = [r for n, r in records.items() if n != NONE and r.skipped is None and r.scores]
     if not base.scores or not scored:
@@ -379,9 +381,9 @@ def _decide(records: dict[str, _Score]) -> tuple[str, str]:
     pts = f"{100 * mean:+.1f}"
     if mean <= 0:
         return NONE, f"no candidate beat no expansion (best: {name}, {pts} pts)"
-    if len(gains) < 2:
-        return NONE, (f"{name} gained {pts} pts on a single split only: not enough evidence (a larger --budget "
-                      f"scores more splits)")
+    if len(gains) < min_splits:
+        return NONE, (f"{name} gained {pts} pts on {len(gains)} split{'s' * (len(gains) > 1)} only: not enough "
+                      f"evidence (a recommendation needs {min_splits}: a larger --budget scores more)")
     if mean <= se:
         return NONE, (f"{name} gained {pts} pts, within its standard error ({100 * se:.1f} pts over "
                       f"{len(gains)} splits): not a reliable gain")
@@ -478,7 +480,7 @@ def tune(
         with _Quiet() as quiet:
             done_splits, rung = 0, 0
             while done_splits < max_splits:
-                target = min(max_splits, 2 ** rung)
+                target = min(max_splits, 1 if rung == 0 else folds * 2 ** (rung - 1))
                 new = list(range(done_splits, target))
                 if rung > 0:  # the next rung starts only if it fits the budget
                     if clock() - started + estimate(survivors) * len(new) > budget:
@@ -508,7 +510,7 @@ def tune(
                             log.warning("skipped candidate %s: %s", name, rec.skipped)
                         bar.update(1)
                         if rung == 0:
-                            _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate)
+                            _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate, folds)
                     if workdir is None:
                         shutil.rmtree(split_dir, ignore_errors=True)
                         for leftover in work.glob(f"expand-{s}-*"):
@@ -517,7 +519,7 @@ def tune(
                 alive = [n for n in survivors if n != NONE and records[n].skipped is None]
                 rungs.append({"rung": rung + 1, "splits": target, "candidates": [NONE, *alive]})
                 ranked = sorted(alive, key=lambda n: _rank_key(records[n]))
-                keep = set(ranked[:max(1, math.ceil(len(ranked) / 2))])
+                keep = set(ranked[:max(1, math.ceil(len(ranked) / (3 if rung == 0 else 2)))])
                 survivors = [NONE, *[n for n in alive if n in keep]]
                 rung += 1
     except _OverBudget:
@@ -529,7 +531,7 @@ def tune(
         if tmp is not None:
             tmp.cleanup()
 
-    pick, reason = _decide(records)
+    pick, reason = _decide(records, min(folds, max_splits))
     return _summary(src, records, pick, reason, pool, proxy, seed, folds, budget_minutes, clock() - started,
                     rungs, interrupted, stopped_by_budget, imbalance)
 
@@ -561,25 +563,26 @@ def _run_one(rec: _Score, split_dir: Path, work: Path, split: int, seed: int, pr
         rec.rung = rung
 
 
-def _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate) -> None:
+def _check_budget(records, survivors, started, budget, budget_minutes, clock, estimate, folds) -> None:
     """In the first rung. After the baseline's training: refuse when not even one candidate can be scored. After
-    the second training: say so when the budget cannot score every candidate once and the better half twice (the
-    least that can recommend anything), and what budget would."""
+    the second training: say so when the budget cannot score every candidate once and the best third on a full
+    round of folds (the least that can recommend anything), and what budget would."""
     timed = [n for n in survivors if records[n].seconds]
     if len(timed) not in (1, 2):
         return
     left = [n for n in survivors if not records[n].seconds and records[n].skipped is None]
-    half = [NONE, *survivors[1:1 + math.ceil((len(survivors) - 1) / 2)]]
+    third = [NONE, *survivors[1:1 + math.ceil((len(survivors) - 1) / 3)]]
     elapsed = clock() - started
-    need = elapsed + estimate(left) + estimate(half)
+    need = elapsed + estimate(left) + estimate(third) * (folds - 1)
     one = estimate([NONE])
     advice = f"give --budget {math.ceil(need / 60 + 0.5)} or fewer candidates"
     if len(timed) == 1 and elapsed + estimate(left[:1]) > budget:
         raise TuneError(f"a budget of {budget_minutes:g} min is too small to score even one candidate: one proxy "
                         f"training takes about {one:.0f} s here", hint=advice)
     if len(timed) == 2 and need > budget:
-        log.warning("a budget of %g min cannot score each of the %d candidates once and the better half twice here "
-                    "(about %.1f min; one proxy training about %.0f s): %s", budget_minutes, len(survivors) - 1,
+        log.warning("a budget of %g min cannot score each of the %d candidates once and the best third on %d splits "
+                    "here "
+                    "(about %.1f min; one proxy training about %.0f s): %s", budget_minutes, len(survivors) - 1, folds,
                     need / 60, one, advice)
 
 

@@ -151,20 +151,21 @@ def test_the_budget_stops_the_search_between_rungs(digits_src, monkeypatch):
     clock = [0.0]
     scores = {n: [0.5 + 0.01 * i] * 8 for i, n in enumerate([T.NONE, "a", "b", "c", "d"])}
     fake_trials(monkeypatch, scores, seconds=30.0, clock=clock)
-    s = T.tune(digits_src, candidates=candidates(*((n, LIGHT) for n in "abcd")), budget_minutes=5,
+    s = T.tune(digits_src, candidates=candidates(*((n, LIGHT) for n in "abcd")), budget_minutes=6,
                clock=lambda: clock[0])
-    # rung 1: 5 trainings (150 s); rung 2: none + 2 on a second split (90 s); rung 3 (4 more, 120 s) would end
-    # past 300 s, so it never starts
-    assert clock[0] == 240.0 and s["seconds"] == 240.0 and s["stopped_by_budget"]
-    assert [r["splits"] for r in s["rungs"]] == [1, 2]
-    assert s["pick"] == "d"  # it gains 4 pts on both splits
+    # rung 1: 5 trainings on one split (150 s); rung 2: none and the best third (c, d) on two more splits, a full
+    # round of 3 folds (180 s); rung 3 (none and d on 3 more splits, 180 s) would end past 360 s: never starts
+    assert clock[0] == 330.0 and s["seconds"] == 330.0 and s["stopped_by_budget"]
+    assert [r["splits"] for r in s["rungs"]] == [1, 3]
+    assert [r["splits"] for r in s["candidates"]] == [3, 1, 1, 3, 3]
+    assert s["pick"] == "d" and "3 paired splits" in s["reason"]  # it gains 4 pts on every split
 
 
 def test_a_budget_too_small_for_one_candidate_is_refused_early(digits_src, monkeypatch):
     clock = [0.0]
     fake_trials(monkeypatch, {n: [0.5] * 8 for n in (T.NONE, "a", "b")}, seconds=40.0, clock=clock)
     with pytest.raises(T.TuneError, match=r"a budget of 1 min is too small to score even one candidate: one proxy "
-                                          r"training takes about 40 s here; give --budget 4 or fewer candidates"):
+                                          r"training takes about 40 s here; give --budget 6 or fewer candidates"):
         T.tune(digits_src, candidates=candidates(("a", LIGHT), ("b", LIGHT)), budget_minutes=1,
                clock=lambda: clock[0])
     assert clock[0] == 40.0  # refused after the baseline's training
@@ -178,8 +179,8 @@ def test_a_short_budget_scores_what_fits_and_says_so(digits_src, monkeypatch, ca
                clock=lambda: clock[0])
     assert clock[0] == 120.0 and s["seconds"] <= 120 and s["stopped_by_budget"]
     assert [r["splits"] for r in s["candidates"]] == [1, 1, 1, 0]
-    assert "cannot score each of the 3 candidates once and the better half twice" in caplog.text
-    assert s["pick"] == T.NONE and "single split" in s["reason"]  # b leads, on one split only
+    assert "cannot score each of the 3 candidates once and the best third on 3 splits" in caplog.text
+    assert s["pick"] == T.NONE and "on 1 split only" in s["reason"]  # b leads, on one split only
 
 
 def test_real_run_is_deterministic_and_within_budget(digits_src):
@@ -254,17 +255,17 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
 
     def trial(candidate, split_dir, work, split, seed, proxy):
         calls.append((candidate.name, split))
-        if len(calls) == 7:  # rung 3 (splits 2 and 3): the second training on split 2
+        if len(calls) == 9:  # rung 3 (split 3): the second training
             raise KeyboardInterrupt
         return {"score": scores[candidate.name][split], "accuracy": 0.0, "loss": 1.0, "images": 10}
 
     monkeypatch.setattr(T, "_trial", trial)
     out = tmp_path / "best.yaml"
     s = T.tune(digits_src, candidates=candidates(("good", LIGHT), ("meh", MIXING)), max_splits=4)
-    assert s["interrupted"] and calls[-1] == ("good", 2)
+    assert s["interrupted"] and calls[-1] == ("good", 3)
     rows = {r["name"]: r for r in s["candidates"]}
-    assert rows["good"]["splits"] == 2 and rows["none"]["splits"] == 3  # none scored on split 2, good not yet
-    assert s["pick"] == "good" and "2 paired splits" in s["reason"]
+    assert rows["good"]["splits"] == 3 and rows["none"]["splits"] == 4  # none scored on split 3, good not yet
+    assert s["pick"] == "good" and "3 paired splits" in s["reason"]
     calls.clear()
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(LIGHT))
     (tmp_path / "meh.yaml").write_text(yaml.safe_dump(MIXING))
