@@ -315,3 +315,27 @@ def test_train_flip_follows_the_card(tmp_path: Path):
     (tmp_path / "dataset.json").write_text("[1, 2]")
     assert orientation_kept(tmp_path) is False
     assert orientation_kept(tmp_path / "nowhere") is False
+
+
+def test_train_leaves_out_its_flip_after_an_expansion_that_kept_orientation(digits_src: Path, tmp_path: Path):
+    import yaml
+
+    pytest.importorskip("torch")
+    from augexpand.train.cli import train_command
+
+    expand(digits_src, tmp_path / "dst", "light", workers=1)
+    runner = CliRunner()
+    for extra, flip in (([], False), (["--flip"], True)):
+        run = tmp_path / f"run{len(extra)}"
+        result = runner.invoke(train_command, [str(tmp_path / "dst"), "--out", str(run), "--steps", "2", "-q",
+                                               "--workers", "0", "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+        assert yaml.safe_load((run / "config.yaml").read_text())["flip"] is flip
+
+
+def test_preview_decides_as_expand_does(digits_src: Path, tmp_path: Path):
+    from augexpand.preview import preview
+
+    summary = preview(digits_src, tmp_path / "sheet.png", "heavy", samples=2)
+    assert summary["orientation"] == plan_expansion(digits_src, "heavy", workers=1).orientation
+    assert summary["orientation"]["keep"] is True
