@@ -102,12 +102,43 @@ def import_albumentations():
     blocked = [name for name in optional if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError: albumentations skips it
+    _lazy_module("scipy.special")
     try:
         import albumentations
     finally:
         for name in blocked:
             sys.modules.pop(name, None)
     return albumentations
+
+
+def _lazy_module(name: str) -> None:
+    """Put a stand-in for module ``name`` in ``sys.modules`` that imports the real module on first use of one of
+    its attributes. albumentations imports ``scipy.special`` at start-up for one transform (RingingOvershoot's
+    Bessel function), and loading it, SciPy's array-API layer pulls in numpy.testing and numpy.f2py: about 0.4 s of
+    every process's start-up, now paid only where something uses it. (``importlib.util.LazyLoader`` would not do:
+    Python 3.11's import system reads the module's ``__spec__`` and that loads it.)"""
+    import importlib.util
+    import types
+
+    if name in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+
+    class _Deferred(types.ModuleType):
+        def __getattr__(self, attr: str):
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            return getattr(real, attr)
+
+    stand_in = _Deferred(name)
+    stand_in.__spec__ = spec
+    sys.modules[name] = stand_in
 
 
 Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
