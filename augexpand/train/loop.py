@@ -9,6 +9,7 @@ distribution; knowledge distillation adds ``T^2 * KL(teacher_T || student_T)``.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -747,6 +748,8 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
                 break
             frozen = epoch < config.freeze_epochs
             if ctx.enabled and frozen != net_frozen:  # DDP syncs the parameters that require grad when built
+                net = None
+                gc.collect()  # the previous wrapper, and its gradient hooks, go first
                 set_backbone_frozen(model, frozen)
                 net, net_frozen = DDP.wrap_model(model, ctx), frozen
             plan.set_epoch(epoch)
