@@ -763,21 +763,30 @@ def _too_slow(t, A) -> str | None:
 
     import numpy as np
 
+    import cv2
+
     probe = copy.deepcopy(t)
     probe.p = 1.0
     pipeline = A.Compose([probe], seed=0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    for _ in range(2):
-        started = time.perf_counter()
-        try:
-            pipeline(image=image)
-        except MemoryError:
-            return "asks for more memory than there is, even on a 32x32 image"
-        except Exception:  # noqa: BLE001, S110 -- image-dependent (decided when it runs), unless it was slow to fail
-            pass
-        elapsed = time.perf_counter() - started
-        if elapsed < PROBE_SECONDS:
-            return None
+    # On one thread: a process whose OpenCV has started its thread pool must not fork (a forked worker would
+    # deadlock in cv2.setNumThreads), and load_recipe runs before the workers are forked.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        for _ in range(2):
+            started = time.perf_counter()
+            try:
+                pipeline(image=image)
+            except MemoryError:
+                return "asks for more memory than there is, even on a 32x32 image"
+            except Exception:  # noqa: BLE001, S110 -- image-dependent (decided when it runs), unless slow to fail
+                pass
+            elapsed = time.perf_counter() - started
+            if elapsed < PROBE_SECONDS:
+                return None
+    finally:
+        cv2.setNumThreads(threads)
     return (f"takes {elapsed:.1f} s on a 32x32 image (some {elapsed * 50:.0f} s on a 224x224 one): its parameters "
             f"are too large")
 
