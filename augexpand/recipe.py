@@ -761,9 +761,8 @@ def _too_slow(t, A) -> str | None:
     depends on the image (a crop larger than 32x32) is no verdict: the image decides when it runs."""
     import time
 
-    import numpy as np
-
     import cv2
+    import numpy as np
 
     probe = copy.deepcopy(t)
     probe.p = 1.0
