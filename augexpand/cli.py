@@ -413,8 +413,9 @@ def inspect_command(folder, plot, as_json):
               help="Each split holds out one of this many stratified folds of the source images.")
 @click.option("--steps", type=click.IntRange(10, 10000), default=100, show_default=True,
               help="Optimizer steps of every proxy training (the same for every candidate).")
-@click.option("--flip/--no-flip", default=True, show_default=True,
-              help="On-the-fly horizontal flip in the proxy trainings (as `augexpand train --no-flip`).")
+@click.option("--flip/--no-flip", default=None,
+              help="On-the-fly horizontal flip in the proxy trainings, as `augexpand train --flip/--no-flip` "
+                   "[default: as train decides: off when an expansion kept orientation].")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="PNG", help="Draw the scores as a bar chart.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 @_json_option
@@ -474,8 +475,9 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
 
 def _print_tune_summary(s: dict, table: str) -> None:
     p = s["proxy"]
-    scored = [r for r in s["candidates"] if r["splits"]]
-    click.echo(f"Scored {len(scored)} of {len(s['candidates'])} candidates on {s['src']} in {s['seconds']:.0f} s "
+    rivals = [r for r in s["candidates"] if r["name"] != "none"]
+    scored = [r for r in rivals if r["splits"]]
+    click.echo(f"Scored {len(scored)} of {len(rivals)} candidates and no expansion on {s['src']} in {s['seconds']:.0f} s "
                f"(budget {s['budget_minutes']:g} min): balanced accuracy on held-out images, {p['model']} at "
                f"{p['size']}x{p['size']}, {p['steps']} steps of {p['batch_size']}, {p['folds']}-fold splits, "
                f"seed {s['seed']}")

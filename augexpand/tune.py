@@ -265,7 +265,7 @@ class _Proxy:
     size: int
     steps: int
     batch_size: int
-    flip: bool
+    flip: bool | None  # None: as train decides (off when the expansion's card says orientation was kept)
     width: int = PROXY_WIDTH
 
 
@@ -387,7 +387,7 @@ def _decide(records: dict[str, _Score], min_splits: int = 2) -> tuple[str, str]:
     if mean <= se:
         return NONE, (f"{name} gained {pts} pts, within its standard error ({100 * se:.1f} pts over "
                       f"{len(gains)} splits): not a reliable gain")
-    return name, f"{name} gained {pts} ± {100 * se:.1f} pts (standard error) over {len(gains)} paired splits"
+    return name, f"gained {pts} ± {100 * se:.1f} pts (standard error) over no expansion on {len(gains)} paired splits"
 
 
 def tune(
@@ -400,7 +400,7 @@ def tune(
     folds: int = DEFAULT_FOLDS,
     max_splits: int = MAX_SPLITS,
     steps: int = DEFAULT_STEPS,
-    flip: bool = True,
+    flip: bool | None = None,
     progress: bool = False,
     workdir: str | Path | None = None,
     clock: Callable[[], float] = time.perf_counter,
@@ -671,6 +671,10 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def winner_yaml(summary: dict[str, Any]) -> str:
     """The picked recipe as YAML, with a header comment of the scores."""
     import yaml
@@ -681,10 +685,10 @@ def winner_yaml(summary: dict[str, Any]) -> str:
     lines = [f"# augexpand tune on {summary['src']} (seed {summary['seed']}): balanced accuracy on held-out images,",
              (f"# proxy trainings of {proxy['model']} at {proxy['size']}x{proxy['size']}, {proxy['steps']} steps "
               f"of {proxy['batch_size']}, {proxy['folds']}-fold splits"),
-             f"# no expansion: {base.get('mean', 0):.3f} ± {base.get('std', 0):.3f} over {base['splits']} splits"]
+             f"# no expansion: {base.get('mean', 0):.3f} ± {base.get('std', 0):.3f} over {_plural(base['splits'], 'split')}"]
     if summary["helps"]:
         w = rows[summary["pick"]]
-        lines.append(f"# {w['name']}: {w['mean']:.3f} ± {w['std']:.3f} over {w['splits']} splits, gain "
+        lines.append(f"# {w['name']}: {w['mean']:.3f} ± {w['std']:.3f} over {_plural(w['splits'], 'split')}, gain "
                      f"{100 * w['gain']:+.1f} ± {100 * w['gain_std']:.1f} pts (paired), from {w['origin']}")
     else:
         lines.append(f"# nothing helped: {summary['reason']}; this is the no-harm choice (no expansion)")
@@ -702,19 +706,21 @@ def plot_scores(summary: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in summary["candidates"] if r.get("mean") is not None]
-    rows.sort(key=lambda r: r["mean"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.4))
+    rows.sort(key=lambda r: (r["splits"], r["mean"]))  # as the table, bottom up: the most splits on top
+    most = max(r["splits"] for r in rows)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
     colours = ["tab:green" if r["name"] == summary["pick"] else ("tab:grey" if r["name"] == NONE else "tab:blue")
                for r in rows]
-    ax.barh([f"{r['name']} ({r['splits']})" for r in rows], [r["mean"] for r in rows],
-            xerr=[r["std"] for r in rows], color=colours, alpha=0.85, capsize=3)
+    for i, (r, colour) in enumerate(zip(rows, colours)):  # fainter: dropped after fewer splits
+        ax.barh(i, r["mean"], xerr=r["std"], color=colour, alpha=0.9 if r["splits"] == most else 0.4, capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['splits']})" for r in rows])
     base = next((r["mean"] for r in rows if r["name"] == NONE), None)
     if base is not None:
         ax.axvline(base, color="black", linestyle=":", label="no expansion")
         ax.legend(loc="lower right", fontsize=8)
     low = min(r["mean"] - r["std"] for r in rows)
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
-    ax.set_xlabel("balanced accuracy on held-out images (mean ± std over splits; splits in brackets)")
+    ax.set_xlabel("balanced accuracy on held-out images: mean ± std over (splits)")
     ax.set_title(f"augexpand tune: pick {summary['pick']}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

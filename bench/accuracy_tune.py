@@ -19,6 +19,7 @@ optimizer steps, the same seed) on the raw training images, on ``augexpand expan
     python bench/accuracy_tune.py                        # 3 datasets x 5 seeds, tune budget 1 min (~20 min)
     python bench/accuracy_tune.py --datasets digits5 --seeds 2 --budget 0.5
     python bench/accuracy_tune.py --report results.json  # the tables of an earlier --json run
+    python bench/accuracy_tune.py --write digits5 digits/ --seeds 1   # one seed's folders, to try tune on
 
 Prints (and with --markdown writes) a table per dataset: balanced accuracy on the test set (mean ± std over seeds),
 the paired gain over raw training (mean ± std, wins), what tune picked per seed, and tune's wall time against its
@@ -188,7 +189,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write every result to this JSON file.")
     parser.add_argument("--markdown", type=Path, default=None, help="Write the tables to this Markdown file.")
     parser.add_argument("--report", type=Path, default=None, help="Only print the tables of an earlier --json.")
+    parser.add_argument("--write", nargs=2, metavar=("DATASET", "DIR"), default=None,
+                        help="Only write one seed's DATASET to DIR/train and DIR/test (for trying augexpand tune).")
     args = parser.parse_args()
+    if args.write:
+        name, folder = args.write
+        if name not in DATASETS:
+            parser.error(f"--write: unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+        train_dir, test_dir = make_dataset(name, Path(folder), args.seeds - 1 if args.seeds > 0 else 0)
+        print(f"wrote {sum(1 for p in train_dir.rglob('*.png'))} training images to {train_dir} and "
+              f"{sum(1 for p in test_dir.rglob('*.png'))} test images to {test_dir}")
+        return
     if args.report:
         print(report(json.loads(args.report.read_text())["results"]))
         return

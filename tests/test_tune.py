@@ -260,6 +260,8 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
         return {"score": scores[candidate.name][split], "accuracy": 0.0, "loss": 1.0, "images": 10}
 
     monkeypatch.setattr(T, "_trial", trial)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(T.tempfile, "tempdir", str(tmp_path / "tmp"))  # where tune makes its temporary folder
     out = tmp_path / "best.yaml"
     s = T.tune(digits_src, candidates=candidates(("good", LIGHT), ("meh", MIXING)), max_splits=4)
     assert s["interrupted"] and calls[-1] == ("good", 3)
@@ -273,4 +275,4 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
                     "--only")
     assert result.exit_code == 130 and "interrupted: the pick is the best so far" in result.output
     assert yaml.safe_load(out.read_text()) == LIGHT and "# (interrupted: the best so far)" in out.read_text()
-    assert not list(Path(T.tempfile.gettempdir()).glob("augexpand-tune-*"))  # its temporary folder is gone
+    assert not list((tmp_path / "tmp").iterdir())  # its temporary folder is gone
