@@ -44,6 +44,9 @@ class RayWorker:
         key, rows = task
         return self.maker.run_task(rows, key)
 
+    def ready(self) -> bool:
+        return True
+
 
 def _import_ray():
     try:
@@ -91,6 +94,7 @@ class RayExecutor:
         self.actor = ray.remote(num_cpus=1, max_restarts=0)(self.worker_class)
         self.ctx_ref = ray.put(ctx)
         self.actors = [self.actor.remote(self.ctx_ref) for _ in range(workers)]
+        ray.get([a.ready.remote() for a in self.actors])  # started (their pipeline built) before the clock runs
 
     def _init(self, workers: int | None) -> None:
         ray = self.ray
