@@ -29,6 +29,8 @@ from augexpand.rows import RowContext, RowMaker
 
 __all__ = ["ATTEMPTS", "CONNECT_TIMEOUT_S", "RayExecutor", "RayWorker"]
 
+log = logging.getLogger("augexpand")
+
 ATTEMPTS = 3  # runs of one task before its rows are reported as failed (a lost worker, a lost node)
 IN_FLIGHT = 2  # tasks queued per actor: the next one is there when the current one ends
 CONNECT_TIMEOUT_S = 10.0  # to reach RAY_ADDRESS before giving up (ray.init itself would retry for minutes)
@@ -91,6 +93,7 @@ class RayExecutor:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.workers = workers
+        self._quiet_notices()
         self.actor = ray.remote(num_cpus=1, max_restarts=0)(self.worker_class)
         self.ctx_ref = ray.put(ctx)
         self.actors = [self.actor.remote(self.ctx_ref) for _ in range(workers)]
@@ -123,6 +126,26 @@ class RayExecutor:
                 else:
                     del os.environ["PYTHONPATH"]
         self.started = True
+
+    def _quiet_notices(self) -> None:
+        """Ray prints its notices (a worker died, ...) on stdout, where ``--json`` writes: while this executor runs,
+        they go to the log (stderr) as one line each. (A private hook of Ray's; left alone if it is not there.)"""
+        self._printer = None
+        try:
+            from ray._private import worker as ray_worker
+        except ImportError:
+            return
+        if not hasattr(ray_worker, "print_to_stdstream"):
+            return
+
+        def to_log(data: dict, ignore_prefix: bool = False) -> None:
+            for line in data.get("lines", []):
+                first = str(line).strip().split(". ")[0]
+                if first:
+                    log.warning("Ray: %s", first.rstrip("."))
+
+        self._printer = (ray_worker, ray_worker.print_to_stdstream)
+        ray_worker.print_to_stdstream = to_log
 
     def run(self, tasks: list) -> Iterator[list[dict[str, Any]]]:
         ray = self.ray
@@ -168,6 +191,10 @@ class RayExecutor:
             except Exception:  # noqa: BLE001, S110 -- an actor already gone is what we want
                 pass
         self.actors = []
+        if getattr(self, "_printer", None) is not None:
+            module, printer = self._printer
+            module.print_to_stdstream = printer
+            self._printer = None
         if self.started:
             ray.shutdown()
             self.started = False
