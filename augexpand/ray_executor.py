@@ -15,9 +15,11 @@ never silently lost. A row's bytes depend only on (seed, row), so a re-run write
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,21 @@ def _check_reachable(address: str) -> None:
                              hint="start it (ray start --head) or unset RAY_ADDRESS for a local Ray") from None
 
 
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """While Ray starts or joins a cluster, its C++ core writes retries and notices straight to file descriptor 2
+    (one a second while a cluster does not answer): keep them off the terminal; our error says what failed."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class RayExecutor:
     """Runs tasks on a pool of ``RayWorker`` actors, one CPU each.
 
@@ -107,7 +124,8 @@ class RayExecutor:
         if address:
             _check_reachable(address)
             try:
-                ray.init(address=address, **quiet)
+                with _native_stderr_muted():
+                    ray.init(address=address, **quiet)
             except Exception as exc:  # noqa: BLE001 -- any failure to join is one line for the user
                 raise AugexpandError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -119,7 +137,8 @@ class RayExecutor:
             path = os.environ.get("PYTHONPATH", "")
             os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *([path] if path else [])])
             try:
-                ray.init(num_cpus=workers or default_workers(), include_dashboard=False, **quiet)
+                with _native_stderr_muted():
+                    ray.init(num_cpus=workers or default_workers(), include_dashboard=False, **quiet)
             finally:
                 if path:
                     os.environ["PYTHONPATH"] = path
