@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +19,8 @@ from augexpand.errors import AugexpandError
 from augexpand.plan import Row
 from augexpand.rows import RowContext, RowMaker
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "make_executor", "probe_map"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "fork_safe_opencv", "make_executor",
+           "probe_map"]
 
 EXECUTORS = ("local", "ray")
 
@@ -70,6 +72,24 @@ def _init_pool_worker(ctx: RowContext) -> None:
     _init_worker(ctx)
 
 
+@contextmanager
+def fork_safe_opencv() -> Iterator[None]:
+    """Fork with OpenCV's thread pool stopped. A parent that ran a parallel OpenCV call (a resize of a planning
+    thumbnail) has pool threads that a forked child does not inherit, only their locks: the child's first
+    ``cv2.setNumThreads`` or parallel call then waits for ever (5 hangs in 12 tries of a 2-worker pool here).
+    One thread while the children are forked, the parent's setting back afterwards."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def _run_task(task: Task) -> list[dict[str, Any]]:
     assert _MAKER is not None
     key, rows = task
@@ -91,7 +111,8 @@ class LocalExecutor:
             import multiprocessing as mp
 
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(ctx,))
+            with fork_safe_opencv():
+                self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(ctx,))
         else:
             _init_worker(ctx)
 
@@ -121,7 +142,9 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
             return list(map(fn, paths))
         import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent) as pool:
+        with fork_safe_opencv():
+            pool = mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent)
+        with pool:
             return pool.map(fn, paths, chunksize=64)
 
     return run

@@ -213,3 +213,48 @@ def test_cli_says_how_many_sources_were_decoded_smaller(camera_src: Path, tmp_pa
                                       "--workers", "1", "--dry-run", "--size", "1500"])
     assert result.exit_code == 0, result.output
     assert "reduced scale" not in result.output  # 1500x1500 from 2000x1500: every pixel is needed
+
+
+_FORK_AFTER_OPENCV = """
+import multiprocessing as mp
+import sys
+import numpy as np, cv2
+from augexpand.executors import fork_safe_opencv
+
+
+def init():  # what each worker does as it starts (RowMaker)
+    cv2.setNumThreads(1)
+
+
+def work(i):
+    return int(cv2.resize(np.full((2000, 2000, 3), i, np.uint8), (16, 16), interpolation=cv2.INTER_AREA).sum())
+
+
+big = np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)
+for _ in range(4):
+    for _ in range(20):  # what a planning pass does in the parent: OpenCV's thread pool runs
+        cv2.resize(big, (16, 16), interpolation=cv2.INTER_AREA)
+        cv2.cvtColor(big, cv2.COLOR_RGB2GRAY)
+    print("fork", cv2.getNumThreads(), flush=True)
+    if sys.argv[1] == "safe":
+        with fork_safe_opencv():
+            pool = mp.get_context("fork").Pool(2, initializer=init)
+    else:
+        pool = mp.get_context("fork").Pool(2, initializer=init)
+    assert pool.map(work, range(4)) == [0, 768, 1536, 2304]
+    pool.close()
+    pool.join()
+print("ok")
+"""
+
+
+def test_worker_pool_forked_after_opencv_threads_starts():
+    """A parent that ran parallel OpenCV calls (orientation thumbnails, SMOTE descriptors), then forked a pool,
+    hung: the workers' cv2.setNumThreads(1) waited for the parent's OpenCV threads, which a fork does not copy
+    (this script hung in 3 of 4 runs without fork_safe_opencv, which LocalExecutor and probe_map fork under)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FORK_AFTER_OPENCV, "safe"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
