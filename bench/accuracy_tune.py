@@ -6,9 +6,9 @@ Three real datasets that ship with scikit-learn and scikit-image (nothing is dow
   per class; the test set is every other digit (about 1750).
 - ``digits_lt``: the same digits, long-tailed: 20, 14, 10, 7, 5, 4, 3, 3, 2, 2 training images for classes 0-9;
   the test set is every other digit (balanced), scored by balanced accuracy.
-- ``textures``: six grey photos of scikit-image (brick, grass, gravel, moon, cell, coins) cut into 24x24 patches
-  (64x64 regions, reduced): 8 training patches per class from the top half of each photo, 40 test patches per
-  class from the bottom half, so no test pixel was ever seen in training. Not digits, and flips keep labels.
+- ``textures``: eight grey photos of scikit-image (brick, grass, gravel, moon, cell, coins, camera, clock) cut
+  into 16x16 patches (40x40 regions, reduced): 5 training patches per class from the top half of each photo, 40
+  test patches per class from the bottom half, so no test pixel was seen in training. Not digits; flips keep labels.
 
 For each dataset and seed: draw the training set; run ``augexpand tune`` on it (its default candidates, the given
 budget, the seed); then train the same model (``smallcnn``, the train command's defaults, the same number of
@@ -16,7 +16,7 @@ optimizer steps, the same seed) on the raw training images, on ``augexpand expan
 ``light`` and ``heavy``, and with tune's pick; score each on the test set. Digits train and tune with ``--no-flip``
 (the documented advice for digits: a mirrored 2 is not a 2); textures with the default flips.
 
-    python bench/accuracy_tune.py                        # 3 datasets x 5 seeds, tune budget 1 min (~20 min)
+    python bench/accuracy_tune.py                        # 3 datasets x 5 seeds, tune budget 2.5 min (~20 min)
     python bench/accuracy_tune.py --datasets digits5 --seeds 2 --budget 0.5
     python bench/accuracy_tune.py --report results.json  # the tables of an earlier --json run
     python bench/accuracy_tune.py --write digits5 digits/ --seeds 1   # one seed's folders, to try tune on
@@ -76,8 +76,8 @@ def make_digits(work: Path, seed: int, per_class: list[int], size: int) -> tuple
 
 
 def make_textures(work: Path, seed: int, shots: int, size: int, test_per_class: int = 40) -> tuple[Path, Path]:
-    """24x24 grey patches (64x64 regions reduced) of six scikit-image photos: training patches from the top half
-    of each photo, test patches from the bottom half."""
+    """Grey patches (40x40 regions reduced to size x size) of eight scikit-image photos: training patches from
+    the top half of each photo, test patches from the bottom half."""
     from skimage import data
 
     rng = np.random.default_rng([seed, 2])
@@ -183,8 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=1.0, help="tune's budget in minutes.")
-    parser.add_argument("--steps", type=int, default=300, help="Optimizer steps of every full training.")
+    parser.add_argument("--budget", type=float, default=2.5, help="tune's budget in minutes.")
+    parser.add_argument("--steps", type=int, default=120, help="Optimizer steps of every full training.")
     parser.add_argument("--work", type=Path, default=None, help="Keep the folders here (default: a temp folder).")
     parser.add_argument("--json", type=Path, default=None, help="Write every result to this JSON file.")
     parser.add_argument("--markdown", type=Path, default=None, help="Write the tables to this Markdown file.")
