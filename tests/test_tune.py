@@ -276,3 +276,29 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
     assert result.exit_code == 130 and "interrupted: the pick is the best so far" in result.output
     assert yaml.safe_load(out.read_text()) == LIGHT and "# (interrupted: the best so far)" in out.read_text()
     assert not list((tmp_path / "tmp").iterdir())  # its temporary folder is gone
+
+
+def test_large_photos_are_reduced_for_the_proxy_and_held_out_ones_kept(tmp_path, photos, monkeypatch):
+    """Real photos over 128 px: the training part of a split is reduced (short side 128, PNG), so that a proxy
+    expansion costs what small images cost; the held-out part stays the original files."""
+    from tests.conftest import crops, save_rgb
+
+    src = tmp_path / "photos"
+    for seed, name in enumerate(("chelsea", "coffee", "rocket")):
+        for k, image in enumerate(crops(photos[name], 4, seed=seed, size=(200, 150))):
+            save_rgb(src / name / f"{name}_{k}.jpg", image, quality=90)
+    seen = []
+
+    def trial(candidate, split_dir, work, split, seed, proxy):
+        for p in (split_dir / "train").rglob("*.*"):
+            image = cv2.imread(str(p))
+            seen.append(("train", p.name, min(image.shape[:2])))
+        for p in (split_dir / "heldout").rglob("*.*"):
+            seen.append(("heldout", p.name, sha(p) == sha(src / p.parent.name / p.name)))
+        return {"score": 0.5, "accuracy": 0.5, "loss": 1.0, "images": 8}
+
+    monkeypatch.setattr(T, "_trial", trial)
+    s = T.tune(src, candidates=candidates(("light", LIGHT)), max_splits=1)
+    assert s["proxy"]["size"] == 32
+    assert {(part, extra) for part, _, extra in seen} == {("train", 128), ("heldout", True)}
+    assert all(name.endswith(".jpg.png") for part, name, _ in seen if part == "train")
