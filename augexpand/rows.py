@@ -152,8 +152,13 @@ class RowMaker:
             used = {s for row in rows if row.split != "val" for s in row.sources}
             need = sum(3 * self.ctx.sizes[s][0] * self.ctx.sizes[s][1] for s in used)
             self.cache_budget = max(self.cache_budget, min(CACHE_CAP, need))
+        # Without partners (every row has one source), an image is not needed after its own rows: let it go at
+        # once, so that the next decode reuses its memory (32 images kept alive cost 0.3 ms more per decode).
+        last_use = {row.sources[0]: k for k, row in enumerate(rows)} if all(len(r.sources) == 1 for r in rows) else {}
         out = []
-        for row in rows:
+        for k, row in enumerate(rows):
+            if k and last_use.get(rows[k - 1].sources[0]) == k - 1:
+                self._forget(rows[k - 1].sources[0])
             try:
                 out.append(self.run_row(row))
             except OutputWriteError as exc:  # the destination's fault (disk full, a link): the run stops
@@ -167,6 +172,11 @@ class RowMaker:
                 out.append({"row": row.index, "error": message, "source": self.ctx.rels[row.sources[0]],
                             "unreadable": False})
         return out
+
+    def _forget(self, i: int) -> None:
+        image = self.cache.pop(i, None)
+        if image is not None:
+            self.cached_bytes -= image.nbytes
 
     def _unreadable(self, i: int) -> bool:
         try:
