@@ -125,13 +125,17 @@ def run_seed(name: str, seed: int, args, work: Path) -> dict:
     cfg = DATASETS[name]
     root = work / f"{name}_seed{seed}"
     train_dir, test_dir = make_dataset(name, root, seed)
-    started = time.perf_counter()
-    summary = tune(train_dir, budget_minutes=args.budget, seed=seed, flip=cfg["flip"])
-    tune_seconds = time.perf_counter() - started
-    arms = {"raw": None, "light": "light", "heavy": "heavy", "tune": summary["recipe"] if summary["helps"] else None}
-    out = {"pick": summary["pick"], "reason": summary["reason"], "tune_seconds": round(tune_seconds, 1),
-           "budget_seconds": args.budget * 60, "stopped_by_budget": summary["stopped_by_budget"],
-           "tune_table": summary["candidates"], "arms": {}}
+    arms: dict[str, object] = {arm: (None if arm == "raw" else arm) for arm in args.arms if arm != "tune"}
+    arms.update(args.extra)
+    out: dict = {"arms": {}}
+    if "tune" in args.arms:
+        started = time.perf_counter()
+        summary = tune(train_dir, budget_minutes=args.budget, seed=seed, flip=cfg["flip"])
+        tune_seconds = time.perf_counter() - started
+        arms["tune"] = summary["recipe"] if summary["helps"] else None
+        out.update({"pick": summary["pick"], "reason": summary["reason"], "tune_seconds": round(tune_seconds, 1),
+                    "budget_seconds": args.budget * 60, "stopped_by_budget": summary["stopped_by_budget"],
+                    "tune_table": summary["candidates"]})
     for arm, recipe in arms.items():
         if arm == "tune" and recipe is None:  # tune recommended no expansion: that is raw training
             out["arms"][arm] = dict(out["arms"]["raw"])
@@ -158,7 +162,7 @@ def report(results: dict) -> str:
         lines += [f"**{name}** ({len(seeds)} seeds)", "",
                   "| training set | images | balanced accuracy (mean ± std) | gain over raw, paired (mean ± std) | wins |",
                   "|---|---:|---:|---:|---:|"]
-        for arm in ("raw", "light", "heavy", "tune"):
+        for arm in ["raw"] + [a for a in seeds[0]["arms"] if a != "raw"]:
             accs = [s["arms"][arm]["balanced_acc"] for s in seeds]
             images = statistics.mean(s["arms"][arm]["images"] for s in seeds)
             m, sd = _ms(accs)
@@ -170,6 +174,9 @@ def report(results: dict) -> str:
             label = "tune's pick" if arm == "tune" else arm
             lines.append(f"| {label} | {images:.0f} | {m:.4f} ± {sd:.4f} | {g:+.1f} ± {gsd:.1f} pts | "
                          f"{sum(x > 0 for x in gains)}/{len(gains)} |")
+        if "pick" not in seeds[0]:
+            lines.append("")
+            continue
         picks = Counter(s["pick"] for s in seeds)
         times = [s["tune_seconds"] for s in seeds]
         lines += ["", "tune picked: " + ", ".join(f"{p} ({n})" for p, n in picks.most_common())
@@ -185,6 +192,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.5, help="tune's budget in minutes.")
     parser.add_argument("--steps", type=int, default=120, help="Optimizer steps of every full training.")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="First seed (default 0): e.g. 100 to select recipes on seeds other than the report's.")
+    parser.add_argument("--arms", nargs="+", default=["raw", "light", "heavy", "tune"],
+                        choices=["raw", "light", "heavy", "tune"],
+                        help="Which arms to train (default all; leave out tune to skip its search). raw is always "
+                             "trained: gains are paired against it.")
+    parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=RECIPE",
+                        help="More arms: a recipe file or builtin name to expand with, e.g. light2=my_light.yaml.")
     parser.add_argument("--work", type=Path, default=None, help="Keep the folders here (default: a temp folder).")
     parser.add_argument("--json", type=Path, default=None, help="Write every result to this JSON file.")
     parser.add_argument("--markdown", type=Path, default=None, help="Write the tables to this Markdown file.")
@@ -200,6 +215,15 @@ def main() -> None:
         print(f"wrote {sum(1 for p in train_dir.rglob('*.png'))} training images to {train_dir} and "
               f"{sum(1 for p in test_dir.rglob('*.png'))} test images to {test_dir}")
         return
+    extra = {}
+    for item in args.extra:
+        name, sep, recipe = item.partition("=")
+        if not sep or not name or not recipe or name in ("raw", "light", "heavy", "tune") or name in extra:
+            parser.error(f"--extra: expected a new NAME=RECIPE, got {item!r}")
+        extra[name] = recipe
+    args.extra = extra
+    if "raw" not in args.arms:
+        args.arms = ["raw"] + args.arms
     if args.report:
         print(report(json.loads(args.report.read_text())["results"]))
         return
@@ -212,17 +236,19 @@ def main() -> None:
     work = Path(tmp.name) if tmp else args.work
     results: dict[str, list] = {name: [] for name in args.datasets}
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.seed_offset, args.seed_offset + args.seeds):
         for name in args.datasets:
             r = run_seed(name, seed, args, work)
             results[name].append(r)
             accs = "  ".join(f"{arm} {v['balanced_acc']:.3f}" for arm, v in r["arms"].items())
-            print(f"{name} seed {seed}: {accs}  | pick {r['pick']} (tune {r['tune_seconds']:.0f} s)", flush=True)
+            picked = f"  | pick {r['pick']} (tune {r['tune_seconds']:.0f} s)" if "pick" in r else ""
+            print(f"{name} seed {seed}: {accs}{picked}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                  "results": results}, indent=2))
     text = report(results)
-    print(f"\nsmallcnn, {args.steps} optimizer steps of 32 for every arm; tune budget {args.budget:g} min; "
+    print(f"\nsmallcnn, {args.steps} optimizer steps of 32 for every arm; seeds {args.seed_offset}-"
+          f"{args.seed_offset + args.seeds - 1}; tune budget {args.budget:g} min; "
           f"{time.perf_counter() - started:.0f} s in all\n")
     print(text)
     if args.markdown:
