@@ -34,14 +34,14 @@ import secrets
 import shutil
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
 from augexpand import __version__
 from augexpand.errors import DestinationError, ImageReadError
 from augexpand.folder import ScanResult, is_temp_file, write_atomic
-from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card
+from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, read_card
 from augexpand.recipe import Recipe
 
 __all__ = [
@@ -274,24 +274,31 @@ def _valid_record(record: Any) -> bool:
             and _safe_name(record.get("file_name")) is not None)
 
 
-def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a JSON-lines file (not following a link) and how many lines could not be read."""
+def _iter_lines(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
+    """The JSON values of a JSON-lines file, one at a time (not following a link); ``bad[0]`` counts the lines that
+    could not be read (cut short by an interruption, or damaged)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return [], 0
+        return
     except OSError as exc:
         raise DestinationError(f"cannot read {path}: {exc.strerror or exc}") from None
-    good, bad = [], 0
     with open(fd, "rb") as f:
         for raw in f:
             if not raw.strip():
                 continue
             try:
-                good.append(json.loads(raw.decode("utf-8")))
-            except ValueError:  # a line cut short by an interruption, or a damaged one
-                bad += 1
-    return good, bad
+                yield json.loads(raw.decode("utf-8"))
+            except ValueError:
+                if bad is not None:
+                    bad[0] += 1
+
+
+def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of a JSON-lines file (not following a link) and how many lines could not be read."""
+    bad = [0]
+    good = list(_iter_lines(path, bad))
+    return good, bad[0]
 
 
 def read_journal(path: Path) -> tuple[dict[int, dict[str, Any]], int]:
@@ -637,38 +644,50 @@ class Destination:
         raise DestinationError(f"cannot resume into {self.dst}: it was made from a different source, recipe, seed "
                                f"or split", hint="use --overwrite to start it again")
 
-    def kept(self, run_id: str, n_rows: int) -> tuple[dict[int, dict[str, Any]], bool]:
+    def kept(self, run_id: str, n_rows: int) -> tuple[RecordStore, bool]:
         """The rows a run may keep (verified), after checking that ``dst`` holds a run of the same plan.
 
         A shard reads its own journal (and a whole run's); a run without ``--shard`` reads every journal. Returns
-        (records by row, whether ``dst`` held a run of ours to continue)."""
+        (records by row, whether ``dst`` held a run of ours to continue). The records stream from the files into
+        a compact store (each as its JSON text): a million sources' journals are never all dicts at once."""
+        done = RecordStore()
         previous = self._previous()
         if previous is None:
-            return {}, False
+            return done, False
         self._same_plan(previous, run_id)
-        records: list[dict[str, Any]] = []
-        bad = 0
+        sources = []
         if read_card(self.dst) is not None:  # a finished run: its manifest lists every row
-            records, bad = _metadata_records(self.dst)
+            sources += [(self.dst / split / METADATA_NAME, split) for split in SPLITS]
         journals = _journals(self.state)
         if self.shard is not None:  # other shards may be writing theirs right now: a shard reads its own
             journals = [j for j in journals if _JOURNAL.fullmatch(j.name)[1] in (None, "-{}-of-{}".format(*self.shard))]
-        for journal in journals:
-            more, n_bad = read_journal(journal)
-            records += more.values()
-            bad += n_bad
+        sources += [(journal, None) for journal in journals]
+        check = _Checker(self.dst)
+        rejected: set[int] = set()
+        unreadable = [0]
+        bad = 0
+        for path, split in sources:
+            for r in _iter_lines(path, unreadable):
+                if isinstance(r, dict) and split is not None:
+                    r = {**r, "split": split}
+                if not _valid_record(r):
+                    bad += 1
+                    continue
+                row = r["row"]
+                if not 0 <= row < n_rows or row in done:
+                    continue
+                if check(r):
+                    done[row] = r
+                    rejected.discard(row)
+                else:
+                    rejected.add(row)
+        bad += unreadable[0]
         if bad:
             log.warning("%d unreadable line(s) in the manifest or journal of %s were skipped: those images are made "
                         "again", bad, self.dst)
-        check = _Checker(self.dst)
-        done: dict[int, dict[str, Any]] = {}
-        for r in records:
-            if r["row"] not in done and 0 <= r["row"] < n_rows and check(r):
-                done[r["row"]] = r
-        rejected = len({r["row"] for r in records if 0 <= r["row"] < n_rows} - set(done))
         if rejected:
             log.warning("%d file(s) missing or not as the journal recorded them (truncated, replaced, or a link): "
-                        "made again", rejected)
+                        "made again", len(rejected))
         if self.shard is None:  # nobody else writes here now: any temporary file is a dead run's
             remove_temp_files(self.dst)
         return done, True
