@@ -20,6 +20,8 @@ optimizer steps, the same seed) on the raw training images, on ``augexpand expan
     python bench/accuracy_tune.py --datasets digits5 --seeds 2 --budget 0.5
     python bench/accuracy_tune.py --report results.json  # the tables of an earlier --json run
     python bench/accuracy_tune.py --write digits5 digits/ --seeds 1   # one seed's folders, to try tune on
+    python bench/accuracy_tune.py --arms raw light heavy --steps 500  # no tune: the builtin recipes only (~13 min)
+    python bench/accuracy_tune.py --arms raw --seed-offset 100 --seeds 3 --extra mine=my.yaml  # choose on other seeds
 
 Prints (and with --markdown writes) a table per dataset: balanced accuracy on the test set (mean ± std over seeds),
 the paired gain over raw training (mean ± std, wins), what tune picked per seed, and tune's wall time against its
