@@ -540,15 +540,7 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
     else:
         path = _resolve_path(spec)
         source = str(path) if path.parent != recipes_dir() else f"builtin recipe {path.stem!r} ({path})"
-        try:
-            if path.stat().st_size > MAX_RECIPE_BYTES:
-                raise RecipeError(f"recipe {path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
-                                  f"{MAX_RECIPE_BYTES >> 20} MB")
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise RecipeError(f"recipe {path} is not UTF-8 text (a binary file?); expected YAML") from None
-        except OSError as exc:
-            raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+        text = _read_text(path, "recipe", "YAML", "")
         data, lines = _read_yaml(text, str(path))
         source, base = str(path), path.parent
         if data is None:
@@ -586,22 +578,26 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
     return recipe
 
 
+def _read_text(path: Path, what: str, expected: str, where: str) -> str:
+    """A recipe or pipeline file's text: at most MAX_RECIPE_BYTES of UTF-8, or a one-line RecipeError."""
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{what} {path} is {path.stat().st_size / 1e6:.1f} MB; at most "
+                              f"{MAX_RECIPE_BYTES >> 20} MB{where}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{what} {path} is not UTF-8 text (a binary file?); expected {expected}{where}") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read {what} {path}: {exc.strerror or exc}{where}") from None
+
+
 def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
     path = Path(spec).expanduser()
     if not path.is_absolute():
         path = base / path
     if not path.is_file():
         raise RecipeError(f"pipeline file {path} not found ({where})")
-    try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"pipeline file {path} is {path.stat().st_size / 1e6:.1f} MB; a pipeline is at most "
-                              f"{MAX_RECIPE_BYTES >> 20} MB ({where})")
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise RecipeError(f"pipeline file {path} is not UTF-8 text (a binary file?); expected the JSON or YAML "
-                          f"that A.save writes, or a compact list ({where})") from None
-    except OSError as exc:
-        raise RecipeError(f"cannot read pipeline file {path}: {exc.strerror or exc} ({where})") from None
+    text = _read_text(path, "pipeline file", "the JSON or YAML that A.save writes, or a compact list", f" ({where})")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
