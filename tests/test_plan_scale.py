@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augexpand.expansion import _Records, _select, _tasks
+from augexpand.expansion import _select, _tasks
 from augexpand.folder import ScanResult, Source
+from augexpand.manifest import RecordStore
 from augexpand.plan import MIN_GROUP_CHOICE, Row, _Names, make_plan
 from augexpand.recipe import load_recipe
 
@@ -115,7 +116,7 @@ def test_columns_tasks_equal_list_tasks_in_content(tmp_path: Path):
 def test_records_are_kept_as_text_and_read_back_as_they_were():
     made = {i: {"row": i, "split": "val" if i % 3 == 0 else "train", "label": "cät", "soft_label": [0.25, 0.75],
                 "lam": 0.1 + i, "sources": [f"a/{i}.jpg"], "written": {"size": i}} for i in (5, 0, 9, 4)}
-    records = _Records(made)
+    records = RecordStore(made)
     assert len(records) == 4 and 9 in records and 7 not in records
     assert records[4] == made[4] and list(records.in_order()) == [made[i] for i in (0, 4, 5, 9)]
     assert (records.count("train"), records.count("val")) == (2, 2)
