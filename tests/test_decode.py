@@ -72,8 +72,10 @@ def source(width: int, height: int, fmt: str = "JPEG") -> Source:
 @pytest.mark.parametrize("recipe, overrides, expected", [
     # RandomResizedCrop scale (0.5, 1): its smallest crop of a 1/8 decode (504x378) is still 267 px >= 224.
     ("light", {}, 8),
+    # heavy's crop keeps half the area at a ratio within 0.8-1.25: at 1/8 its smallest crop is still >= 224 px.
+    ("heavy", {}, 8),
     # scale (0.35, 1): at 1/8 the smallest crop is 224 * 0.998 px: one step less, 1/4.
-    ("heavy", {}, 4),
+    ("light", {"pipeline": [{"RandomResizedCrop": {"size": "output", "scale": [0.35, 1.0]}}]}, 4),
     # native size: every pixel of the source is an output pixel.
     ("light", {"output.size": None, "pipeline": []}, 1),
     # a transform with sizes in pixels before any resize sees the source as it is.
