@@ -111,6 +111,18 @@ def make_image_folder(root: Path, n_images: int, size: tuple[int, int] = (500, 3
     return root
 
 
+def write_floor_output(image: np.ndarray, path: Path, size: int = 224) -> None:
+    """The floor's own output, as a plain loop would make it: scale the RGB image's short side to ``size``
+    (bilinear), centre-crop ``size`` x ``size``, write a q95 JPEG."""
+    h, w = image.shape[:2]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = (nh - size) // 2, (nw - size) // 2
+    image = image[y0:y0 + size, x0:x0 + size]
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
 def write_recipe(path: Path, recipe: dict) -> Path:
     """Write a recipe (JSON is YAML) and return its path."""
     path.write_text(json.dumps(recipe, indent=1))

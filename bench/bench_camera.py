@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _photos import augexpand_cmd, make_image_folder, median, run_measured, settle
+from _photos import augexpand_cmd, make_image_folder, median, run_measured, settle, write_floor_output
 
 SIZE = 224
 REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -78,13 +78,7 @@ def floor_pass(files: list[Path], out: Path, scaled: bool) -> tuple[float, float
         im = cv2.imread(str(f), REDUCED[r])
         if r != 1:
             im = cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
-        h, w = im.shape[:2]
-        s = SIZE / min(h, w)
-        nh, nw = max(SIZE, round(h * s)), max(SIZE, round(w * s))
-        im = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        y0, x0 = (nh - SIZE) // 2, (nw - SIZE) // 2
-        im = im[y0:y0 + SIZE, x0:x0 + SIZE]
-        cv2.imwrite(str(out / f"{k}.jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        write_floor_output(im, out / f"{k}.jpg", SIZE)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     shutil.rmtree(out)
     return len(files) / seconds, cpu / len(files)

@@ -32,6 +32,7 @@ from _photos import (
     run_measured,
     run_undisturbed,
     settle,
+    write_floor_output,
 )
 
 SIZE = 224
@@ -58,14 +59,7 @@ def floor_pass(files: list[Path], out: Path, tag: str = "") -> float:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for k, f in enumerate(files):
-        im = cv2.imread(str(f), cv2.IMREAD_COLOR_RGB)
-        h, w = im.shape[:2]
-        s = SIZE / min(h, w)
-        nh, nw = max(SIZE, round(h * s)), max(SIZE, round(w * s))
-        im = cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        y0, x0 = (nh - SIZE) // 2, (nw - SIZE) // 2
-        im = im[y0:y0 + SIZE, x0:x0 + SIZE]
-        cv2.imwrite(str(out / f"{tag}{k}.jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        write_floor_output(cv2.imread(str(f), cv2.IMREAD_COLOR_RGB), out / f"{tag}{k}.jpg", SIZE)
     return time.perf_counter() - start
 
 

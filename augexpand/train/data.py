@@ -75,10 +75,6 @@ class Split:
         return Split(self.root, self.classes, [self.files[i] for i in keep], self.targets[keep], ops, self.soft, rows)
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "__MACOSX"))
-
-
 def _class_dirs(root: Path) -> list[Path]:
     """The class folders, sorted, with the scanner's rule for links (``augexpand.folder``): a class folder that is
     a link to the folder itself (or above it), or into another class, is left out (it would relabel images)."""
