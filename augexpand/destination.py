@@ -320,21 +320,6 @@ def _journals(state: Path) -> list[Path]:
         return []
 
 
-def _metadata_records(dst: Path) -> tuple[list[dict[str, Any]], int]:
-    out, bad = [], 0
-    for split in SPLITS:
-        records, n_bad = _read_lines(dst / split / METADATA_NAME)
-        bad += n_bad
-        for r in records:
-            if isinstance(r, dict):
-                r = {**r, "split": split}
-            if _valid_record(r):
-                out.append(r)
-            else:
-                bad += 1
-    return out, bad
-
-
 class _Checker:
     """Whether the file at a record's path is the one the record says was written (lstat; hash only if needed)."""
 
@@ -582,25 +567,34 @@ class Destination:
                 if k == 0 and not path.is_dir():
                     break
 
+    def _recorded(self, manifest: bool, journals: list[Path], bad: list[int]) -> Iterator[dict[str, Any]]:
+        """The earlier run's records, one at a time: its manifest's (with ``manifest``), then the journals'.
+        ``bad[0]`` counts the lines that could not be read or are not records."""
+        files = [(self.dst / split / METADATA_NAME, split) for split in SPLITS] if manifest else []
+        for path, split in [*files, *((journal, None) for journal in journals)]:
+            for r in _iter_lines(path, bad):
+                if isinstance(r, dict) and split is not None:
+                    r = {**r, "split": split}
+                if _valid_record(r):
+                    yield r
+                else:
+                    bad[0] += 1
+
     def remove_previous(self) -> int:
         """``--overwrite``: remove what the earlier run wrote (its manifest and journals say what), nothing else.
         Returns how many image files were removed."""
         if not self.overwrite:
             return 0
-        records, bad = _metadata_records(self.dst)
-        for journal in _journals(self.state):
-            more, n_bad = read_journal(journal)
-            records += more.values()
-            bad += n_bad
-        if bad:
-            log.warning("%d line(s) of the earlier run's manifest or journal could not be read: the files they "
-                        "name (if any) are left in place", bad)
+        bad = [0]
         removed = 0
         folders: set[tuple[str, str]] = set()
-        for r in records:
+        for r in self._recorded(True, _journals(self.state), bad):
             folder, name = _safe_name(r["file_name"])
             folders.add((r["split"], folder))
             removed += _unlink_regular(self.dst, (r["split"], folder), name)
+        if bad[0]:
+            log.warning("%d line(s) of the earlier run's manifest or journal could not be read: the files they "
+                        "name (if any) are left in place", bad[0])
         remove_temp_files(self.dst)
         card = read_card(self.dst) or {}
         classes = card.get("classes") if isinstance(card.get("classes"), list) else []
@@ -655,36 +649,25 @@ class Destination:
         if previous is None:
             return done, False
         self._same_plan(previous, run_id)
-        sources = []
-        if read_card(self.dst) is not None:  # a finished run: its manifest lists every row
-            sources += [(self.dst / split / METADATA_NAME, split) for split in SPLITS]
+        finished = read_card(self.dst) is not None  # a finished run: its manifest lists every row
         journals = _journals(self.state)
         if self.shard is not None:  # other shards may be writing theirs right now: a shard reads its own
             journals = [j for j in journals if _JOURNAL.fullmatch(j.name)[1] in (None, "-{}-of-{}".format(*self.shard))]
-        sources += [(journal, None) for journal in journals]
         check = _Checker(self.dst)
         rejected: set[int] = set()
-        unreadable = [0]
-        bad = 0
-        for path, split in sources:
-            for r in _iter_lines(path, unreadable):
-                if isinstance(r, dict) and split is not None:
-                    r = {**r, "split": split}
-                if not _valid_record(r):
-                    bad += 1
-                    continue
-                row = r["row"]
-                if not 0 <= row < n_rows or row in done:
-                    continue
-                if check(r):
-                    done[row] = r
-                    rejected.discard(row)
-                else:
-                    rejected.add(row)
-        bad += unreadable[0]
-        if bad:
+        bad = [0]
+        for r in self._recorded(finished, journals, bad):
+            row = r["row"]
+            if not 0 <= row < n_rows or row in done:
+                continue
+            if check(r):
+                done[row] = r
+                rejected.discard(row)
+            else:
+                rejected.add(row)
+        if bad[0]:
             log.warning("%d unreadable line(s) in the manifest or journal of %s were skipped: those images are made "
-                        "again", bad, self.dst)
+                        "again", bad[0], self.dst)
         if rejected:
             log.warning("%d file(s) missing or not as the journal recorded them (truncated, replaced, or a link): "
                         "made again", len(rejected))
