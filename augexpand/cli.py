@@ -427,8 +427,9 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     command's own loop, the same steps for every candidate) on stratified splits of SRC: only the training
     part of a split is expanded, and the held-out images score balanced accuracy as they are. Successive
     halving spends the --budget on the promising candidates. The winner is written to -o only if it beat no
-    expansion by more than its standard error; otherwise the no-expansion recipe is. Deterministic for a
-    seed (when the budget lets the same rungs run). Ctrl-C stops and keeps the best so far (exit 130).
+    expansion reliably (a one-sided paired t-test at 10 % over the splits); otherwise the no-expansion recipe
+    is. Deterministic for a seed (when the budget lets the same rungs run). Ctrl-C stops and keeps the best so
+    far (exit 130).
 
     \b
     Example:

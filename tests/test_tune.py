@@ -131,7 +131,21 @@ def test_a_gain_within_its_standard_error_is_not_a_pick(digits_src, monkeypatch)
     # mean gain +2.5 pts, but the paired gains (+20, -15, +15, -10) spread far more than that
     fake_trials(monkeypatch, {T.NONE: [0.7, 0.8, 0.7, 0.8], "lucky": [0.9, 0.65, 0.85, 0.7]})
     s = T.tune(digits_src, candidates=candidates(("lucky", LIGHT)), max_splits=4)
-    assert s["pick"] == T.NONE and "standard error" in s["reason"]
+    assert s["pick"] == T.NONE and "not a reliable gain" in s["reason"]
+
+
+def test_a_gain_of_one_standard_error_is_not_enough(digits_src, monkeypatch):
+    # paired gains +4, +1, +4, +1, +4, -2 pts: mean +2.0, standard error 1.0 (2.0 standard errors) pass the 1.48
+    # that a one-sided t-test at 10 % needs on 6 splits; +4, -2, +4, -2, +4, +1: mean +1.5, se 1.2 (1.25) do not,
+    # though they would pass a rule of one standard error
+    base = [0.70, 0.80, 0.70, 0.80, 0.70, 0.80]
+    fake_trials(monkeypatch, {T.NONE: base, "a": [b + g for b, g in zip(base, [0.04, 0.01, 0.04, 0.01, 0.04, -0.02])]})
+    s = T.tune(digits_src, candidates=candidates(("a", LIGHT)), max_splits=6)
+    assert s["pick"] == "a" and "1.48 needed" in s["reason"]
+    fake_trials(monkeypatch, {T.NONE: base, "b": [b + g for b, g in zip(base, [0.04, -0.02, 0.04, -0.02, 0.04, 0.01])]})
+    s = T.tune(digits_src, candidates=candidates(("b", LIGHT)), max_splits=6)
+    assert s["pick"] == T.NONE and "needs 1.48 standard errors" in s["reason"]
+    assert T._t_quantile(5) == pytest.approx(1.476, abs=1e-3) and T._t_quantile(2) == pytest.approx(1.886, abs=1e-3)
 
 
 def test_a_reliable_gain_is_picked_and_written_with_its_scores(digits_src, monkeypatch):
