@@ -401,8 +401,9 @@ def decoded_size(width: int, height: int, scale: int) -> tuple[int, int]:
     return -(-height // scale), -(-width // scale)
 
 
-def _exif_orientation(data: bytes | np.ndarray) -> int:
-    """The EXIF orientation (1-8) of a JPEG from its APP1 segment, or 1; reads only the headers before the scan."""
+def _exif_tiff(data: bytes | np.ndarray) -> tuple[bytes, str] | None:
+    """A JPEG's EXIF block (the TIFF structure of its APP1 segment) and its byte order, or None; reads only the
+    headers before the scan."""
     head = bytes(data[:65536 + 4])  # an APP1 segment is at most 64 KiB, and it comes first or after APP0
     i, n = 2, len(head)
     while i + 4 <= n and head[i] == 0xFF:
@@ -411,25 +412,74 @@ def _exif_orientation(data: bytes | np.ndarray) -> int:
             i += 1
             continue
         if marker in (0xDA, 0xD9):  # start of scan, end of image: no more headers
-            return 1
+            return None
         length = int.from_bytes(head[i + 2:i + 4], "big")
         if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\0\0":
             tiff = head[i + 10:i + 2 + length]
             order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-            if order is None or len(tiff) < 8:
-                return 1
-            ifd = int.from_bytes(tiff[4:8], order)
-            count = int.from_bytes(tiff[ifd:ifd + 2], order)
-            for k in range(count):
-                entry = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
-                if len(entry) < 12:
-                    break
-                if int.from_bytes(entry[:2], order) == 0x0112:
-                    value = int.from_bytes(entry[8:10], order)
-                    return value if 1 <= value <= 8 else 1
-            return 1
+            return None if order is None or len(tiff) < 8 else (tiff, order)
         i += 2 + length
-    return 1
+    return None
+
+
+def _ifd(tiff: bytes, order: str, offset: int) -> tuple[dict[int, int], int]:
+    """The short and long values of an IFD's entries (tag -> value), and the offset of the next IFD (0: none)."""
+    count = int.from_bytes(tiff[offset:offset + 2], order) if 0 < offset <= len(tiff) - 2 else 0
+    values = {}
+    for k in range(count):
+        entry = tiff[offset + 2 + 12 * k:offset + 14 + 12 * k]
+        if len(entry) < 12:
+            return values, 0
+        kind = int.from_bytes(entry[2:4], order)
+        if kind == 3:  # SHORT
+            values[int.from_bytes(entry[:2], order)] = int.from_bytes(entry[8:10], order)
+        elif kind == 4:  # LONG
+            values[int.from_bytes(entry[:2], order)] = int.from_bytes(entry[8:12], order)
+    end = offset + 2 + 12 * count
+    return values, int.from_bytes(tiff[end:end + 4], order) if count and end + 4 <= len(tiff) else 0
+
+
+def _exif_orientation(data: bytes | np.ndarray) -> int:
+    """The EXIF orientation (1-8) of a JPEG from its APP1 segment, or 1; reads only the headers before the scan."""
+    exif = _exif_tiff(data)
+    if exif is None:
+        return 1
+    tiff, order = exif
+    value = _ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0].get(0x0112, 1)
+    return value if 1 <= value <= 8 else 1
+
+
+def exif_thumbnail(head: bytes, width: int, height: int, min_side: int) -> np.ndarray | None:
+    """The JPEG thumbnail that camera files carry in EXIF (IFD1, 160x120 in the DCF standard), decoded, upright,
+    RGB, from the first bytes of the file (``head``: 64 KiB are enough); None when there is none, when it is not
+    a JPEG, when its short side is under ``min_side``, or when its shape is not the photo's (``width`` x
+    ``height``, upright as the scan records them; cameras pad a 3:2 photo's thumbnail to 4:3 with black bars).
+    A few milliseconds less than decoding a 12-megapixel photo even at 1/8 scale, which costs about 20 ms."""
+    exif = _exif_tiff(head)
+    if exif is None:
+        return None
+    tiff, order = exif
+    ifd0, ifd1_offset = _ifd(tiff, order, int.from_bytes(tiff[4:8], order))
+    ifd1, _ = _ifd(tiff, order, ifd1_offset)
+    start, length = ifd1.get(0x0201, 0), ifd1.get(0x0202, 0)
+    if not (start and length) or start + length > len(tiff) or ifd1.get(0x0103, 6) != 6:
+        return None
+    data = tiff[start:start + length]
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        import simplejpeg
+
+        image = simplejpeg.decode_jpeg(data, "RGB")
+    except (ImportError, ValueError):
+        image = _cv2().imdecode(np.frombuffer(data, np.uint8), _cv2().IMREAD_COLOR_RGB)
+    if image is None or min(image.shape[:2]) < min_side:
+        return None
+    image = _orient(image, ifd0.get(0x0112, 1) if 1 <= ifd0.get(0x0112, 1) <= 8 else 1)
+    th, tw = image.shape[:2]
+    if abs(tw * height - th * width) > 0.03 * tw * height:  # another aspect ratio: padded, or another picture
+        return None
+    return image
 
 
 def _orient(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -33,7 +33,7 @@ __all__ = ["MAX_IMAGES", "ORIENTATIONS", "UPRIGHT_ANGLE", "OrientationDecision",
 
 ORIENTATIONS = ("auto", "free", "keep")
 UPRIGHT_ANGLE = 10.0  # degrees: the largest rotation and shear that `keep` leaves
-MAX_IMAGES = 2000  # the test looks at this many training images at most (a seeded sample)
+MAX_IMAGES = 500  # the test looks at this many training images at most (a seeded sample): a clear verdict either way
 MIN_IMAGES = 10  # fewer images in classes of two or more: too few to tell (orientation kept)
 THUMB_SIDE = 16
 CELLS = 4  # 4x4 cells of 4x4 pixels
@@ -155,23 +155,32 @@ def strip_orientation(pipeline: Any) -> Any:
 # auto: the test on the training images
 
 
-def thumbnail(path: Path | str, reduced: int = 1) -> np.ndarray | None:
+def thumbnail(path: Path | str, reduced: int = 1, size: tuple[int, int] | None = None) -> np.ndarray | None:
     """A THUMB_SIDE x THUMB_SIDE grey thumbnail (float32) of an image file, decoded at 1/``reduced`` scale
-    (JPEG); None when it cannot be decoded."""
+    (JPEG); None when it cannot be decoded. A photo large enough to decode at 1/8 (``size``: its upright width and
+    height) is read from the thumbnail its EXIF block carries, when it has one of the photo's shape: camera files
+    do, and it saves a decode of 20 ms for 12 megapixels (as much as the photo's own decode for a 224 output)."""
     import cv2
 
     from augexpand.errors import ImageReadError
-    from augexpand.folder import decode_image
+    from augexpand.folder import _open_regular, decode_image, exif_thumbnail
 
+    image = None
     try:
-        image = decode_image(Path(path), reduced=reduced)
-    except ImageReadError:
+        if reduced == 8 and size is not None:
+            f, _ = _open_regular(Path(path))
+            with f:
+                head = f.read(65536 + 4)
+            image = exif_thumbnail(head, size[0], size[1], min_side=2 * THUMB_SIDE)
+        if image is None:
+            image = decode_image(Path(path), reduced=reduced)
+    except (ImageReadError, OSError):
         return None
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _thumbnail_task(item: tuple[str, int]) -> np.ndarray | None:
+def _thumbnail_task(item: tuple[str, int, tuple[int, int]]) -> np.ndarray | None:
     return thumbnail(*item)
 
 
@@ -287,8 +296,8 @@ def decide_from_scan(scan: Any, indices: Sequence[int], seed: int,
                      imap: Callable[[Callable, Iterable], Iterable] = map) -> OrientationDecision:
     """The test on the sources ``indices`` of a scan (the training sources), at most MAX_IMAGES of them."""
     chosen = sample_indices(indices, seed)
-    items = [(str(scan.root / scan.sources[i].rel), _reduction(scan.sources[i].width, scan.sources[i].height))
-             for i in chosen]
+    items = [(str(scan.root / s.rel), _reduction(s.width, s.height), (s.width, s.height))
+             for s in (scan.sources[i] for i in chosen)]
     thumbs = list(imap(_thumbnail_task, items))
     ok = [k for k, t in enumerate(thumbs) if t is not None]
     return decide_orientation([thumbs[k] for k in ok], [scan.sources[chosen[k]].label for k in ok])

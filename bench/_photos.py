@@ -19,6 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers_exif import camera_jpeg  # noqa: E402 -- the camera-like EXIF block, shared with the tests
+
 __all__ = [
     "augexpand_cmd",
     "base_photos",
@@ -82,10 +85,12 @@ def _photo_like(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generat
 
 
 def make_image_folder(root: Path, n_images: int, size: tuple[int, int] = (500, 375), quality: int = 90,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, camera_exif: bool = False) -> Path:
     """Write ``n_images`` photo-like JPEGs of ``size`` (width, height) into ``root/<class>/img_XXXXX.jpg``.
 
-    Deterministic for a seed; skipped when ``root`` already holds them (``root/.done``).
+    ``camera_exif``: each file carries an EXIF block with a 160x120 JPEG thumbnail, as camera and phone files do
+    (the DCF standard asks for it). Deterministic for a seed; skipped when ``root`` already holds them
+    (``root/.done``).
     """
     root = Path(root)
     marker = root / ".done"
@@ -103,9 +108,12 @@ def make_image_folder(root: Path, n_images: int, size: tuple[int, int] = (500, 3
         for _ in range(count):
             photo = class_photos[int(rng.integers(len(class_photos)))]
             im = _photo_like(photo, size, rng, noise)
-            ok = cv2.imwrite(str(root / cls / f"img_{k:05d}.jpg"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR),
-                             [cv2.IMWRITE_JPEG_QUALITY, quality])
-            assert ok
+            path = root / cls / f"img_{k:05d}.jpg"
+            if camera_exif:
+                path.write_bytes(camera_jpeg(im, quality=quality))
+            else:
+                ok = cv2.imwrite(str(path), cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                assert ok
             k += 1
     marker.write_text("ok\n")
     return root

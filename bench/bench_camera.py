@@ -1,7 +1,9 @@
 """Camera photos and small photos at codec speed: `augexpand expand` against codec floors, Augmentor, and itself.
 
 Inputs (made once, from the real photos of scikit-image and scikit-learn, upscaled with sensor-like grain):
-60 camera-size JPEGs of 4032x3024 q92 (~1.6 MB each) and 1000 photos of 500x375 q90. Every expansion is a whole
+60 camera-size JPEGs of 4032x3024 q92 (~1.6 MB each; with an EXIF block holding a 160x120 thumbnail, as camera and
+phone files have, and the same 60 without EXIF, as an export may leave them) and 1000 photos of 500x375 q90. Every
+expansion is a whole
 `python -m augexpand expand` process; start-up (the same command on 8 sources) is measured on its own and given
 separately. The floors run in this process, one cv2 thread: per image decode, resize the short side to 224 (bilinear),
 centre-crop, write a new JPEG q95; the *scaled-decode floor* decodes at the largest JPEG scale that keeps at least
@@ -143,7 +145,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         data = args.data or tmp / "data"
         t0 = time.perf_counter()
-        cam = make_image_folder(data / "cam60", 60, size=(4032, 3024), quality=92)
+        cam = make_image_folder(data / "cam60_exif", 60, size=(4032, 3024), quality=92, camera_exif=True)
+        plain = make_image_folder(data / "cam60", 60, size=(4032, 3024), quality=92)  # the same, without EXIF
         small = make_image_folder(data / "small1000", 1000)
         tiny = links(small, data / "tiny8", 8)
         cam_files, small_files = sorted(cam.glob("*/*.jpg")), sorted(small.glob("*/*.jpg"))
@@ -174,6 +177,7 @@ def main() -> None:
             full, full_cpu = floor_pass(cam_files, tmp / "floor", scaled=False)
             scaled, scaled_cpu = floor_pass(cam_files, tmp / "floor", scaled=True)
             lc = b.expand(cam, *light1)
+            lp = b.expand(plain, *light1)
             hc = b.expand(cam, "--recipe", "heavy")
             keep("cam floor full img/s", full)
             keep("cam floor scaled img/s", scaled)
@@ -181,13 +185,15 @@ def main() -> None:
             keep("cam light -w1 / scaled floor (net)", lc["images"] / lc["net"] / scaled)
             keep("cam light -w1 / scaled floor (whole)", lc["images"] / lc["wall"] / scaled)
             keep("cam light -w1 / scaled floor, CPU (net)", scaled_cpu / (lc["net_cpu"] / lc["images"]))
+            keep("cam light -w1 / scaled floor, no EXIF (net)", lp["images"] / lp["net"] / scaled)
             keep("cam light -w1 / full floor (net)", lc["images"] / lc["net"] / full)
             keep("cam light -w1 / full floor, CPU (net)", full_cpu / (lc["net_cpu"] / lc["images"]))
             keep("cam heavy / light per output (net)", (hc["net"] / hc["images"]) / (lc["net"] / lc["images"]))
             keep("cam heavy / light per output, CPU (net)",
                  (hc["net_cpu"] / hc["images"]) / (lc["net_cpu"] / lc["images"]))
             print(f"  12 MP: floor full {full:.1f} img/s, scaled {scaled:.1f}; light {lc['images']} img in "
-                  f"{lc['wall']:.2f} s (net {lc['net']:.2f}, scales {lc['scales']}); heavy {hc['images']} img in "
+                  f"{lc['wall']:.2f} s (net {lc['net']:.2f}, scales {lc['scales']}; without EXIF thumbnails net "
+                  f"{lp['net']:.2f}); heavy {hc['images']} img in "
                   f"{hc['wall']:.2f} s (net {hc['net']:.2f}, scales {hc['scales']})")
             # 500x375 photos
             floor, floor_cpu = floor_pass(small_files, tmp / "floor", scaled=False)

@@ -260,3 +260,50 @@ def test_worker_pool_forked_after_opencv_threads_starts():
     done = subprocess.run([sys.executable, "-c", _FORK_AFTER_OPENCV, "safe"], check=False, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_the_exif_thumbnail_of_a_camera_file_is_read_upright(astronaut: np.ndarray, orientation: int, order: str):
+    from augexpand.folder import exif_thumbnail
+    from tests.helpers_exif import camera_jpeg
+
+    photo = cv2.resize(astronaut, (1200, 800), interpolation=cv2.INTER_CUBIC)  # stored 3:2, 160x107 thumbnail
+    data = camera_jpeg(photo, orientation=orientation, order=order)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    h, w = upright.shape[:2]
+    thumb = exif_thumbnail(data[:65540], w, h, min_side=32)
+    assert thumb is not None and thumb.shape[:2] == ((107, 160) if w > h else (160, 107))
+    reference = cv2.resize(upright, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_AREA)
+    assert psnr(thumb, reference) > 25  # a wrong orientation scores ~12 dB
+
+
+def test_an_exif_thumbnail_of_another_shape_or_too_small_is_not_used(astronaut: np.ndarray):
+    from augexpand.folder import exif_thumbnail
+    from tests.helpers_exif import camera_jpeg
+
+    photo = cv2.resize(astronaut, (1200, 800), interpolation=cv2.INTER_CUBIC)
+    padded = np.zeros((120, 160, 3), np.uint8)  # a 3:2 photo's thumbnail padded to 4:3, as some cameras write
+    padded[7:113] = cv2.resize(photo, (160, 106), interpolation=cv2.INTER_AREA)
+    assert exif_thumbnail(camera_jpeg(photo, thumbnail=padded)[:65540], 1200, 800, min_side=32) is None
+    assert exif_thumbnail(camera_jpeg(photo, thumb_side=40)[:65540], 1200, 800, min_side=32) is None  # 40x27
+    assert exif_thumbnail(jpeg_bytes(photo, orientation=6), 800, 1200, min_side=32) is None  # EXIF, no thumbnail
+    assert exif_thumbnail(jpeg_bytes(photo)[:65540], 1200, 800, min_side=32) is None
+
+
+def test_the_orientation_test_reads_a_large_photo_from_its_exif_thumbnail(astronaut: np.ndarray, tmp_path: Path):
+    from augexpand.orientation import THUMB_SIDE, thumbnail
+    from tests.helpers_exif import camera_jpeg
+
+    photo = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    marked = cv2.resize(photo[:, ::-1], (160, 160), interpolation=cv2.INTER_AREA)  # a mirrored thumbnail: traceable
+    path = tmp_path / "cam.jpg"
+    path.write_bytes(camera_jpeg(photo, thumbnail=marked))
+    expected = cv2.resize(cv2.cvtColor(marked, cv2.COLOR_RGB2GRAY), (THUMB_SIDE, THUMB_SIDE),
+                          interpolation=cv2.INTER_AREA).astype(np.float32)
+    np.testing.assert_allclose(thumbnail(path, 8, (2048, 2048)), expected, atol=3)  # the thumbnail's JPEG loss
+    decoded = thumbnail(path, 8)  # without the photo's size (or below 1/8 scale): its pixels, decoded
+    assert np.abs(decoded - expected).mean() > 10
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(jpeg_bytes(photo))
+    np.testing.assert_array_equal(thumbnail(plain, 8, (2048, 2048)), thumbnail(plain, 8))
