@@ -22,6 +22,7 @@ optimizer steps, the same seed) on the raw training images, on ``augexpand expan
     python bench/accuracy_tune.py --write digits5 digits/ --seeds 1   # one seed's folders, to try tune on
     python bench/accuracy_tune.py --arms raw light heavy --steps 500  # no tune: the builtin recipes only (~13 min)
     python bench/accuracy_tune.py --arms raw --seed-offset 100 --seeds 3 --extra mine=my.yaml  # choose on other seeds
+    python bench/accuracy_tune.py --arms raw --more-data 2 4      # the yardstick: 2x and 4x the real images
 
 Prints (and with --markdown writes) a table per dataset: balanced accuracy on the test set (mean ± std over seeds),
 the paired gain over raw training (mean ± std, wins), what tune picked per seed, and tune's wall time against its
@@ -97,13 +98,15 @@ def make_textures(work: Path, seed: int, shots: int, size: int, test_per_class: 
     return train, test
 
 
-def make_dataset(name: str, work: Path, seed: int) -> tuple[Path, Path]:
+def make_dataset(name: str, work: Path, seed: int, factor: int = 1) -> tuple[Path, Path]:
+    """The dataset's training and test folders; ``factor`` times as many real training images per class (the
+    same draw's first ones, so the 1x set is part of the 2x set; the test set is what is left, for digits)."""
     size = DATASETS[name]["size"]
     if name == "digits5":
-        return make_digits(work, seed, [5] * 10, size)
+        return make_digits(work, seed, [5 * factor] * 10, size)
     if name == "digits_lt":
-        return make_digits(work, seed, LONG_TAIL, size)
-    return make_textures(work, seed, 5, size)
+        return make_digits(work, seed, [n * factor for n in LONG_TAIL], size)
+    return make_textures(work, seed, 5 * factor, size)
 
 
 def train_and_score(data: Path, test: Path, run: Path, seed: int, args, flip: bool, size: int) -> dict:
@@ -127,9 +130,13 @@ def run_seed(name: str, seed: int, args, work: Path) -> dict:
     cfg = DATASETS[name]
     root = work / f"{name}_seed{seed}"
     train_dir, test_dir = make_dataset(name, root, seed)
+    out: dict = {"arms": {}}
+    for factor in args.more_data:  # more real images instead of expansion: what a gain of a few points is worth
+        more_train, more_test = make_dataset(name, root / f"real_x{factor}", seed, factor)
+        out["arms"][f"raw_x{factor}"] = train_and_score(more_train, more_test, root / f"run_x{factor}",
+                                                                     seed, args, cfg["flip"], cfg["size"])
     arms: dict[str, object] = {arm: (None if arm == "raw" else arm) for arm in args.arms if arm != "tune"}
     arms.update(args.extra)
-    out: dict = {"arms": {}}
     if "tune" in args.arms:
         started = time.perf_counter()
         summary = tune(train_dir, budget_minutes=args.budget, seed=seed, flip=cfg["flip"])
@@ -164,7 +171,7 @@ def report(results: dict) -> str:
         lines += [f"**{name}** ({len(seeds)} seeds)", "",
                   "| training set | images | balanced accuracy (mean ± std) | gain over raw, paired (mean ± std) | wins |",
                   "|---|---:|---:|---:|---:|"]
-        for arm in ["raw"] + [a for a in seeds[0]["arms"] if a != "raw"]:
+        for arm in ["raw"] + sorted((a for a in seeds[0]["arms"] if a != "raw"), key=lambda a: a.startswith("raw_x")):
             accs = [s["arms"][arm]["balanced_acc"] for s in seeds]
             images = statistics.mean(s["arms"][arm]["images"] for s in seeds)
             m, sd = _ms(accs)
@@ -173,7 +180,8 @@ def report(results: dict) -> str:
                 continue
             gains = [100 * (a - b) for a, b in zip(accs, raw)]
             g, gsd = _ms(gains)
-            label = "tune's pick" if arm == "tune" else arm
+            label = "tune's pick" if arm == "tune" else (f"raw, {arm[5:]}x the real images" if arm.startswith("raw_x")
+                                                         else arm)
             lines.append(f"| {label} | {images:.0f} | {m:.4f} ± {sd:.4f} | {g:+.1f} ± {gsd:.1f} pts | "
                          f"{sum(x > 0 for x in gains)}/{len(gains)} |")
         if "pick" not in seeds[0]:
@@ -202,6 +210,9 @@ def main() -> None:
                              "trained: gains are paired against it.")
     parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=RECIPE",
                         help="More arms: a recipe file or builtin name to expand with, e.g. light2=my_light.yaml.")
+    parser.add_argument("--more-data", nargs="+", type=int, default=[], metavar="FACTOR",
+                        help="Also train raw on FACTOR times as many real training images (e.g. 2 4): the yardstick "
+                             "for an expansion's gain (digits: tested on the digits left over).")
     parser.add_argument("--work", type=Path, default=None, help="Keep the folders here (default: a temp folder).")
     parser.add_argument("--json", type=Path, default=None, help="Write every result to this JSON file.")
     parser.add_argument("--markdown", type=Path, default=None, help="Write the tables to this Markdown file.")
