@@ -619,6 +619,14 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
 
+    if config.workers:
+        # Loader workers are forked from this process: with OpenCV's thread pool running here (a parallel resize),
+        # a child inherits its locks but not its threads and can wait for ever in cv2.setNumThreads (as the
+        # expand pools did; executors.fork_safe_opencv). The images are decoded and augmented in the workers.
+        import cv2
+
+        cv2.setNumThreads(1)
+
     # The decoded uint8 cache at training resolution (built once by rank 0, reused by every epoch and --resume)
     size = config.size
 
