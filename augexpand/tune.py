@@ -22,8 +22,8 @@
   highest mean gain over "none" wins only if a one-sided paired t-test says the gain is positive at the
   ``1 - CONFIDENCE`` level (its mean over its standard error at least Student's t quantile: 1.48 on 6 splits,
   1.89 on 3); otherwise tune says nothing helped and recommends no expansion. The level is a trade: at one
-  standard error (the earlier rule) 3 of 15 picks in bench/accuracy_tune.py lost 1-4 points in full training,
-  all of them gains of 1.1-1.3 standard errors that the winner of a dozen candidates gets by luck.
+  standard error (the earlier rule) 3 of the 7 picks of bench/accuracy_tune.py's 15 runs lost 1-4 points in full
+  training, all of them gains of 1.2-1.4 standard errors, which the best of a dozen candidates gets by luck.
 """
 
 from __future__ import annotations
@@ -392,9 +392,9 @@ def _decide(records: dict[str, _Score], min_splits: int = 2) -> tuple[str, str]:
     pts = f"{100 * mean:+.1f}"
     if mean <= 0:
         return NONE, f"no candidate beat no expansion (best: {name}, {pts} pts)"
-    if len(gains) < min_splits:
+    if len(gains) < max(2, min_splits):  # a t-test needs two paired gains at least
         return NONE, (f"{name} gained {pts} pts on {len(gains)} split{'s' * (len(gains) > 1)} only: not enough "
-                      f"evidence (a recommendation needs {min_splits}: a larger --budget scores more)")
+                      f"evidence (a recommendation needs {max(2, min_splits)}: a larger --budget scores more)")
     se = statistics.stdev(gains) / math.sqrt(len(gains))
     need = _t_quantile(len(gains) - 1)
     if mean < need * se:

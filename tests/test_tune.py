@@ -148,6 +148,12 @@ def test_a_gain_of_one_standard_error_is_not_enough(digits_src, monkeypatch):
     assert T._t_quantile(5) == pytest.approx(1.476, abs=1e-3) and T._t_quantile(2) == pytest.approx(1.886, abs=1e-3)
 
 
+def test_one_split_is_never_enough_evidence(digits_src, monkeypatch):
+    fake_trials(monkeypatch, {T.NONE: [0.7], "a": [0.9]})
+    s = T.tune(digits_src, candidates=candidates(("a", LIGHT)), max_splits=1)
+    assert s["pick"] == T.NONE and "on 1 split only: not enough evidence (a recommendation needs 2" in s["reason"]
+
+
 def test_a_reliable_gain_is_picked_and_written_with_its_scores(digits_src, monkeypatch):
     fake_trials(monkeypatch, {T.NONE: [0.7, 0.8, 0.7, 0.8], "good": [0.8, 0.85, 0.8, 0.9],
                               "bad": [0.5, 0.5, 0.5, 0.5]})
