@@ -10,9 +10,16 @@ from pathlib import Path
 
 import click
 
-__all__ = ["CONTEXT", "EchoHandler", "printable", "require_path", "setup_logging"]
+__all__ = ["CONTEXT", "EchoHandler", "max_pixels_option", "printable", "require_path", "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def max_pixels_option(f):
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=89_478_485, show_default=True,
+                        metavar="N", help="Skip (and name) any image whose header claims more pixels than this: a "
+                        "decompression bomb is a tiny file that claims 30000x30000. The default is Pillow's "
+                        "limit.")(f)
 
 
 class EchoHandler(logging.Handler):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from augexpand import __version__
-from augexpand._cliutil import CONTEXT, printable, require_path, setup_logging
+from augexpand._cliutil import CONTEXT, max_pixels_option, printable, require_path, setup_logging
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
@@ -25,7 +25,17 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AugexpandError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(str(exc))) from None
+
+
+def _one_line(message: str) -> str:
+    """An error raised in a DataLoader worker comes back re-raised with the worker's traceback in its message
+    ("Caught TrainingError in DataLoader worker process 0. Original Traceback ..."): its last line is the error."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    kind, sep, text = last.partition(": ")
+    return text if sep and kind.rsplit(".", 1)[-1].endswith("Error") else last
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -40,13 +50,6 @@ def cli() -> None:
       augexpand train dst/ --out runs/exp1
       augexpand evaluate runs/exp1 test/
     """
-
-
-def _max_pixels_option(f):
-    return click.option("--max-pixels", type=click.IntRange(min=1), default=89_478_485, show_default=True,
-                        metavar="N", help="Skip (and name) any source image whose header claims more pixels than "
-                        "this: a decompression bomb is a tiny file that claims 30000x30000. The default is "
-                        "Pillow's limit.")(f)
 
 
 def _json_option(f):
@@ -98,7 +101,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into DST without redoing finished images.")
 @click.option("--overwrite", is_flag=True, help="Replace DST if an earlier augexpand run wrote it.")
 @click.option("--dry-run", is_flag=True, help="Scan and plan, print what would be made, write nothing.")
-@_max_pixels_option
+@max_pixels_option
 @click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _parse_shard(value),
               help="Make only shard I of N (a job array's task) into a shared DST; afterwards, one --resume run "
                    "without --shard writes the manifest and card.")
@@ -339,7 +342,7 @@ def example_command(dst: Path) -> None:
 @click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's; also picks the samples).")
 @click.option("--tile", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Tile side in pixels.")
-@_max_pixels_option
+@max_pixels_option
 @_json_option
 def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, as_json):
     """Draw a contact sheet of what a recipe makes from SRC, without writing a dataset.

@@ -46,6 +46,7 @@ __all__ = [
     "encode_image",
     "is_temp_file",
     "limit_opencv_pixels",
+    "pixel_limit",
     "probe_image",
     "safe_stem",
     "scan_image_folder",
@@ -130,6 +131,14 @@ def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
     if "cv2" not in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
         os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(max_pixels))
+
+
+def pixel_limit() -> int:
+    """The pixel limit in force: what ``limit_opencv_pixels`` (or the user) set for OpenCV, else the default."""
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -550,6 +559,11 @@ def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
     try:
         image = cv2.imdecode(data, flag)
     except cv2.error as exc:  # e.g. a header over OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            limit = pixel_limit()
+            limit_text = f"{limit / 1e6:.1f} megapixels" if limit >= 100_000 else f"{limit:,} pixels"
+            raise ImageReadError(f"its header claims more pixels than the limit of {limit_text} (a decompression "
+                                 f"bomb? --max-pixels raises the limit)") from None
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
         raise ImageReadError(f"OpenCV cannot decode it ({reason})") from None
     if image is None:

@@ -175,3 +175,33 @@ def test_the_cli_does_not_import_torch_for_help():
     code = "import sys, augexpand.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("cache", ["--cache", "--no-cache"])
+def test_train_and_evaluate_skip_a_decompression_bomb_in_a_raw_folder(tmp_path, cache):
+    # In a fresh process: OpenCV reads its pixel limit once, when it loads (the CLI sets it first).
+    from skimage import data
+
+    from tests.conftest import crops, save_rgb
+    from tests.test_hostile_tree import jpeg_claiming, png_bomb
+
+    src = tmp_path / "raw"
+    for cls, photo in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        for k, image in enumerate(crops(photo, 4, seed=len(cls), size=(24, 24))):
+            save_rgb(src / cls / f"{k}.png", image)
+    (src / "cat" / "bomb.png").write_bytes(png_bomb(30000, 30000))  # 900 megapixels claimed: 2.7 GB if decoded
+    (src / "coffee" / "wide.jpg").write_bytes(jpeg_claiming(data.coffee()[:64, :64], 65000, 65000))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "augexpand"]
+    trained = subprocess.run([*cmd, "train", str(src), "--out", str(run), "--steps", "2", cache, *FAST, "--json"],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads(trained.stdout)["train_images"] == 8
+    for name in ("cat/bomb.png", "coffee/wide.jpg"):
+        assert any(name in line and "skipped" in line and "limit of 89.5" in line  # from the header: never decoded
+                   for line in trained.stderr.splitlines()), trained.stderr
+    scored = subprocess.run([*cmd, "evaluate", str(run), str(src), "--workers", "0", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["images"] == 8 and "Traceback" not in scored.stderr
+    assert "bomb.png" in scored.stderr and "wide.jpg" in scored.stderr

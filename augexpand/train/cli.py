@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from augexpand._cliutil import CONTEXT, require_path, setup_logging
+from augexpand._cliutil import CONTEXT, max_pixels_option, require_path, setup_logging
 
 __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 
@@ -122,6 +122,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--overwrite", is_flag=True, help="Replace the run in RUN.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@max_pixels_option
 @click.pass_context
 def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool, overwrite: bool, quiet: bool,
                   as_json: bool, **options) -> None:
@@ -143,6 +144,9 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
       augexpand train --out runs/exp1 --resume --epochs 30
       torchrun --nproc_per_node 4 -m augexpand train dst/ --out runs/ddp
     """
+    from augexpand.folder import limit_opencv_pixels
+
+    limit_opencv_pixels(options.pop("max_pixels"))  # before anything loads OpenCV (it reads its limit once)
     _need_torch()
     from augexpand.train.config import make_config
     from augexpand.train.loop import train
@@ -220,8 +224,9 @@ def _summary_line(s: dict) -> str:
               help="Where to draw the confusion matrix (default: RUN/confusion_<DIR name>.png).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the line of scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (with the confusion matrix) as JSON.")
+@max_pixels_option
 def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_size: int, workers: int,
-                     png: Path | None, quiet: bool, as_json: bool) -> None:
+                     png: Path | None, quiet: bool, as_json: bool, max_pixels: int) -> None:
     """Score a trained RUN on the ImageFolder DIR: top-1 accuracy, balanced accuracy (mean per-class recall),
     macro-F1, per-class recall, precision and F1, and the confusion matrix.
 
@@ -232,6 +237,9 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
       augexpand evaluate runs/exp1 test/
       augexpand evaluate runs/exp1 dst/val --checkpoint last --json > scores.json
     """
+    from augexpand.folder import limit_opencv_pixels
+
+    limit_opencv_pixels(max_pixels)  # before anything loads OpenCV (it reads its limit once)
     _need_torch()
     from augexpand.train.evaluate import evaluate_run, format_report, plot_confusion
 

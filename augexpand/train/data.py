@@ -265,17 +265,38 @@ def orientation_kept(data: Path) -> bool:
         return False
 
 
+def readable(split: Split) -> Split:
+    """The split without the files whose header says they cannot be used (not an image, truncated, over the pixel
+    limit in force: a decompression bomb), each named in a warning. For reading files as they are (``--no-cache``,
+    evaluate); the cache build drops what fails to decode by itself."""
+    from augexpand.folder import pixel_limit, probe_image
+
+    limit = pixel_limit()
+    keep = []
+    for i, name in enumerate(split.files):
+        try:
+            probe_image(split.root / name, max_pixels=limit)
+            keep.append(i)
+        except ImageReadError as exc:
+            log.warning("skipped %s: %s", split.root / name, exc)
+    if not keep:
+        raise TrainingError(f"no readable image in {split.root}")
+    return split if len(keep) == len(split) else split.subset(np.array(keep))
+
+
 def probe_resolution(split: Split, samples: int = 200) -> int:
-    """The median short side of (up to ``samples``, evenly spread) images of the split, read from headers."""
-    from PIL import Image
+    """The median short side of (up to ``samples``, evenly spread) images of the split, read from headers (a file
+    that is not a regular image, or whose header claims more pixels than the limit in force, is left out)."""
+    from augexpand.folder import pixel_limit, probe_image
 
     idx = np.unique(np.linspace(0, len(split) - 1, min(samples, len(split))).astype(int))
     sides = []
+    limit = pixel_limit()
     for i in idx:
         try:
-            with Image.open(split.root / split.files[i]) as im:
-                sides.append(min(im.size))
-        except (OSError, ValueError, SyntaxError) as exc:  # reported again when the cache is built
+            _, width, height, _ = probe_image(split.root / split.files[i], max_pixels=limit)
+            sides.append(min(width, height))
+        except ImageReadError as exc:  # reported again when the cache is built
             log.debug("cannot read the size of %s: %s", split.files[i], exc)
     if not sides:
         raise TrainingError(f"no readable image in {split.root}")

@@ -77,6 +77,7 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
         raise TrainingError(f"{folder} holds splits ({', '.join(splits)}), not class folders",
                             hint=f"evaluate one split, e.g. {folder / splits[-1]}")
     split = D.read_split(folder, classes)
+    split = D.readable(split)  # FileBatches cannot skip a file: leave out what its header rules out
     size = int(ckpt["size"])
     model = model_from_checkpoint(ckpt)
     rt = Runtime.create(resolve_device(device), amp=True, channels_last=True)

@@ -639,7 +639,8 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if config.cache:
         train_cache, train_split = cached(train_split, "train")
         train_ds = D.CachedBatches(train_cache, train_split, size, config.seed, True, config.flip, config.crop_pad)
-    else:
+    else:  # files read as they are every epoch: leave out what their headers rule out
+        train_split = ctx.on_main(lambda: D.readable(train_split))  # rank 0 reads and warns; every rank gets it
         train_ds = D.FileBatches(train_split, size, config.seed, True, config.flip, config.crop_pad)
     val_ds = None
     if val_split is not None:
@@ -647,6 +648,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             val_cache, val_split = cached(val_split, "val")
             val_ds = D.CachedBatches(val_cache, val_split, size, augment=False)
         else:
+            val_split = ctx.on_main(lambda: D.readable(val_split))
             val_ds = D.FileBatches(val_split, size, augment=False)
     # Schedule length (in optimizer steps): a tiny set is passed over several times per epoch (see _length)
     epochs, repeats = _length(config, len(train_split), ctx.world_size)
