@@ -53,9 +53,9 @@ def default_workers() -> int:
 _MAKER: RowMaker | None = None
 
 
-def _init_worker(ctx: RowContext) -> None:
+def _init_worker(ctx: RowContext, decoded: dict | None = None) -> None:
     global _MAKER
-    _MAKER = RowMaker(ctx)
+    _MAKER = RowMaker(ctx, decoded)
 
 
 def _leave_signals_to_parent() -> None:
@@ -67,9 +67,9 @@ def _leave_signals_to_parent() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _init_pool_worker(ctx: RowContext) -> None:
+def _init_pool_worker(ctx: RowContext, decoded: dict | None = None) -> None:
     _leave_signals_to_parent()
-    _init_worker(ctx)
+    _init_worker(ctx, decoded)
 
 
 @contextmanager
@@ -104,17 +104,21 @@ def _call(item: tuple[Callable, Any]) -> Any:
 class LocalExecutor:
     """A process pool on this machine, or the current process when one worker is asked for (no start-up, no IPC)."""
 
-    def __init__(self, workers: int, ctx: RowContext) -> None:
+    def __init__(self, workers: int, ctx: RowContext, decoded: dict | None = None) -> None:
+        """``decoded``: source index -> image already decoded at its plan scale (the rows use it, not decode it):
+        shared with forked workers as it is, never sent to spawned ones."""
         self.pool = None
         self.workers = workers
         if workers > 1:
             import multiprocessing as mp
 
             method = "fork" if sys.platform.startswith("linux") else "spawn"
+            shared = decoded if method == "fork" else None
             with fork_safe_opencv():
-                self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker, initargs=(ctx,))
+                self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker,
+                                                        initargs=(ctx, shared))
         else:
-            _init_worker(ctx)
+            _init_worker(ctx, decoded)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
         if self.pool is None:
@@ -150,11 +154,12 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
     return run
 
 
-def make_executor(kind: str, workers: int | None, ctx: RowContext) -> Executor:
+def make_executor(kind: str, workers: int | None, ctx: RowContext, decoded: dict | None = None) -> Executor:
     """The executor named ``kind`` (one of EXECUTORS), its workers ready to make rows of ``ctx``. ``workers``:
-    how many (None: every core here; for Ray, every CPU of the cluster)."""
+    how many (None: every core here; for Ray, every CPU of the cluster). ``decoded``: images planning decoded
+    already, for local workers (Ray's decode their own)."""
     if kind == "local":
-        return LocalExecutor(max(1, workers or default_workers()), ctx)
+        return LocalExecutor(max(1, workers or default_workers()), ctx, decoded)
     if kind == "ray":
         from augexpand.ray_executor import RayExecutor
 

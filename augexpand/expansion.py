@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from augexpand import __version__
-from augexpand.decodescale import decoded_sizes, scale_counts
+from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
 from augexpand.destination import JOURNAL_ONLY, Destination, check_paths, fingerprint, parse_shard
 from augexpand.errors import AugexpandError, DestinationError, ExpandError, SourceError
 from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_map
 from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, RecordStore, write_card, write_metadata
-from augexpand.orientation import orientation_note, resolve_orientation
+from augexpand.orientation import MAX_IMAGES, needs_decision, orientation_note, resolve_orientation
 from augexpand.plan import OPS, Plan, Row, Rows, RowSelection, check_plan_size, folder_counts, make_plan
 from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
@@ -40,6 +40,7 @@ __all__ = ["TASKS_PER_WORKER", "ExpandError", "ExpansionPlan", "default_workers"
 
 log = logging.getLogger("augexpand")
 
+KEEP_BYTES = 128 << 20  # decoded photos that the orientation test hands on to the rows (see plan_expansion)
 PARALLEL_DESCRIPTORS = 64  # SMOTE descriptors in a process pool from this many images of a class on
 TASKS_PER_WORKER = 8  # at least this many tasks per worker (groups cut when fewer): the last one finishes early
 
@@ -59,6 +60,7 @@ class ExpansionPlan:
     timings: dict[str, float] = field(default_factory=dict)
     estimated_bytes: int = 0  # what the images would take on disk, about (augexpand.plan.planned_size)
     orientation: dict[str, Any] = field(default_factory=dict)  # what `orientation: auto` decided, and why
+    decoded: dict[int, Any] = field(default_factory=dict, repr=False)  # source -> image the rows need, decoded
 
     @property
     def rows(self) -> list[Row]:
@@ -137,9 +139,15 @@ def plan_expansion(
     written = recipe.output.size
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
     size_note = _size_note(written, recipe)
-    # `orientation: auto`: mirror images of the training sources still look like their class, or not
-    recipe, orientation = resolve_orientation(recipe, scan, val_fraction,
-                                              imap=probe_map(workers, min_items=PARALLEL_DESCRIPTORS))
+    # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
+    # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
+    # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
+    thumbs = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)
+    here = needs_decision(recipe) and (workers < 2 or min(len(scan.sources), MAX_IMAGES) < PARALLEL_DESCRIPTORS)
+    kept: dict[int, Any] = {}
+    provisional = decode_scales(scan.sources, recipe) if here else []
+    recipe, orientation = resolve_orientation(recipe, scan, val_fraction, imap=map if here else thumbs,
+                                              kept=kept, keep_scales=provisional, keep_bytes=KEEP_BYTES)
     turn_note = orientation_note(orientation)
     estimated_bytes = check_plan_size(scan, recipe, val_fraction, allow_large)[2]  # by arithmetic, before any row
     descriptors = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)  # SMOTE's thumbnails: ~1 ms an image
@@ -148,8 +156,9 @@ def plan_expansion(
         log.info("%s", note)
     plan.notes[:0] = [n for n in (size_note, turn_note) if n]  # in the summary and the card
     t_plan = time.perf_counter()
+    decoded = {i: image for i, image in kept.items() if plan.decode_scale[i] == provisional[i]}
     return ExpansionPlan(src, scan, recipe, val_fraction, plan, fingerprint(scan, recipe, val_fraction),
-                         {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes, orientation)
+                         {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes, orientation, decoded)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,7 +318,9 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
             summary["shard"] = {"index": shard[0], "count": shard[1],
                                 "rows": len(_select(plan, shard))}
         return summary
-    runner: Executor = make_executor(executor, requested, planned.context(dst, dest.tag, dest.journal))
+    runner: Executor = make_executor(executor, requested, planned.context(dst, dest.tag, dest.journal),
+                                     planned.decoded)
+    planned.decoded = {}  # the workers hold them now (a forked pool shares them), and let each go once used
     t_start = time.perf_counter()
     try:
         dest.check_folders(scan.classes)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MAX_IMAGES", "ORIENTATIONS", "UPRIGHT_ANGLE", "OrientationDecision", "decide_orientation",
-           "describe", "orientation_note", "resolve_orientation", "strip_orientation", "thumbnail"]
+           "describe", "needs_decision", "orientation_note", "resolve_orientation", "strip_orientation", "thumbnail"]
 
 ORIENTATIONS = ("auto", "free", "keep")
 UPRIGHT_ANGLE = 10.0  # degrees: the largest rotation and shear that `keep` leaves
@@ -160,28 +160,36 @@ def thumbnail(path: Path | str, reduced: int = 1, size: tuple[int, int] | None =
     (JPEG); None when it cannot be decoded. A photo large enough to decode at 1/8 (``size``: its upright width and
     height) is read from the thumbnail its EXIF block carries, when it has one of the photo's shape: camera files
     do, and it saves a decode of 20 ms for 12 megapixels (as much as the photo's own decode for a 224 output)."""
+    return _thumbnail_task((str(path), reduced, size, False))[0]
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
     import cv2
 
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _thumbnail_task(item: tuple[str, int, tuple[int, int] | None, bool]) -> tuple[np.ndarray | None, Any]:
+    """(thumbnail, decoded image or None) of (path, reduced, size, keep): ``keep`` returns the image decoded at
+    1/``reduced`` with its thumbnail, for the rows to use (when the EXIF thumbnail serves the test, nothing is
+    decoded and nothing is returned). The thumbnail is the same either way."""
     from augexpand.errors import ImageReadError
     from augexpand.folder import _open_regular, decode_image, exif_thumbnail
 
-    image = None
+    path, reduced, size, keep = item
     try:
         if reduced == 8 and size is not None:
             f, _ = _open_regular(Path(path))
             with f:
                 head = f.read(65536 + 4)
-            image = exif_thumbnail(head, size[0], size[1], min_side=2 * THUMB_SIDE)
-        if image is None:
-            image = decode_image(Path(path), reduced=reduced)
+            small = exif_thumbnail(head, size[0], size[1], min_side=2 * THUMB_SIDE)
+            if small is not None:
+                return _grey(small), None
+        image = decode_image(Path(path), reduced=reduced)
     except (ImageReadError, OSError):
-        return None
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
-def _thumbnail_task(item: tuple[str, int, tuple[int, int]]) -> np.ndarray | None:
-    return thumbnail(*item)
+        return None, None
+    return _grey(image), (image if keep else None)
 
 
 def describe(thumbs: np.ndarray) -> np.ndarray:
@@ -293,39 +301,59 @@ def _reduction(width: int, height: int) -> int:
 
 
 def decide_from_scan(scan: Any, indices: Sequence[int], seed: int,
-                     imap: Callable[[Callable, Iterable], Iterable] = map) -> OrientationDecision:
-    """The test on the sources ``indices`` of a scan (the training sources), at most MAX_IMAGES of them."""
+                     imap: Callable[[Callable, Iterable], Iterable] = map,
+                     kept: dict[int, np.ndarray] | None = None, keep_scales: Sequence[int] = (),
+                     keep_bytes: int = 0) -> OrientationDecision:
+    """The test on the sources ``indices`` of a scan (the training sources), at most MAX_IMAGES of them.
+
+    ``kept``: a dict that receives, for sources sampled here whose thumbnail is decoded at the scale their rows
+    will decode them at (``keep_scales[i]``: a camera photo made 224 px wide is decoded at 1/8 for both), that
+    decoded image, up to ``keep_bytes`` in all, so that the rows do not decode it a second time. The thumbnails,
+    and so the decision, are the same with or without. Only for a ``map`` in this process: the images come back
+    through ``imap``."""
     chosen = sample_indices(indices, seed)
-    items = [(str(scan.root / s.rel), _reduction(s.width, s.height), (s.width, s.height))
-             for s in (scan.sources[i] for i in chosen)]
-    thumbs = list(imap(_thumbnail_task, items))
-    ok = [k for k, t in enumerate(thumbs) if t is not None]
-    return decide_orientation([thumbs[k] for k in ok], [scan.sources[chosen[k]].label for k in ok])
+    items, budget = [], keep_bytes if kept is not None and keep_scales else 0
+    for i in chosen:
+        s = scan.sources[i]
+        reduced, keep = _reduction(s.width, s.height), False
+        if budget > 0 and keep_scales[i] == reduced:
+            need = 3 * -(-s.width // reduced) * -(-s.height // reduced)
+            keep = need <= budget
+            budget -= need if keep else 0
+        items.append((str(scan.root / s.rel), reduced, (s.width, s.height), keep))
+    results = list(imap(_thumbnail_task, items))
+    if kept is not None:
+        kept.update((i, image) for i, (_, image) in zip(chosen, results) if image is not None)
+    ok = [k for k, (t, _) in enumerate(results) if t is not None]
+    return decide_orientation([results[k][0] for k in ok], [scan.sources[chosen[k]].label for k in ok])
 
 
-def _needs_decision(recipe: Any) -> bool:
+def needs_decision(recipe: Any) -> bool:
+    """Whether the recipe's orientation (or its policy's) is ``auto``: decided from the images."""
     return recipe.orientation == "auto" or (recipe.policy is not None and recipe.policy.keep_orientation == "auto")
 
 
 def resolve_orientation(recipe: Any, scan: Any = None, val_fraction: float = 0.0,
-                        imap: Callable[[Callable, Iterable], Iterable] = map) -> tuple[Any, dict[str, Any]]:
+                        imap: Callable[[Callable, Iterable], Iterable] = map,
+                        **keep: Any) -> tuple[Any, dict[str, Any]]:
     """The recipe with its orientation made concrete, and what the summary and dataset.json record.
 
     ``orientation: auto`` (or a policy's ``keep_orientation: auto``) is decided from the training sources of
     ``scan`` (those make_plan keeps with this ``val_fraction`` and the recipe's seed). Kept orientation strips the
     pipeline (``strip_orientation``) and makes the policy upright; the resolved recipe says ``keep`` or ``free``.
-    Without a scan, ``auto`` stays as it is. Resolving twice is harmless."""
+    Without a scan, ``auto`` stays as it is. Resolving twice is harmless. ``keep``: ``kept``, ``keep_scales`` and
+    ``keep_bytes`` of ``decide_from_scan``."""
     from augexpand.recipe import Recipe
 
     mode = recipe.orientation
     decision = None
-    if _needs_decision(recipe):
+    if needs_decision(recipe):
         if scan is None:
             return recipe, {"mode": "auto", "keep": None}
         from augexpand.plan import _split_val
 
         train, _ = _split_val(scan, val_fraction, recipe.seed)
-        decision = decide_from_scan(scan, train, recipe.seed, imap)
+        decision = decide_from_scan(scan, train, recipe.seed, imap, **keep)
     keep_all = mode == "keep" or (mode == "auto" and decision is not None and decision.keep)
     data = recipe.model_dump()
     data["pipeline"] = strip_orientation(recipe.pipeline) if keep_all else recipe.pipeline

@@ -75,7 +75,9 @@ class RowContext:
 class RowMaker:
     """Executes rows. One per process; holds the pipeline and a bounded cache of decoded sources."""
 
-    def __init__(self, ctx: RowContext) -> None:
+    def __init__(self, ctx: RowContext, decoded: dict[int, np.ndarray] | None = None) -> None:
+        """``decoded``: source index -> the image as ``load`` would decode it (planning decoded it already); each
+        is used once, in place of its decode, then let go (a forked worker's copy: the parent keeps its own)."""
         import cv2
 
         cv2.setNumThreads(1)  # scale with processes, not threads: and the same arithmetic for any --workers
@@ -88,6 +90,7 @@ class RowMaker:
             self.pipeline = build_pipeline(self.recipe.pipeline)
         self.pipelines: OrderedDict[tuple[int, int], Any] = OrderedDict()  # native sizes: one per image size
         self.policy = make_policy(self.recipe.policy)
+        self.decoded = dict(decoded or {})
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cached_bytes = 0
         self.cache_budget = CACHE_BYTES
@@ -100,7 +103,9 @@ class RowMaker:
         if image is not None:
             self.cache.move_to_end(i)
             return image
-        image = decode_image(Path(self.ctx.src) / self.ctx.rels[i], self.ctx.scales[i] if self.ctx.scales else 1)
+        image = self.decoded.pop(i, None)
+        if image is None:
+            image = decode_image(Path(self.ctx.src) / self.ctx.rels[i], self.ctx.scales[i] if self.ctx.scales else 1)
         image.flags.writeable = False  # a transform that writes into its input would corrupt later rows
         self.cache[i] = image
         self.cached_bytes += image.nbytes

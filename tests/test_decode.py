@@ -307,3 +307,32 @@ def test_the_orientation_test_reads_a_large_photo_from_its_exif_thumbnail(astron
     plain = tmp_path / "plain.jpg"
     plain.write_bytes(jpeg_bytes(photo))
     np.testing.assert_array_equal(thumbnail(plain, 8, (2048, 2048)), thumbnail(plain, 8))
+
+
+def test_the_orientation_test_hands_its_decodes_to_the_rows(camera_src: Path, tmp_path: Path, monkeypatch):
+    import augexpand.expansion
+    import augexpand.folder
+    import augexpand.rows
+
+    overrides = {"copies": 1, "keep_originals": False, "output.size": 96}  # 2000x1500 photos, decoded at 1/8
+    calls = []
+    real = augexpand.folder.decode_image
+
+    def counting(source, reduced=1):
+        calls.append((Path(source).name, reduced))
+        return real(source, reduced)
+
+    monkeypatch.setattr(augexpand.folder, "decode_image", counting)  # the orientation test's thumbnails
+    monkeypatch.setattr(augexpand.rows, "decode_image", counting)  # the rows
+    one = expand(camera_src, tmp_path / "one", "light", overrides=overrides, workers=1)
+    assert one["decode_scales"] == {"8": 6} and one["orientation"]["images"] == 6
+    assert sorted(calls) == sorted({(f"{c}{k}.jpg", 8) for c in ("cat", "coffee") for k in range(3)})  # once each
+    calls.clear()
+    monkeypatch.setattr(augexpand.expansion, "KEEP_BYTES", 0)  # nothing kept: each photo decoded twice
+    two = expand(camera_src, tmp_path / "two", "light", overrides=overrides, workers=1)
+    assert len(calls) == 12 and two["orientation"] == one["orientation"]
+    monkeypatch.undo()
+    pool = expand(camera_src, tmp_path / "pool", "light", overrides=overrides, workers=2)  # forked: shared
+    digests = [tree_digest(tmp_path / run / "train") for run in ("one", "two", "pool")]
+    assert digests[0] == digests[1] == digests[2] and len(digests[0]) == 7  # 6 images and the manifest
+    assert pool["orientation"] == one["orientation"]
