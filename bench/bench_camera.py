@@ -247,17 +247,19 @@ def main() -> None:
             print(line)
 
         if not args.quick:
-            memory(b, cam, small, data, light1)
+            memory(b, cam, plain, small, data, light1)
 
 
-def memory(b: Bench, cam: Path, small: Path, data: Path, light1: tuple[str, ...]) -> None:
+def memory(b: Bench, cam: Path, plain: Path, small: Path, data: Path, light1: tuple[str, ...]) -> None:
     """Peak memory for 60 vs 600 sources (the same photos linked ten times), 12 MP and 500x375."""
     print("\npeak memory; 600 sources = the 60 photos linked 10 times (light: 1 copy, no originals; heavy: its own "
           "4 copies + originals + mixup + SamplePairing)")
-    print(f"  {'photos':<9} {'job':<6} {'sources':>7} {'workers':>7} {'largest process MiB':>20} {'tree PSS MiB':>13}")
+    print(f"  {'photos':<15} {'job':<6} {'sources':>7} {'workers':>7} {'largest process MiB':>20} {'tree PSS MiB':>13}")
     small60 = links(small, data / "small60", 60)
     cam600, small600 = links(cam, data / "cam600", 600), links(small60, data / "small600", 600)
+    plain600 = links(plain, data / "cam600_plain", 600)
     runs = [("12 MP", "light", cam, cam600, (1, 2)), ("12 MP", "heavy", cam, cam600, (2,)),
+            ("12 MP, no EXIF", "light", plain, plain600, (1,)),
             ("500x375", "light", small60, small600, (1, 2))]
     for label, job, few, many, workers in runs:
         job_args = light1 if job == "light" else ("--recipe", "heavy")
@@ -265,7 +267,7 @@ def memory(b: Bench, cam: Path, small: Path, data: Path, light1: tuple[str, ...]
             for w in workers:
                 r = b.expand(src, *job_args, workers=w, memory=True)
                 pss = "n/a" if r["tree_pss_mb"] is None else f"{r['tree_pss_mb']:.0f}"
-                print(f"  {label:<9} {job:<6} {n:>7} {w:>7} {r['maxrss_mb']:>20.0f} {pss:>13}", flush=True)
+                print(f"  {label:<15} {job:<6} {n:>7} {w:>7} {r['maxrss_mb']:>20.0f} {pss:>13}", flush=True)
 
 
 def decoders(cam_files: list[Path], small_files: list[Path]) -> None:
