@@ -20,7 +20,7 @@ from augexpand.plan import Row
 from augexpand.rows import RowContext, RowMaker
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "fork_safe_opencv", "make_executor",
-           "probe_map"]
+           "probe_here", "probe_map"]
 
 EXECUTORS = ("local", "ray")
 
@@ -136,13 +136,18 @@ class LocalExecutor:
             self.pool.join()
 
 
+def probe_here(workers: int, items: int, min_items: int = PARALLEL_SCAN_FILES) -> bool:
+    """Whether ``probe_map`` runs a pass over ``items`` files in this process (not in a pool)."""
+    return workers < 2 or items < min_items or not sys.platform.startswith("linux")
+
+
 def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[Callable, list[Path]], list]:
     """A map for the planning passes over files (the scan's header probes, SMOTE's descriptors): in a short-lived
     process pool when there are ``min_items`` or more (the probes cost ~0.2 ms a file, worth spreading over the
     cores from a few hundred files on), else in this process."""
 
     def run(fn: Callable, paths: list[Path]) -> list:
-        if workers < 2 or len(paths) < min_items or not sys.platform.startswith("linux"):
+        if probe_here(workers, len(paths), min_items):
             return list(map(fn, paths))
         import multiprocessing as mp
 

@@ -28,8 +28,8 @@ from augexpand import __version__
 from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
 from augexpand.destination import JOURNAL_ONLY, Destination, check_paths, fingerprint, parse_shard
 from augexpand.errors import AugexpandError, DestinationError, ExpandError, SourceError
-from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_map
-from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, limit_opencv_pixels, scan_image_folder
+from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_here, probe_map
+from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, decoded_size, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, RecordStore, write_card, write_metadata
 from augexpand.orientation import MAX_IMAGES, needs_decision, orientation_note, resolve_orientation
 from augexpand.plan import OPS, Plan, Row, Rows, RowSelection, check_plan_size, folder_counts, make_plan
@@ -142,12 +142,15 @@ def plan_expansion(
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
-    thumbs = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)
-    here = needs_decision(recipe) and (workers < 2 or min(len(scan.sources), MAX_IMAGES) < PARALLEL_DESCRIPTORS)
+    here = needs_decision(recipe) and probe_here(workers, min(len(scan.sources), MAX_IMAGES), PARALLEL_DESCRIPTORS)
     kept: dict[int, Any] = {}
-    provisional = decode_scales(scan.sources, recipe) if here else []
-    recipe, orientation = resolve_orientation(recipe, scan, val_fraction, imap=map if here else thumbs,
-                                              kept=kept, keep_scales=provisional, keep_bytes=KEEP_BYTES)
+
+    def scales(indices: list[int]) -> list[int]:  # as make_plan will decide them, for the sampled sources only
+        return decode_scales([scan.sources[i] for i in indices], recipe)
+
+    recipe, orientation = resolve_orientation(recipe, scan, val_fraction,
+                                              imap=map if here else probe_map(workers, PARALLEL_DESCRIPTORS),
+                                              kept=kept, keep_scales=scales if here else None, keep_bytes=KEEP_BYTES)
     turn_note = orientation_note(orientation)
     estimated_bytes = check_plan_size(scan, recipe, val_fraction, allow_large)[2]  # by arithmetic, before any row
     descriptors = probe_map(workers, min_items=PARALLEL_DESCRIPTORS)  # SMOTE's thumbnails: ~1 ms an image
@@ -156,7 +159,9 @@ def plan_expansion(
         log.info("%s", note)
     plan.notes[:0] = [n for n in (size_note, turn_note) if n]  # in the summary and the card
     t_plan = time.perf_counter()
-    decoded = {i: image for i, image in kept.items() if plan.decode_scale[i] == provisional[i]}
+    # a kept image serves its rows only if they decode at its scale (the resolved recipe may need another)
+    decoded = {i: image for i, image in kept.items() if image.shape[:2] == decoded_size(
+        scan.sources[i].width, scan.sources[i].height, plan.decode_scale[i])}
     return ExpansionPlan(src, scan, recipe, val_fraction, plan, fingerprint(scan, recipe, val_fraction),
                          {"scan": t_scan - started, "plan": t_plan - t_scan}, estimated_bytes, orientation, decoded)
 

@@ -304,22 +304,28 @@ def _reduction(width: int, height: int) -> int:
 
 def decide_from_scan(scan: Any, indices: Sequence[int], seed: int,
                      imap: Callable[[Callable, Iterable], Iterable] = map,
-                     kept: dict[int, np.ndarray] | None = None, keep_scales: Sequence[int] = (),
+                     kept: dict[int, np.ndarray] | None = None,
+                     keep_scales: Callable[[list[int]], Sequence[int]] | None = None,
                      keep_bytes: int = 0) -> OrientationDecision:
     """The test on the sources ``indices`` of a scan (the training sources), at most MAX_IMAGES of them.
 
     ``kept``: a dict that receives, for sources sampled here whose thumbnail is decoded at the scale their rows
-    will decode them at (``keep_scales[i]``: a camera photo made 224 px wide is decoded at 1/8 for both), that
-    decoded image, up to ``keep_bytes`` in all, so that the rows do not decode it a second time. The thumbnails,
-    and so the decision, are the same with or without. Only for a ``map`` in this process: the images come back
-    through ``imap``."""
+    will decode them at (``keep_scales(indices)``: those sources' scales; a camera photo made 224 px wide is
+    decoded at 1/8 for both), that decoded image, up to ``keep_bytes`` in all, so that the rows do not decode it a
+    second time. The thumbnails, and so the decision, are the same with or without. Only for a ``map`` in this
+    process: the images come back through ``imap``."""
+    from augexpand.folder import decoded_size
+
     chosen = sample_indices(indices, seed)
-    items, budget = [], keep_bytes if kept is not None and keep_scales else 0
-    for i in chosen:
+    budget = keep_bytes if kept is not None and keep_scales is not None else 0
+    scales = keep_scales(chosen) if budget > 0 else [0] * len(chosen)  # of the sample only
+    items = []
+    for i, scale in zip(chosen, scales):
         s = scan.sources[i]
         reduced, keep = _reduction(s.width, s.height), False
-        if budget > 0 and keep_scales[i] == reduced:
-            need = 3 * -(-s.width // reduced) * -(-s.height // reduced)
+        if budget > 0 and scale == reduced:
+            h, w = decoded_size(s.width, s.height, reduced)
+            need = 3 * h * w
             keep = need <= budget
             budget -= need if keep else 0
         items.append((str(scan.root / s.rel), reduced, (s.width, s.height), keep))
