@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers_exif import camera_jpeg  # noqa: E402 -- the camera-like EXIF block, shared with the tests
+from tests.helpers_exif import camera_jpeg  # the camera-like EXIF block, shared with the tests
 
 __all__ = [
     "augexpand_cmd",
