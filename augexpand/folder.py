@@ -454,7 +454,11 @@ def _exif_orientation(data: bytes | np.ndarray) -> int:
     if exif is None:
         return 1
     tiff, order = exif
-    value = _ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0].get(0x0112, 1)
+    return _orientation_tag(_ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0])
+
+
+def _orientation_tag(ifd0: dict[int, int]) -> int:
+    value = ifd0.get(0x0112, 1)
     return value if 1 <= value <= 8 else 1
 
 
@@ -477,14 +481,12 @@ def exif_thumbnail(head: bytes, width: int, height: int, min_side: int) -> np.nd
     if data[:2] != b"\xff\xd8":
         return None
     try:
-        import simplejpeg
-
-        image = simplejpeg.decode_jpeg(data, "RGB")
-    except (ImportError, ValueError):
-        image = _cv2().imdecode(np.frombuffer(data, np.uint8), _cv2().IMREAD_COLOR_RGB)
-    if image is None or min(image.shape[:2]) < min_side:
+        image = decode_image(data)
+    except ImageReadError:
         return None
-    image = _orient(image, ifd0.get(0x0112, 1) if 1 <= ifd0.get(0x0112, 1) <= 8 else 1)
+    if min(image.shape[:2]) < min_side:
+        return None
+    image = _orient(image, _orientation_tag(ifd0))  # the photo's orientation, which its thumbnail shares
     th, tw = image.shape[:2]
     if abs(tw * height - th * width) > 0.03 * tw * height:  # another aspect ratio: padded, or another picture
         return None
