@@ -139,6 +139,41 @@ def test_augment_batch_translates_and_flips():
         assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
 
 
+@pytest.mark.parametrize(("size", "pad", "flip"), [(4, 1, True), (16, 2, True), (16, 8, False), (17, 0, True)])
+def test_augment_indices_gather_what_augment_batch_makes(size, pad, flip):
+    batch = np.random.default_rng(1).integers(0, 256, (9, size, size, 3), dtype=np.uint8)
+    want = D.augment_batch(batch, np.random.default_rng([5, 2]), flip, pad)
+    rows, cols = D.augment_indices(9, size, np.random.default_rng([5, 2]), flip, pad)
+    got = batch[np.arange(9)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    np.testing.assert_array_equal(got, want)
+    if flip:  # some image of the batch really is mirrored (the check above covers both kinds)
+        flips = D.augment_draws(9, np.random.default_rng([5, 2]), flip, pad)[2]
+        assert flips.any() and not flips.all()
+
+
+def test_device_batches_are_the_loader_batches(tmp_path):
+    """The cache held on the device (here the CPU) yields the DataLoader's batches, pixel for pixel."""
+    root = write_digits(tmp_path / "img", classes=(0, 1, 2), n=6, size=20)
+    (root / "d2" / "broken.png").write_bytes(b"not a png")  # a cache row that is skipped: split.rows is used
+    split = D.read_split(root, ["d0", "d1", "d2"])
+    path, split = D.build_cache(split, 16, tmp_path / "c.npy")
+    assert split.rows is not None and len(split) == 18
+    plan = D.EpochPlan(len(split), 5, seed=7)
+    dataset = D.CachedBatches(path, split, 16, seed=7, flip=True, crop_pad=0.25)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan)
+    on_device = D.DeviceBatches(path, split, 16, plan, torch.device("cpu"), seed=7, flip=True, crop_pad=0.25,
+                                chunk=4)
+    for epoch in range(2):
+        plan.set_epoch(epoch)
+        want, got = list(loader), list(on_device)
+        assert len(got) == len(want) == len(on_device) == 4
+        for (xa, ya), (xb, yb) in zip(want, got):
+            assert xb.dtype == torch.uint8 and torch.equal(xa, xb) and torch.equal(ya, yb)
+    plain = D.DeviceBatches(path, split, 16, D.EpochPlan(len(split), 8, 0, shuffle=False), "cpu", augment=False)
+    first = next(iter(plain))[0].numpy()
+    np.testing.assert_array_equal(first, np.load(path)[split.rows[:8]])  # no augmentation: the cache rows
+
+
 @pytest.mark.parametrize(("n", "batch", "expected"), [
     (10, 16, 1),   # fewer images than a batch: one batch of all of them
     (32, 16, 2),

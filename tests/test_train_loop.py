@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -112,6 +113,18 @@ def test_the_number_of_loader_workers_does_not_change_the_weights(dst, tmp_path)
     w0 = torch.load(tmp_path / "w0" / "last.pt", weights_only=True)["model"]
     w2 = torch.load(tmp_path / "w2" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_cache_trains_on_the_loader_batches(dst, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="augexpand"):
+        train(_config(dst, tmp_path / "on", epochs=3, seed=3, flip=True, device="cuda"))
+    assert "is held on the GPU" in caplog.text
+    train(_config(dst, tmp_path / "off", epochs=3, seed=3, flip=True, device="cuda", gpu_cache=False, workers=2))
+    on, off = _metrics(tmp_path / "on"), _metrics(tmp_path / "off")
+    for a, b in zip(on, off, strict=True):  # the same batches: the same run, up to the GPU's rounding
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.05)
 
 
 def test_resume_continues_to_the_same_result(dst, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ TRAIN_OPTIONS = (
     "val", "model", "width", "weights", "init", "size", "epochs", "steps", "repeats", "min_steps", "batch_size",
     "optimizer", "lr", "final_lr", "gamma", "momentum", "weight_decay", "warmup_epochs", "freeze_epochs",
     "head_lr_mult", "label_smoothing", "teacher", "kd_temperature", "kd_weight", "patience", "flip", "crop_pad",
-    "device", "amp", "channels_last", "sync_bn", "workers", "cache", "seed",
+    "device", "amp", "channels_last", "sync_bn", "workers", "cache", "gpu_cache", "seed",
 )
 
 
@@ -116,6 +116,9 @@ def _progress(quiet: bool, as_json: bool) -> bool:
               help="Data-loading processes (default: 2 on CPU, up to 8 with a GPU).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="Decode every image once into RUN/cache (uint8, memory-mapped) instead of every epoch.")
+@click.option("--gpu-cache/--no-gpu-cache", default=True, show_default=True,
+              help="On CUDA, hold that cache in GPU memory when it fits in a quarter of the free memory, and gather "
+              "and augment each batch there (no loader workers; the same batches).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Data order, augmentation and initial weights: the same seed repeats a CPU run.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN (its config.yaml).")

@@ -49,7 +49,8 @@ DEFAULT_EPOCHS = 20  # when neither --epochs nor --steps is given ...
 DEFAULT_MIN_STEPS = 500  # ... with at least this many optimizer steps (a tiny set is passed over several times)
 
 # Options that may change when a run is resumed (the rest must stay as the run was started).
-RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "patience", "amp", "progress"})
+RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "gpu_cache", "patience", "amp",
+                                 "progress"})
 
 
 class TrainConfig(BaseModel):
@@ -97,6 +98,7 @@ class TrainConfig(BaseModel):
     sync_bn: bool = False  # SyncBatchNorm under torchrun on CUDA
     workers: NonNegativeInt | None = None
     cache: bool = True
+    gpu_cache: bool = True  # on CUDA, the cache in GPU memory when it fits (the same batches, see data.DeviceBatches)
     seed: NonNegativeInt = 0
     progress: bool = True
 

@@ -3,8 +3,10 @@
 A split is read through its ``metadata.jsonl`` when it has one (soft labels in class order), or as a plain
 ImageFolder (one-hot labels). Before the first epoch every image is decoded once (OpenCV, in worker processes),
 fitted to the training resolution and written to a memory-mapped ``.npy`` cache of uint8 pixels; every epoch then
-gathers whole batches from that cache and applies a random translation and flip in numpy. Batches leave the
+gathers whole batches from that cache and applies a random translation and flip with OpenCV. Batches leave the
 workers as uint8 NHWC tensors: conversion to float and normalisation happen on the device, not in the workers.
+On a GPU with room for it, :class:`DeviceBatches` holds the whole cache in GPU memory and makes the same batches
+there, with no workers.
 
 Randomness is drawn per batch from (seed, epoch, batch index), so the batches are the same with any number of
 workers.
@@ -26,10 +28,13 @@ from augexpand.errors import ImageReadError, TrainingError
 
 __all__ = [
     "CachedBatches",
+    "DeviceBatches",
     "EpochPlan",
     "FileBatches",
     "Split",
     "augment_batch",
+    "augment_draws",
+    "augment_indices",
     "batch_count",
     "build_cache",
     "epoch_batches",
@@ -317,6 +322,15 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[y:y + size, x:x + size])
 
 
+def augment_draws(b: int, rng: np.random.Generator, flip: bool, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The random translation (top and left corner of the crop in the padded image) and flip of each of ``b``
+    images, in the order both batch paths draw them (so the CPU and the GPU path make the same batch)."""
+    ys = rng.integers(0, 2 * pad + 1, size=b)
+    xs = rng.integers(0, 2 * pad + 1, size=b)
+    flips = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
+    return ys, xs, flips
+
+
 def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, pad: int) -> np.ndarray:
     """Random translation (reflect-pad by ``pad`` then crop back) and horizontal flip of an (B, S, S, 3) batch.
 
@@ -327,9 +341,7 @@ def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, pad: 
 
     b, s = batch.shape[0], batch.shape[1]
     out = np.empty_like(batch)
-    ys = rng.integers(0, 2 * pad + 1, size=b)
-    xs = rng.integers(0, 2 * pad + 1, size=b)
-    flips = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
+    ys, xs, flips = augment_draws(b, rng, flip, pad)
     for i in range(b):
         image = cv2.copyMakeBorder(batch[i], pad, pad, pad, pad, cv2.BORDER_REFLECT_101) if pad else batch[i]
         crop = image[ys[i]:ys[i] + s, xs[i]:xs[i] + s]
@@ -338,6 +350,26 @@ def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, pad: 
         else:
             out[i] = crop
     return out
+
+
+def augment_indices(b: int, s: int, rng: np.random.Generator, flip: bool,
+                    pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`augment_batch` as a gather: source rows (B, S) and columns (B, S) of each output pixel.
+
+    ``out[i, r, c] = batch[i, rows[i, r], cols[i, c]]`` is exactly what OpenCV's reflect-101 padding, the crop and
+    the flip make, for the same generator state. This is the form a GPU applies to a whole batch in one indexing.
+    """
+    ys, xs, flips = augment_draws(b, rng, flip, pad)
+    grid = np.arange(s)
+
+    def reflect(i: np.ndarray) -> np.ndarray:  # BORDER_REFLECT_101: -1 -> 1, s -> s - 2
+        i = np.abs(i)
+        return np.where(i > s - 1, 2 * (s - 1) - i, i)
+
+    rows = reflect(ys[:, None] - pad + grid)
+    cols = reflect(xs[:, None] - pad + grid)
+    cols[flips] = cols[flips, ::-1]
+    return rows, cols
 
 
 def batch_count(n: int, batch_size: int) -> int:
@@ -426,6 +458,54 @@ class CachedBatches(_BatchSource):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_cache": None}  # each worker maps the file itself
+
+
+class DeviceBatches:
+    """The whole uint8 cache held in the training device's memory: each batch is gathered and augmented there.
+
+    A drop-in for the DataLoader over :class:`CachedBatches` (it iterates ``plan`` and yields ``(pixels,
+    targets)``, already on ``device``), for a GPU: no worker processes, shared memory or pinned copies stand
+    between the cache and the model, which otherwise cap a fast GPU at about half its speed. Batches are the
+    same as the loader's: the same sorted indices, and :func:`augment_indices` draws what :func:`augment_batch`
+    draws.
+    """
+
+    def __init__(self, cache_path: Path, split: Split, size: int, plan, device, seed: int = 0, augment: bool = True,
+                 flip: bool = True, crop_pad: float = 0.125, chunk: int = 1024) -> None:
+        import torch
+
+        self.plan, self.device, self.size, self.seed, self.augment, self.flip = plan, device, size, seed, augment, flip
+        self.pad = round(crop_pad * size) if augment else 0
+        cache = np.load(cache_path, mmap_mode="r")
+        rows = np.arange(len(split)) if split.rows is None else split.rows
+        self.pixels = torch.empty((len(rows), size, size, 3), dtype=torch.uint8, device=device)
+        for start in range(0, len(rows), chunk):  # a bounded host buffer at a time, not the whole cache
+            part = np.ascontiguousarray(cache[rows[start:start + chunk]])
+            self.pixels[start:start + len(part)].copy_(torch.from_numpy(part))
+        self.targets = torch.from_numpy(np.ascontiguousarray(split.targets, dtype=np.float32)).to(device)
+
+    @staticmethod
+    def nbytes(split: Split, size: int) -> int:
+        return len(split) * size * size * 3
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self):
+        import torch
+
+        for epoch, b, idx in self.plan:
+            idx = np.sort(np.asarray(idx))
+            index = torch.from_numpy(idx).to(self.device, non_blocking=True)
+            pixels = self.pixels.index_select(0, index)
+            if self.augment:
+                rng = np.random.default_rng([self.seed, epoch, b, 0xA06])
+                rows, cols = augment_indices(len(idx), self.size, rng, self.flip, self.pad)
+                rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
+                cols = torch.from_numpy(cols).to(self.device, non_blocking=True)
+                i = torch.arange(len(idx), device=self.device)
+                pixels = pixels[i[:, None, None], rows[:, :, None], cols[:, None, :]]
+            yield pixels, self.targets.index_select(0, index)
 
 
 class FileBatches(_BatchSource):

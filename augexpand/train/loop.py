@@ -472,6 +472,20 @@ def _model_args(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     return args
 
 
+GPU_CACHE_SHARE = 0.25  # of the free GPU memory, at most, for the decoded cache (the model and its batches need the rest)
+
+
+def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    """Whether a cache of ``nbytes`` may live in ``device``'s memory (said in the log either way)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = nbytes <= GPU_CACHE_SHARE * free
+    log.info("the decoded cache (%.2f GB) %s", nbytes / 1e9,
+             "is held on the GPU: batches are gathered and augmented there" if fits else
+             f"is over {GPU_CACHE_SHARE:.0%} of the GPU's free memory ({free / 1e9:.1f} GB): loader workers "
+             "gather and augment batches")
+    return fits
+
+
 def make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """The DataLoader of whole batches: ``plan`` yields each batch's indices, ``dataset`` makes the batch."""
     kwargs: dict[str, Any] = {}
@@ -543,8 +557,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         ctx.teardown()
 
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler) -> dict[str, Any]:
-    """Load ``last.pt`` into the model, optimizer and scaler; a file that does not fit is one TrainingError."""
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler,
+             device: torch.device) -> dict[str, Any]:
+    """Load ``last.pt`` into the model, optimizer, scaler and random generators (the CPU's, and the GPU's, which
+    dropout draws from on CUDA, when the run was on one); a file that does not fit is one TrainingError."""
     ckpt = read_torch_file(path)
     keys = ("model", "optimizer", "scaler", "rng", "step", "epoch", "best_acc", "best_loss", "best_epoch",
             "bad_epochs")
@@ -556,6 +572,8 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and "cuda_rng" in ckpt:  # a CPU run resumed on a GPU starts the GPU's afresh
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         state = {k: int(ckpt[k]) for k in ("step", "epoch", "best_epoch", "bad_epochs")}
         state.update({k: float(ckpt[k]) for k in ("best_acc", "best_loss")})
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -662,13 +680,20 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if ctx.enabled:  # each rank takes every world_size-th batch of the same epoch plan
         plan = DDP.ShardedPlan(plan, ctx.rank, ctx.world_size)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, plan, config.workers, pin)
-    val_loader = None
+    val_plan = None
     if val_ds is not None:
         val_plan = D.EpochPlan(len(val_split), eval_batch, config.seed, shuffle=False)
         if ctx.enabled:
             val_plan = DDP.ShardedPlan(val_plan, ctx.rank, ctx.world_size, pad=False)
-        val_loader = make_loader(val_ds, val_plan, min(config.workers, 2), pin)
+    if config.cache and config.gpu_cache and device.type == "cuda" and _fits_on_gpu(
+            D.DeviceBatches.nbytes(train_split, size) + (D.DeviceBatches.nbytes(val_split, size) if val_ds else 0),
+            device):
+        train_loader = D.DeviceBatches(train_cache, train_split, size, plan, device, config.seed, True, config.flip,
+                                       config.crop_pad)
+        val_loader = D.DeviceBatches(val_cache, val_split, size, val_plan, device, augment=False) if val_ds else None
+    else:
+        train_loader = make_loader(train_ds, plan, config.workers, pin)
+        val_loader = make_loader(val_ds, val_plan, min(config.workers, 2), pin) if val_ds is not None else None
     steps_per_epoch = len(plan)
     total_steps = config.steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -720,7 +745,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, 0, 0
     metrics: list[dict[str, Any]] = []
     if resume:
-        state = _restore(out / "last.pt", model, optimizer, scaler)
+        state = _restore(out / "last.pt", model, optimizer, scaler, device)
         for group in optimizer.param_groups:  # resuming may change the step budget, not the peak rates
             group["base_lr"] = config.lr * (config.head_lr_mult if group["name"].startswith("head") else 1.0)
         schedule.step = state["step"]
@@ -740,6 +765,8 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             ckpt.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                          "rng": torch.get_rng_state(), "best_acc": best_acc, "best_loss": best_loss,
                          "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+            if device.type == "cuda":
+                ckpt["cuda_rng"] = torch.cuda.get_rng_state(device)
         return ckpt
 
     # The epochs: train, validate, log, checkpoint, maybe stop early
