@@ -477,7 +477,10 @@ GPU_CACHE_SHARE = 0.25  # of the free GPU memory, at most, for the decoded cache
 
 def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
     """Whether a cache of ``nbytes`` may live in ``device``'s memory (said in the log either way)."""
-    free, _ = torch.cuda.mem_get_info(device)
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except RuntimeError:  # a device that cannot say (some MIG and driver set-ups): the loader path, as on the CPU
+        return False
     fits = nbytes <= GPU_CACHE_SHARE * free
     log.info("the decoded cache (%.2f GB) %s", nbytes / 1e9,
              "is held on the GPU: batches are gathered and augmented there" if fits else
