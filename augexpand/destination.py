@@ -70,6 +70,7 @@ _SHARD_LOCK = re.compile(r"shard-([0-9]+)-of-([0-9]+)\.lock")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _WRITE_HINT = "free some space (or fix the permissions), then run again with --resume"
+MAX_SHARDS = 1_000_000  # a job array far larger than any scheduler runs; beyond 2**63 numpy could not even count it
 _HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()  # in journal names
 
 
@@ -95,7 +96,7 @@ def parse_shard(value: Any) -> tuple[int, int] | None:
         return None
     if isinstance(value, str):
         parts = value.strip().split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
             raise ValueError(f"expected I/N, e.g. 1/4 (shard I of N, counted from 1), got {value!r}")
         value = (int(parts[0]), int(parts[1]))
     if (not isinstance(value, (tuple, list)) or len(value) != 2
@@ -104,6 +105,8 @@ def parse_shard(value: Any) -> tuple[int, int] | None:
     i, n = value
     if n < 1:
         raise ValueError(f"the number of shards must be at least 1, got {i}/{n}")
+    if n > MAX_SHARDS:
+        raise ValueError(f"at most {MAX_SHARDS:,} shards, got {n:,}")
     if not 1 <= i <= n:
         raise ValueError(f"shard index must be from 1 to {n} (counted from 1), got {i}/{n}")
     return (i, n)

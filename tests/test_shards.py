@@ -148,6 +148,8 @@ def test_a_shard_needs_an_empty_or_augexpand_destination(many_src, tmp_path, rec
     ("abc", "expected I/N, e.g. 1/4"),
     ("1/2/3", "expected I/N"),
     ("-1/3", "expected I/N"),
+    ("1/99999999999999999999", "at most 1,000,000 shards"),  # was an OverflowError traceback from numpy
+    ("1/\u00b2", "expected I/N"),  # a superscript two is a digit to str.isdigit, not to int()
 ])
 def test_bad_shards_are_usage_errors(many_src, tmp_path, value, message):
     result = invoke("expand", many_src, tmp_path / "out", "--shard", value)
@@ -166,6 +168,8 @@ def test_shard_with_overwrite_is_a_usage_error(many_src, tmp_path):
         expand(many_src, tmp_path / "out", shard=(3, 2))
     with pytest.raises(AugexpandError, match="two integers"):
         expand(many_src, tmp_path / "out", shard=(1.0, 2))
+    with pytest.raises(AugexpandError, match="at most 1,000,000 shards"):
+        expand(many_src, tmp_path / "out", shard=(1, 2**80))
 
 
 def test_shard_cli_says_what_it_did(many_src, tmp_path, recipe):
