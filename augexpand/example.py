@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from augexpand.errors import DestinationError
+from augexpand.folder import unwritable
 
 __all__ = ["example_dir", "write_example"]
 
@@ -21,10 +22,13 @@ def write_example(dst: str | Path) -> dict[str, int]:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise DestinationError(f"{dst} is not empty; choose a new folder for the example")
     counts = {}
-    for folder in sorted(p for p in example_dir().iterdir() if p.is_dir()):
-        (dst / folder.name).mkdir(parents=True, exist_ok=True)
-        files = sorted(folder.glob("*.jpg"))
-        for f in files:
-            shutil.copyfile(f, dst / folder.name / f.name)
-        counts[folder.name] = len(files)
+    try:
+        for folder in sorted(p for p in example_dir().iterdir() if p.is_dir()):
+            (dst / folder.name).mkdir(parents=True, exist_ok=True)
+            files = sorted(folder.glob("*.jpg"))
+            for f in files:
+                shutil.copyfile(f, dst / folder.name / f.name)
+            counts[folder.name] = len(files)
+    except OSError as exc:  # under a file, no permission, a full disk: one line
+        raise unwritable(dst, exc) from None
     return counts

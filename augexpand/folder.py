@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augexpand.errors import ImageReadError, SourceError
+from augexpand.errors import DestinationError, ImageReadError, SourceError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -50,8 +50,10 @@ __all__ = [
     "probe_image",
     "safe_stem",
     "scan_image_folder",
+    "unwritable",
     "walk_class",
     "write_atomic",
+    "write_file",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -623,6 +625,27 @@ def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
         except OSError:
             pass
         raise
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """``write_atomic`` into ``path``, its folders made first, for a file the user names (a preview sheet, a
+    chart, ...): what the system refuses (a folder of that name, a file where a folder must be, no permission, a
+    full disk) is a DestinationError naming the path (``unwritable``), never an OSError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+
+
+def unwritable(path: Path, exc: OSError) -> DestinationError:
+    """The one-line error for ``exc``, raised while writing ``path`` (or its folders)."""
+    path = Path(path)
+    under = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    reason = (f"{under} is a file, not a folder" if under is not None else
+              "it is a folder" if path.is_dir() and not isinstance(exc, PermissionError) else exc.strerror or str(exc))
+    return DestinationError(f"cannot write {path}: {reason}")
 
 
 def _probe_or_reason(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, int, int, str] | str:

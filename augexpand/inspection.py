@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from augexpand.errors import AugexpandError, DestinationError, SourceError
-from augexpand.folder import IMAGE_EXTENSIONS, _class_folders, _hidden, display_name, walk_class, write_atomic
+from augexpand.folder import IMAGE_EXTENSIONS, _class_folders, _hidden, display_name, walk_class, write_file
 from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card, read_metadata
 
 __all__ = ["InspectError", "count_image_folder", "format_report", "inspect_folder", "plot_counts"]
@@ -254,6 +254,5 @@ def plot_counts(report: dict[str, Any], out: str | Path) -> Path:
     ax.spines[["top", "right"]].set_visible(False)
     buf = io.BytesIO()
     fig.savefig(buf, format=out.suffix.lower()[1:], dpi=110)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, buf.getvalue())
+    write_file(out, buf.getvalue())
     return out

@@ -47,7 +47,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     Returns a summary: the sheet's size and, per op, where its row lies and what each tile shows.
     ``max_pixels``: a source whose header claims more pixels is skipped (a decompression bomb; None: no limit).
     """
-    from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_atomic
+    from augexpand.folder import limit_opencv_pixels, scan_image_folder, write_file
     from augexpand.orientation import orientation_note, resolve_orientation
     from augexpand.plan import OPS, make_plan
     from augexpand.recipe import load_recipe, resolve_output
@@ -120,8 +120,7 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
     title = f"recipe {_short(Path(recipe.source))}  on  {_short(src)}  -  seed {recipe.seed}, " \
             f"{sum(r.split == 'train' for r in plan.rows)} images planned"
     sheet, layout = _draw(sections, samples, tile, title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, _encode(sheet, fmt))
+    write_file(out, _encode(sheet, fmt))
     for section, rows in zip(sections, layout):
         section.update(rows)
         for s in section["samples"]:

@@ -132,6 +132,27 @@ def test_preview_errors(tmp_path, args, code, message):
     assert not list(src.rglob("grid.png"))
 
 
+@pytest.mark.parametrize("command, where, words", [
+    # a folder named like the file: os.replace raised IsADirectoryError
+    (["preview", "{src}", "-o", "{out}"], "folder.png", "it is a folder"),
+    (["inspect", "{src}", "--plot", "{out}"], "folder.png", "it is a folder"),
+    # under a file: mkdir raised FileExistsError or NotADirectoryError
+    (["preview", "{src}", "-o", "{out}"], "notes.png/grid.png", "notes.png is a file, not a folder"),
+    (["inspect", "{src}", "--plot", "{out}"], "notes.png/grid.png", "notes.png is a file, not a folder"),
+    (["example", "{out}"], "notes.png/photos", "notes.png is a file, not a folder"),
+])
+def test_an_output_file_that_cannot_be_written_is_one_line(tmp_path, command, where, words):
+    src = png_folder(tmp_path / "src", {"cat": ("chelsea", 2)})
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "notes.png").write_text("mine")
+    out = tmp_path / where
+    result = invoke(*(a.format(src=src, out=out) for a in command))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot write {out}: ")
+    assert words in result.output
+    assert (tmp_path / "notes.png").read_text() == "mine" and not list((tmp_path / "folder.png").iterdir())
+
+
 # --------------------------------------------------------------------------------------------------------------
 # inspect
 
