@@ -190,3 +190,58 @@ def test_fit_image_scales_the_short_side_and_centre_crops():
     out = D.fit_image(image, 20)
     assert out.shape == (20, 20, 3)
     assert out[:, 5:15].min() > 200 and out[:, :3].max() < 50
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    # not JSON a parser survives, or not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, r"line 1: expected a JSON object with 'file_name'"),
+    (b'{"file_name": "d0/0_0.png", "label": "d\xe9"}', r"line 1: not UTF-8 text"),
+    # wrong types
+    (b'{"file_name": 5, "label": "d0"}', r"line 1: file_name must be a relative path \(a string\), got 5"),
+    (b'{"file_name": "d0/0_0.png", "label": ["d0"]}', r"line 1: label must be a class name \(a string\), got \['d0'\]"),
+    (b'{"file_name": "d0/0_0.png", "soft_label": "abc"}', r"line 1: soft_label must be a list of 3 numbers"),
+    (b'{"file_name": "d0/0_0.png", "soft_label": [[1], 0, 0]}', r"line 1: soft_label must be a list of 3 numbers"),
+    (b'{"file_name": "d0/0_0.png", "soft_label": [1' + b"0" * 400 + b", 0, 0]}",
+     r"line 1: soft_label must be a list of 3 numbers"),
+    # NaN and null are not probabilities (they would train on NaN targets)
+    (b'{"file_name": "d0/0_0.png", "soft_label": [NaN, 0, 1]}', r"line 1: soft_label must be non-negative and sum"),
+    (b'{"file_name": "d0/0_0.png", "soft_label": [null, 0, 1]}', r"line 1: soft_label must be non-negative and sum"),
+    # paths that leave the split, or that no file system holds
+    (b'{"file_name": "/etc/hostname", "label": "d0"}', r"line 1: file_name must be a relative path inside"),
+    (b'{"file_name": "../dataset.json", "label": "d0"}', r"line 1: file_name must be a relative path inside"),
+    (b'{"file_name": "d0/' + b"a" * 5000 + b'.png", "label": "d0"}', r"1 file\(s\) listed in .* do not exist"),
+])
+def test_hostile_metadata_lines_are_one_error(tmp_path, line, message):
+    dst = write_expanded(tmp_path / "dst", n=1, mixed=0, with_val=False)
+    (dst / "train" / "metadata.jsonl").write_bytes(line + b"\n")
+    with pytest.raises(TrainingError, match=message):
+        D.read_split(dst / "train", ["d0", "d1", "d2"])
+
+
+@pytest.mark.parametrize(("card", "expected"), [
+    ('{"classes": ["d1", "d0", "d1"]}', ["d0", "d1"]),  # duplicates: a head with two outputs of one name
+    ("[" * 100_000 + "]" * 100_000, ["d0", "d1"]),  # nesting deeper than the JSON parser's recursion
+])
+def test_a_hostile_dataset_card_is_left_aside(tmp_path, card, expected):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
+    (dst / "dataset.json").write_text(card)
+    assert D.find_splits(dst)[2] == expected
+    assert D.source_resolution(dst) is None and D.orientation_kept(dst) is False
+
+
+def test_a_fifo_named_dataset_json_is_not_read(tmp_path):
+    import os
+    import threading
+
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
+    (dst / "dataset.json").unlink()
+    os.mkfifo(dst / "dataset.json")
+    done = []
+    reader = threading.Thread(target=lambda: done.append(D.orientation_kept(dst)), daemon=True)
+    reader.start()
+    reader.join(5)
+    blocked = reader.is_alive()
+    if blocked:  # waiting in open() for a writer: give it one so that the test ends
+        os.close(os.open(dst / "dataset.json", os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert not blocked and done == [False] and D.source_resolution(dst) is None

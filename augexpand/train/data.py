@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -91,17 +91,29 @@ def _class_dirs(root: Path) -> list[Path]:
     return dirs
 
 
+def _card(data: Path) -> dict | None:
+    """``data/dataset.json`` as a dict, or None when there is none, or it is not a readable JSON object (only a
+    regular file is read: a FIFO of that name would block for ever)."""
+    card = Path(data) / CARD
+    try:
+        if not card.is_file():
+            return None
+        value = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_classes(data: Path, train_root: Path) -> list[str]:
     """The class names in order: ``dataset.json``'s ``classes`` if there is one, else the sorted class folders."""
     card = data / CARD
     if card.is_file():
-        try:
-            classes = json.loads(card.read_text(encoding="utf-8")).get("classes")
-        except (OSError, ValueError, AttributeError):
-            classes = None
-        if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        classes = (_card(data) or {}).get("classes")
+        if (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+                and len(set(classes)) == len(classes)):
             return list(classes)
-        log.warning("%s has no usable 'classes' list; using the class folders of %s", card, train_root)
+        log.warning("%s has no usable 'classes' list (distinct names); using the class folders of %s", card,
+                    train_root)
     return [p.name for p in _class_dirs(train_root)]
 
 
@@ -156,40 +168,78 @@ def _mismatch(where: Path, unknown: list[str], classes: list[str]) -> TrainingEr
                          f"(its classes: {', '.join(classes)})")
 
 
+def _soft_vector(soft, classes: list[str], where: str) -> np.ndarray:
+    """A metadata line's ``soft_label``, checked: as many finite, non-negative numbers as classes, summing to 1."""
+    try:
+        vector = np.asarray(soft, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        vector = None
+    if vector is None or vector.ndim != 1:
+        raise TrainingError(f"{where}: soft_label must be a list of {len(classes)} numbers (one per class: "
+                            f"{', '.join(classes)}), got {str(soft)[:80]}")
+    if len(vector) != len(classes):
+        raise TrainingError(f"{where}: soft_label has {vector.size} values, the dataset has "
+                            f"{len(classes)} classes ({', '.join(classes)})")
+    if not np.isfinite(vector).all() or (vector < 0).any() or abs(vector.sum() - 1) > 1e-3:
+        raise TrainingError(f"{where}: soft_label must be non-negative and sum to 1, got {str(soft)[:80]}")
+    return vector / vector.sum()
+
+
+def _metadata_name(rec: dict, root: Path, where: str) -> str:
+    """A metadata line's ``file_name``: a relative path that stays inside the split (as ``expand`` writes it)."""
+    name = rec["file_name"]
+    if not isinstance(name, str):
+        raise TrainingError(f"{where}: file_name must be a relative path (a string), got {str(name)[:80]}")
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise TrainingError(f"{where}: file_name must be a relative path inside {root}, got {name[:200]!r}")
+    return name
+
+
+def _listed_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarray, list[str], bool]:
     path = root / METADATA
     index = {c: i for i, c in enumerate(classes)}
     files, targets, ops, missing, unknown = [], [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}, line {n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise TrainingError(f"{where}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                name = rec["file_name"]
-            except (ValueError, KeyError, TypeError):
-                raise TrainingError(f"{path}, line {n}: expected a JSON object with 'file_name'") from None
+                rec["file_name"]
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+                raise TrainingError(f"{where}: expected a JSON object with 'file_name'") from None
+            if not isinstance(rec, dict):
+                raise TrainingError(f"{where}: expected a JSON object with 'file_name'")
+            name = _metadata_name(rec, root, where)
             label = rec.get("label", name.split("/", 1)[0] if "/" in name else None)
+            if label is not None and not isinstance(label, str):
+                raise TrainingError(f"{where}: label must be a class name (a string), got {str(label)[:80]}")
             soft = rec.get("soft_label")
             if soft is not None:
-                vector = np.asarray(soft, dtype=np.float64)
-                if vector.ndim != 1 or len(vector) != len(classes):
-                    raise TrainingError(f"{path}, line {n}: soft_label has {vector.size} values, the dataset has "
-                                        f"{len(classes)} classes ({', '.join(classes)})")
-                total = vector.sum()
-                if (vector < 0).any() or abs(total - 1) > 1e-3:
-                    raise TrainingError(f"{path}, line {n}: soft_label must be non-negative and sum to 1, "
-                                        f"got sum {total:.4f}")
-                vector = vector / total
+                vector = _soft_vector(soft, classes, where)
             elif label in index:
-                vector = np.eye(len(classes))[index[label]]
+                vector = np.zeros(len(classes))
+                vector[index[label]] = 1.0
             else:
                 unknown.append(str(label))
                 continue
             if label is not None and label not in index:
                 unknown.append(str(label))
                 continue
-            if not (root / name).is_file():
+            if not _listed_file(root / name):
                 missing.append(name)
                 continue
             files.append(name)
@@ -198,7 +248,7 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     if unknown:
         raise _mismatch(path, sorted(set(unknown)), classes)
     if missing:
-        raise TrainingError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]!r}")
+        raise TrainingError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0][:200]!r}")
     array = np.asarray(targets, dtype=np.float32).reshape(len(files), len(classes))
     soft = bool(len(array)) and bool((array.max(1) < 1 - 1e-6).any())
     return files, array, ops, soft
@@ -244,12 +294,10 @@ def source_resolution(data: Path) -> tuple[int, int] | None:
     by ``augexpand expand``); None for a plain ImageFolder, an older card, or a value that is not a positive number.
     """
     card = Path(data) / CARD
-    if not card.is_file():
-        return None
     try:
-        sizes = json.loads(card.read_text(encoding="utf-8")).get("source_sizes")
+        sizes = (_card(data) or {})["source_sizes"]
         median, count = sizes["short_side"]["median"], sizes.get("count", 0)
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError):
         return None
     if median is None:  # no source image was measured
         return None
@@ -263,11 +311,8 @@ def source_resolution(data: Path) -> tuple[int, int] | None:
 def orientation_kept(data: Path) -> bool:
     """Whether ``data/dataset.json`` says the expansion kept orientation (``orientation.keep``: its recipe had
     ``orientation: keep``, or ``auto`` found that mirror images do not look like their class); False without one."""
-    card = Path(data) / CARD
-    try:
-        return json.loads(card.read_text(encoding="utf-8")).get("orientation", {}).get("keep") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    orientation = (_card(data) or {}).get("orientation")
+    return isinstance(orientation, dict) and orientation.get("keep") is True
 
 
 def readable(split: Split) -> Split:
