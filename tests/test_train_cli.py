@@ -147,6 +147,46 @@ def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
 
 
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["dst/train/d0/run", "dst/val", "dst", "plain/d1/run", "plain", "val/run"])
+def test_train_never_writes_into_the_images_it_reads(tmp_path, where):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=4, mixed=0)
+    plain = write_digits(tmp_path / "plain", classes=(0, 1), n=4)
+    val = write_digits(tmp_path / "val", classes=(0, 1), n=2, offset=30)
+    data = plain if where.startswith("plain") else dst
+    before = {d: _tree(d) for d in (dst, plain, val)}
+    result = _invoke("train", data, "-o", tmp_path / where, "--val", val, "--epochs", "1", *FAST, "-q")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: --out ") and len(result.output.strip().splitlines()) == 1
+    assert "never written to" in result.output or "is not empty and is not a training run" in result.output
+    assert {d: _tree(d) for d in (dst, plain, val)} == before  # not even a .lock
+    assert not any(p.name == ".lock" for d in (dst, plain, val) for p in d.rglob("*"))
+
+
+def test_evaluate_png_is_checked_before_evaluating(tmp_path):
+    write_digits(tmp_path / "tiny", classes=(0, 1), n=2)
+    run = tmp_path / "run"
+    assert _invoke("train", tmp_path / "tiny", "-o", run, "--epochs", "1", *FAST).exit_code == 0
+    test = write_digits(tmp_path / "test", classes=(0, 1), n=2, offset=40)
+    (tmp_path / "file").write_text("x")
+    before = _tree(test)
+    for png, message in [
+        (test / "d0" / "cm.png", "would be written inside the evaluation folder"),
+        (test, "is a folder"),
+        (tmp_path / "nowhere" / "cm.png", "does not exist"),
+        (tmp_path / "file" / "cm.png", "is not a folder"),
+        (tmp_path / "cm.txt", "must end in .png, .svg or .pdf"),
+    ]:
+        result = _invoke("evaluate", run, test, "--workers", "0", "--png", png)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1].startswith("Error: Invalid value for '--png'")
+        assert message in result.output and "Traceback" not in result.output
+    assert _tree(test) == before and not (tmp_path / "test.png").exists()
+
+
 def test_missing_torch_is_explained(monkeypatch, dst, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     result = _invoke("train", dst, "-o", tmp_path / "r")

@@ -188,6 +188,22 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         click.echo(_summary_line(summary))
 
 
+def _check_png(png: Path, folder: Path) -> None:
+    """--png: a .png/.svg/.pdf file name in an existing folder, never inside the evaluated images."""
+    if png.is_dir():
+        raise click.BadParameter(f"{png} is a folder; give a file name", param_hint="'--png'")
+    if png.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise click.BadParameter(f"the file name must end in .png, .svg or .pdf, got {png.name!r}", param_hint="'--png'")
+    parent = png.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"{parent} {'is not a folder' if parent.exists() else 'does not exist'}",
+                                 param_hint="'--png'")
+    where = folder.resolve()
+    if where in png.resolve().parents:
+        raise click.BadParameter(f"{png} would be written inside the evaluation folder {folder}; its images are "
+                                 "never written to", param_hint="'--png'")
+
+
 def _saved_data(out: Path) -> Path:
     import yaml
 
@@ -224,7 +240,8 @@ def _summary_line(s: dict) -> str:
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--png", type=click.Path(path_type=Path), metavar="PATH",
-              help="Where to draw the confusion matrix (default: RUN/confusion_<DIR name>.png).")
+              help="Where to draw the confusion matrix: .png, .svg or .pdf, outside DIR (default: "
+                   "RUN/confusion_<DIR name>.png).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the line of scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (with the confusion matrix) as JSON.")
 @max_pixels_option
@@ -248,12 +265,17 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
 
     require_path(run, "RUN", folder=False)
     require_path(folder, "DIR")
+    if png is not None:
+        _check_png(png, folder)
     setup_logging(quiet or as_json)
     result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:
         base = run if run.is_dir() else run.parent
         png = base / f"confusion_{folder.resolve().name or 'dir'}.png"
-    plot_confusion(result, png)
+    try:
+        plot_confusion(result, png)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the confusion matrix {png}: {exc.strerror or exc}") from None
     result["confusion_png"] = str(png)
     if as_json:
         click.echo(json.dumps(result, indent=2))

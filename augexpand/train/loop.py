@@ -328,19 +328,42 @@ class RunLock:
             self._fd = None
 
 
+def _foreign(out: Path) -> bool:
+    """Whether the folder holds anything besides a lock and a decoded cache (a cache alone is reused)."""
+    return bool({p.name for p in out.iterdir()} - {"cache", RunLock.NAME})
+
+
+def _refuse_out_in_data(config: TrainConfig) -> None:
+    """RUN is never inside the images the run reads (its curves.png would become an image of a class, its cache
+    and checkpoints would clutter the dataset): not DST itself, not in DST's train/ or val/ split (or in DST when
+    it is a plain ImageFolder), not in --val."""
+    data = Path(config.data).resolve()
+    out = Path(config.out).resolve()
+    guarded = [data / "train", data / "val"] if (data / "train").is_dir() else [data]
+    if config.val is not None:
+        guarded.append(Path(config.val).resolve())
+    for folder in guarded:
+        if out == data or out == folder or folder in out.parents:
+            raise TrainingError(f"--out {config.out} is inside {folder}, the images this run reads; they are never "
+                                "written to: choose a folder outside them")
+
+
 def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
     """Check that RUN may be written (refusals before anything is created), lock it, clear it on overwrite."""
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file, not a folder")
     if resume and not (out / "last.pt").is_file():
         raise TrainingError(f"nothing to resume in {out}: no last.pt", hint="start the run without --resume")
+    if not resume and out.is_dir() and not (out / "config.yaml").is_file() and _foreign(out):
+        # refused before the lock file is made: a user's folder is left exactly as it was
+        raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     lock = RunLock(out).acquire()
     try:
-        if not resume and {p.name for p in out.iterdir()} - {"cache", RunLock.NAME}:  # a cache alone is reused
+        if not resume and _foreign(out):
             if not (out / "config.yaml").is_file():
                 raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
             if not overwrite:
@@ -552,6 +575,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         if not ctx.is_main:  # one voice: rank 0 logs and draws the progress bar
             logging.getLogger("augexpand").setLevel(logging.ERROR)
             config = config.model_copy(update={"progress": False})
+        _refuse_out_in_data(config)
         lock = ctx.on_main(lambda: _open_run(Path(config.out), resume, overwrite), share=False)
         return _train(config, ctx, resume, explicit or set())
     finally:
