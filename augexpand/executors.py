@@ -8,6 +8,7 @@ depend only on (seed, row), so the output is the same for every executor and wor
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -19,12 +20,15 @@ from augexpand.errors import AugexpandError
 from augexpand.plan import Row
 from augexpand.rows import RowContext, RowMaker
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "fork_safe_opencv", "make_executor",
-           "probe_here", "probe_map"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "fork_safe_opencv", "local_workers",
+           "make_executor", "probe_here", "probe_map"]
 
 EXECUTORS = ("local", "ray")
 
+log = logging.getLogger("augexpand")
+
 PARALLEL_SCAN_FILES = 500  # probe image headers in parallel from this many files on
+WORKERS_PER_CORE = 4  # local worker processes at most, per core: more only costs memory (a pipeline and a cache each)
 
 Task = tuple[object, list[Row]]  # (the partner group's key, its rows)
 
@@ -47,6 +51,19 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def local_workers(requested: int | None, quiet: bool = False) -> int:
+    """How many processes to run on this machine for ``requested`` (None: one per core): at most WORKERS_PER_CORE
+    per core, said (unless ``quiet``) when fewer than asked (``--workers 100000`` would fork 100000 processes)."""
+    cores = default_workers()
+    if requested is None:
+        return cores
+    cap = WORKERS_PER_CORE * cores
+    if requested > cap and not quiet:
+        log.info("--workers %d: at most %d worker processes on this machine (%d per core; more would only take "
+                 "memory)", requested, cap, WORKERS_PER_CORE)
+    return max(1, min(requested, cap))
 
 
 # The one RowMaker of a worker process (the local pool's initializer sets it).
@@ -164,7 +181,7 @@ def make_executor(kind: str, workers: int | None, ctx: RowContext, decoded: dict
     how many (None: every core here; for Ray, every CPU of the cluster). ``decoded``: images planning decoded
     already, for local workers (Ray's decode their own)."""
     if kind == "local":
-        return LocalExecutor(max(1, workers or default_workers()), ctx, decoded)
+        return LocalExecutor(local_workers(workers), ctx, decoded)
     if kind == "ray":
         from augexpand.ray_executor import RayExecutor
 

@@ -28,7 +28,16 @@ from augexpand import __version__
 from augexpand.decodescale import decode_scales, decoded_sizes, scale_counts
 from augexpand.destination import JOURNAL_ONLY, Destination, check_paths, fingerprint, parse_shard
 from augexpand.errors import AugexpandError, DestinationError, ExpandError, SourceError
-from augexpand.executors import EXECUTORS, Executor, Task, default_workers, make_executor, probe_here, probe_map
+from augexpand.executors import (
+    EXECUTORS,
+    Executor,
+    Task,
+    default_workers,
+    local_workers,
+    make_executor,
+    probe_here,
+    probe_map,
+)
 from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, decoded_size, limit_opencv_pixels, scan_image_folder
 from augexpand.manifest import METADATA_NAME, RecordStore, write_card, write_metadata
 from augexpand.orientation import MAX_IMAGES, needs_decision, orientation_note, resolve_orientation
@@ -129,7 +138,7 @@ def plan_expansion(
     if not 0.0 <= val_fraction < 1.0:
         raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
     src = _source_folder(src)
-    workers = max(1, workers or default_workers())
+    workers = local_workers(workers)
     scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
@@ -312,7 +321,8 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
             max_pixels: int | None, shard: tuple[int, int] | None,
             on_progress: Callable[[int, int], object] | None = None, executor: str = "local",
             allow_large: bool = False) -> dict[str, Any]:
-    requested, workers = workers, max(1, workers or default_workers())
+    # Ray's workers are the cluster's CPUs; this machine's pools (planning, the local executor) are capped
+    requested, workers = workers, local_workers(workers, quiet=executor != "local")
     planned = plan_expansion(src, recipe, val_fraction=val_fraction, strict=strict, workers=workers,
                              max_pixels=max_pixels, allow_large=allow_large)
     scan, plan, recipe, run_id = planned.scan, planned.plan, planned.recipe, planned.fingerprint
@@ -323,8 +333,8 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
             summary["shard"] = {"index": shard[0], "count": shard[1],
                                 "rows": len(_select(plan, shard))}
         return summary
-    runner: Executor = make_executor(executor, requested, planned.context(dst, dest.tag, dest.journal),
-                                     planned.decoded)
+    runner: Executor = make_executor(executor, workers if executor == "local" else requested,
+                                     planned.context(dst, dest.tag, dest.journal), planned.decoded)
     planned.decoded = {}  # the workers hold them now (a forked pool shares them), and let each go once used
     t_start = time.perf_counter()
     try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import augexpand.executors
 from augexpand.errors import DestinationError
 from augexpand.expansion import expand
 from augexpand.folder import IMAGE_EXTENSIONS, decode_image
@@ -83,6 +85,16 @@ def test_same_bytes_with_one_worker_or_two(small_src: Path, tmp_path: Path, tiny
     run(small_src, tmp_path / "w2", spec, overrides=overrides, workers=2)
     one, two = tree_digest(tmp_path / "w1" / "train"), tree_digest(tmp_path / "w2" / "train")
     assert one == two and len(one) > 10
+
+
+def test_more_workers_than_the_machine_can_run_are_capped(small_src, tmp_path, tiny_recipe, monkeypatch, caplog):
+    # --workers 100000 forked 100000 processes (each with its pipeline and a decode cache of up to 128 MB)
+    monkeypatch.setattr(augexpand.executors, "default_workers", lambda: 1)  # a machine of one core
+    caplog.set_level(logging.INFO, logger="augexpand")
+    summary = run(small_src, tmp_path / "out", tiny_recipe, workers=9)
+    assert summary["workers"] == 4 and "at most 4 worker processes" in caplog.text
+    run(small_src, tmp_path / "w1", tiny_recipe, workers=1)
+    assert tree_digest(tmp_path / "out" / "train") == tree_digest(tmp_path / "w1" / "train")
 
 
 def test_another_seed_gives_other_images_and_the_same_names(small_src: Path, tmp_path: Path, tiny_recipe: Path):
