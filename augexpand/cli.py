@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from augexpand._cliutil import CONTEXT, max_pixels_option, printable, require_pa
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
+
+SEED_MAX = (1 << 64) - 1  # a recipe's seed is below 2**64 (numpy's SeedSequence entropy of one word)
 
 # setup_logging under its old private name too: other modules and tests may still call it
 _setup_logging = setup_logging
@@ -72,6 +75,10 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
         raise click.BadParameter(f"expected SIZE like 224 or 256x192 (height x width), 'auto' or 'native', "
                                  f"got {value!r}",
                                  param_hint="--size")
+    from augexpand.recipe import MAX_SIDE
+
+    if max(numbers) > MAX_SIDE:
+        raise click.BadParameter(f"at most {MAX_SIDE} pixels a side, got {value!r}", param_hint="--size")
     return (numbers[0], numbers[-1])
 
 
@@ -80,7 +87,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("-r", "--recipe", default="light", show_default=True, metavar="NAME|PATH",
               help="A recipe YAML file, or a builtin recipe name (see `augexpand recipes`).")
 @click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC (then give only DST).")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's).")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), help="Seed (overrides the recipe's).")
 @click.option("--copies", type=click.IntRange(0, 10_000), help="Augmented copies per source image (overrides the recipe).")
 @click.option("--target-per-class", type=click.IntRange(1, 10_000_000),
               help="Make augmented copies until each class has at least this many images (minority classes get more).")
@@ -140,6 +147,8 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     if shard and overwrite:
         raise click.UsageError("--shard and --overwrite cannot be used together (shards of one plan share DST: "
                                "clear it with one --overwrite run first)")
+    if math.isnan(val_fraction):  # nan passes FloatRange's comparisons
+        raise click.BadParameter("nan is not a fraction; expected a number in [0, 1)", param_hint="'--val-fraction'")
     src, dst = (None, paths[0]) if example else paths
     require_path(src, "SRC")
     given = {"seed": seed, "copies": copies, "target_per_class": target_per_class, "keep_originals": originals,
@@ -339,7 +348,7 @@ def example_command(dst: Path) -> None:
               help="The sheet to write: .png (or .jpg, .webp).")
 @click.option("-n", "--samples", type=click.IntRange(1, 24), default=6, show_default=True,
               help="Samples per op (one row per op).")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides the recipe's; also picks the samples).")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), help="Seed (overrides the recipe's; also picks the samples).")
 @click.option("--tile", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Tile side in pixels.")
 @max_pixels_option

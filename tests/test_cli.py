@@ -88,6 +88,11 @@ def test_skipped_files_are_reported_one_line_each(messy_src: Path, tmp_path: Pat
     (["expand", "{src}"], 2, "expected SRC and DST"),
     (["expand", "{src}", "{tmp}/o", "--workers", "0"], 2, "Invalid value for '-w' / '--workers'"),
     (["expand", "{src}", "{tmp}/o", "--size", "big"], 2, "expected SIZE like 224"),
+    # out of range on the command line: the flag is named, not the recipe file's line (it was exit 1)
+    (["expand", "{src}", "{tmp}/o", "--size", "9000x224"], 2, "Invalid value for --size: at most 8192"),
+    (["expand", "{src}", "{tmp}/o", "--seed", "18446744073709551616"], 2, "Invalid value for '--seed'"),
+    (["preview", "{src}", "-o", "{tmp}/g.png", "--seed", "18446744073709551616"], 2, "Invalid value for '--seed'"),
+    (["expand", "{src}", "{tmp}/o", "--val-fraction", "nan"], 2, "Invalid value for '--val-fraction'"),
     (["expand", "{src}", "{tmp}/o", "--resume", "--overwrite"], 2, "cannot be used together"),
     (["expand", "{src}", "{src}/cat"], 1, "inside the source"),
     (["expand", "{src}", "{tmp}/full"], 1, "is not empty; use --resume"),
