@@ -82,6 +82,12 @@ _CONVERSIONS = {
 
 _TEMP_SUFFIX = ".augexpand-tmp"
 
+# What Pillow calls the kinds of image that OpenCV decodes (checked on this OpenCV build): the scan passes over any
+# other kind Pillow identifies (ICO, TGA, QOI, SGI, a headerless DIB, ... named .png or .bmp), which used to fail
+# only when decoded, after being counted as a source image.
+_DECODABLE = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WebP",
+              "JPEG2000": "JPEG 2000", "PPM": "PPM", "GIF": "GIF", "AVIF": "AVIF"}
+
 # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, where it starts to warn): 89.5 megapixels, 268 MB as
 # 8-bit RGB. Larger than any camera photo up to 80 MP; a tiny file whose header claims more is skipped at scan
 # time, before anything decodes it. `--max-pixels` changes it.
@@ -396,6 +402,9 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
             if "truncated" in str(exc).lower():
                 raise ImageReadError("truncated file (cut short inside its header)") from None
             raise ImageReadError(f"unreadable image header ({exc})") from None
+        if fmt not in _DECODABLE:
+            kinds = ", ".join(dict.fromkeys(_DECODABLE.values()))
+            raise ImageReadError(f"an image of kind {fmt or 'unknown'}: not one OpenCV decodes ({kinds})")
         if width <= 0 or height <= 0:
             raise ImageReadError(f"image has no pixels ({width}x{height})")
         too_big = _over_limit(width, height, max_pixels)

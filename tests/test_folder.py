@@ -83,6 +83,24 @@ def test_every_mode_decodes_to_8bit_rgb_matching_pillow(messy_src: Path, name: s
     assert np.abs(image.astype(int) - expected.astype(int)).mean() < 4  # CMYK/JPEG decoders differ by rounding
 
 
+@pytest.mark.parametrize("name, fmt", [("icon.png", "ICO"), ("t.png", "TGA"), ("q.png", "QOI"), ("d.bmp", "DIB"),
+                                       ("s.tif", "SGI")])
+def test_an_image_pillow_knows_and_opencv_cannot_decode_is_skipped_at_scan(tmp_path: Path, photos, name, fmt):
+    # It used to pass the scan (Pillow reads its header) and fail at decode time: still counted as a source image,
+    # in the size and imbalance of the source, and in --dry-run's plan.
+    cat = tmp_path / "src" / "cat"
+    cat.mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(photos["chelsea"][k * 20:k * 20 + 60, :80]).save(cat / f"c{k}.jpg")
+    Image.fromarray(photos["coffee"][:60, :80]).save(cat / name, format=fmt)
+    with pytest.raises(ImageReadError):
+        decode_image(cat / name)
+    scan = scan_image_folder(tmp_path / "src")
+    assert [s.rel for s in scan.sources] == ["cat/c0.jpg", "cat/c1.jpg"] and scan.counts() == {"cat": 2}
+    reason = f"an image of kind {fmt}: not one OpenCV decodes (JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, PPM, GIF, AVIF)"
+    assert [(s.rel, s.reason) for s in scan.skipped] == [(f"cat/{name}", reason)]
+
+
 def test_decode_errors_name_the_reason(tmp_path: Path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 junk")
