@@ -475,9 +475,11 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
              timings: dict[str, float], estimated_bytes: int = 0,
              orientation: dict[str, Any] | None = None) -> dict[str, Any]:
     classes = scan.classes
-    source_counts = scan.counts()
-    val_counts = Counter(classes[scan.sources[i].label] for i in plan.val_sources)
-    train_source_counts = Counter(classes[scan.sources[i].label] for i in plan.train_sources)
+    bad = {rel for rel, _ in unreadable}  # sources whose header read but whose pixels did not: not source images
+    source_counts = scan.counts(excluding=bad)
+    val_counts = Counter(classes[scan.sources[i].label] for i in plan.val_sources if scan.sources[i].rel not in bad)
+    train_source_counts = Counter(classes[scan.sources[i].label] for i in plan.train_sources
+                                  if scan.sources[i].rel not in bad)
     if dry_run:
         per_class_op = folder_counts(plan, scan, recipe)  # by output folder, as the records of a run are counted
         made = int((~plan.rows.val).sum())
@@ -512,7 +514,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
             "per_op": dict(sorted(per_op.items(), key=lambda kv: OPS.index(kv[0]))),
             "per_class_op": per_class_op,
         },
-        "images_in": len(scan.sources),
+        "images_in": sum(source_counts.values()),
         "images_out": made,
         "output_size": list(recipe.output.size) if recipe.output.size else None,  # [h, w]; null: native sizes
         "source_sizes": source_sizes(scan, plan.train_sources),  # of the training sources (not val)
@@ -525,7 +527,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "skipped": skipped,
         "ignored_non_image_files": scan.ignored,
         "empty_classes": scan.empty_classes,
-        "converted_to_rgb8": scan.converted(excluding={rel for rel, _ in unreadable}),
+        "converted_to_rgb8": scan.converted(excluding=bad),
         "decode_scales": scale_counts(plan.decode_scale),  # sources decoded at 1/1, 1/2, 1/4, 1/8 of their size
         "notes": plan.notes,
         "workers": workers,

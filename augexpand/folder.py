@@ -195,9 +195,10 @@ class ScanResult:
                          s.rel not in excluding)
         return dict(sorted(counts.items()))
 
-    def counts(self) -> dict[str, int]:
-        """Readable source images per class, in class order."""
-        per = Counter(s.label for s in self.sources)
+    def counts(self, excluding: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """Readable source images per class, in class order, leaving out the sources (by ``rel``) that turned out
+        unreadable when decoded."""
+        per = Counter(s.label for s in self.sources if s.rel not in excluding)
         return {name: per[i] for i, name in enumerate(self.classes)}
 
 

@@ -209,6 +209,11 @@ def test_a_float_tiff_skipped_when_decoded_is_not_counted_as_converted_and_decod
     assert "OpenCV cannot decode it" in summary["skipped"][0]["reason"]
     assert summary["converted_to_rgb8"] == {}  # the float TIFF was not converted: it was skipped
     assert summary["counts"]["train"] == {"cat": 2}
+    # not a source image either: the counts, the imbalance and the card hold the two readable photos
+    assert summary["counts"]["source"] == summary["counts"]["train_sources"] == {"cat": 2}
+    assert summary["images_in"] == 2
+    card = json.loads((tmp_path / "dst" / "dataset.json").read_text())
+    assert card["counts"]["source"] == {"cat": 2} and card["images_in"] == 2
     # one line naming the file, and no TIFF warning from OpenCV itself
     assert done.stderr.splitlines() == [f"warning: skipped cat/float.tif: {summary['skipped'][0]['reason']}"]
 
