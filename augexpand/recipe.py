@@ -753,7 +753,8 @@ def _check_numbers(name: str, value: Any, where: str, key: str = "") -> None:
 
 def _too_slow(t, A) -> str | None:
     """Why a transform cannot be run at a sane cost, from two runs (p = 1) on a 32x32 image: it asks for more
-    memory than there is, or takes over PROBE_SECONDS there (parameters no bound above foresaw). A failure that
+    memory than there is, or takes over PROBE_SECONDS there (parameters no bound above foresaw); or why its output
+    cannot be written: it is not 8-bit (Normalize, ToFloat: every image would be written black). A failure that
     depends on the image (a crop larger than 32x32) is no verdict: the image decides when it runs."""
     import time
 
@@ -772,7 +773,10 @@ def _too_slow(t, A) -> str | None:
         for _ in range(2):
             started = time.perf_counter()
             try:
-                pipeline(image=image)
+                out = pipeline(image=image)["image"]
+                if getattr(out, "dtype", np.uint8) != np.uint8:
+                    return (f"turns the 8-bit image into {out.dtype} pixels, and a recipe writes 8-bit images (every "
+                            f"one would be black); normalize when training instead")
             except MemoryError:
                 return "asks for more memory than there is, even on a 32x32 image"
             except Exception:  # noqa: BLE001, S110 -- image-dependent (decided when it runs), unless slow to fail
@@ -832,7 +836,8 @@ def _check_image_only(compose, A, where: str, depth: int = 0, probe: bool = Fals
         if isinstance(t, A.BaseCompose):
             _check_image_only(t, A, where, depth + 1, probe)
             continue
-        why = _needs_more_than_an_image(t, A)
+        why = "runs Python functions, which a recipe cannot hold" if isinstance(t, A.Lambda) else \
+            _needs_more_than_an_image(t, A)
         if why:
             raise RecipeError(f"{name} cannot be used: it {why}; a recipe's transforms get an image alone "
                               f"({where})")

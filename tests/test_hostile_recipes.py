@@ -90,6 +90,13 @@ REFUSED = [
      "iterations = 8192 is out of range: at most 100"),
     ("MedianBlur, a typo", {"pipeline": [{"MedianBlur": {"blurr_limit": 5}}]},
      "unknown parameter 'blurr_limit'; did you mean 'blur_limit'?"),
+    # a traceback from the card's serialization (to_dict) in validate and expand
+    ("Lambda", {"pipeline": ["Lambda"]}, "Lambda cannot be used: it runs Python functions"),
+    # validated, then every image written black: float pixels of 0..1 (or about -2..2) encoded as 8-bit
+    ("Normalize", {"pipeline": ["Normalize"]}, "Normalize cannot be used: it turns the 8-bit image into float32"),
+    ("ToFloat in a OneOf", {"pipeline": [{"OneOf": {"transforms": ["ToFloat", "HorizontalFlip"]}}]},
+     "ToFloat cannot be used: it turns the 8-bit image into float32"),
+    ("serialized Normalize", _serialized(A.Normalize()), "Normalize cannot be used: it turns the 8-bit image"),
 ]
 
 
