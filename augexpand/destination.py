@@ -41,7 +41,7 @@ from typing import Any, Self
 from augexpand import __version__
 from augexpand.errors import DestinationError, ImageReadError
 from augexpand.folder import ScanResult, is_temp_file, write_atomic
-from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, read_card
+from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, open_regular, read_card
 from augexpand.recipe import Recipe
 
 __all__ = [
@@ -281,12 +281,12 @@ def _iter_lines(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
     """The JSON values of a JSON-lines file, one at a time (not following a link); ``bad[0]`` counts the lines that
     could not be read (cut short by an interruption, or damaged)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        f = open_regular(path, follow=False)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise DestinationError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with open(fd, "rb") as f:
+    with f:
         for raw in f:
             if not raw.strip():
                 continue
@@ -623,7 +623,8 @@ class Destination:
         if not os.path.lexists(run_file):
             return None
         try:
-            previous = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint")
+            with open_regular(run_file, follow=False) as f:
+                previous = json.loads(f.read(1 << 20).decode("utf-8")).get("fingerprint")
         except (OSError, ValueError, AttributeError):
             previous = None
         if not isinstance(previous, str):

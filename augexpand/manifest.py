@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from augexpand.folder import write_atomic
+from augexpand.folder import _kind, write_atomic
 
 __all__ = [
     "CARD_NAME",
@@ -16,6 +18,7 @@ __all__ = [
     "TOOL",
     "RecordStore",
     "is_our_card",
+    "open_regular",
     "read_card",
     "read_metadata",
     "write_card",
@@ -26,6 +29,21 @@ CARD_NAME = "dataset.json"
 METADATA_NAME = "metadata.jsonl"
 TOOL = "augexpand"
 FORMAT_VERSION = 1
+CARD_BYTES = 1 << 30  # a card larger than this is not one of ours (a million skipped files take ~100 MB)
+
+
+def open_regular(path: Path, follow: bool = True):
+    """``path`` opened for reading in binary, only if it is a regular file: a FIFO in its place cannot block the
+    open (O_NONBLOCK: it would wait for a writer for ever), nor a device (a link to /dev/zero) be read without end.
+    ``follow=False``: not through a link either. Raises OSError (its ``strerror`` says why) otherwise."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(0, f"{_kind(mode)}, not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
 
 
 def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
@@ -45,8 +63,8 @@ def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
 
 def read_metadata(path: Path) -> list[dict[str, Any]]:
     """Read a metadata.jsonl file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open_regular(path) as f:
+        return [json.loads(line.decode("utf-8")) for line in f if line.strip()]
 
 
 def write_card(dst: Path, card: dict[str, Any]) -> None:
@@ -59,7 +77,11 @@ def read_card(dst: Path) -> dict[str, Any] | None:
     """The dataset card of an augexpand output folder, or None if there is none (or it is not ours)."""
     path = Path(dst) / CARD_NAME
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as f:
+            text = f.read(CARD_BYTES + 1)
+        if len(text) > CARD_BYTES:
+            return None
+        card = json.loads(text.decode("utf-8"))
     except (OSError, ValueError):
         return None
     return card if is_our_card(card) else None

@@ -369,6 +369,61 @@ def test_write_atomic_removes_its_temporary_file_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Hang(Exception):
+    pass
+
+
+def _within(seconds: int):
+    """Fail (not hang) when the code blocks longer than ``seconds``: SIGALRM interrupts a blocking open()."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        def stop(signum, frame):
+            raise _Hang(f"blocked for {seconds} s")
+
+        previous = signal.signal(signal.SIGALRM, stop)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return guard()
+
+
+@pytest.mark.parametrize("name, args, words", [
+    # a FIFO in place of the card: opening it waited for a writer for ever
+    ("dataset.json", ["--overwrite"], "refusing to overwrite"),
+    ("dataset.json", ["--resume"], "cannot resume into"),
+    # and in place of the manifest, once the card says the folder is ours
+    ("train/metadata.jsonl", ["--overwrite"], "metadata.jsonl: a FIFO, not a regular file"),
+    ("train/metadata.jsonl", ["--resume"], "metadata.jsonl: a FIFO, not a regular file"),
+    # inspect reads the card too: it counts the folders instead
+    ("dataset.json", ["inspect"], None),
+])
+def test_a_fifo_in_place_of_our_files_is_one_line_not_a_hang(small_src, tmp_path, tiny_recipe, name, args, words):
+    dst = tmp_path / "out"
+    run(small_src, dst, tiny_recipe)
+    os.unlink(dst / name)
+    os.mkfifo(dst / name)
+    with _within(20):
+        result = invoke("inspect", dst) if args == ["inspect"] else \
+            invoke("expand", "-r", tiny_recipe, small_src, dst, "-w", "1", *args)
+    if words is None:
+        assert result.exit_code == 0 and "training images" in result.output, result.output
+    else:
+        assert words in one_error_line(result)
+    assert stat_kind(dst / name) == "fifo" and sorted(p.name for p in (dst / "train").rglob("*.png"))
+
+
+def stat_kind(path: Path) -> str:
+    import stat
+
+    return "fifo" if stat.S_ISFIFO(os.lstat(path).st_mode) else "other"
+
+
 def test_sigterm_stops_quietly_and_resume_finishes(tmp_path, photos):
     from tests.conftest import crops
 
