@@ -393,6 +393,7 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
         try:
             with Image.open(f) as im:
                 fmt, mode, (width, height) = im.format or "", im.mode, im.size
+                has_exif = "exif" in im.info
                 try:
                     orientation = im.getexif().get(0x0112, 1)
                 except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
@@ -412,6 +413,9 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
         if too_big:
             raise ImageReadError(too_big)
         _check_tail(f, fmt, size)
+        if fmt in ("JPEG", "MPO") and has_exif:  # as the decoders read it (simplejpeg's path and OpenCV agree;
+            f.seek(0)                            # Pillow drops an entry of a bogus count): the size decoded
+            orientation = _exif_orientation(f.read(65536 + 4))
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return mode, width, height, fmt

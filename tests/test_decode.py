@@ -123,6 +123,24 @@ def test_every_exif_orientation_matches_pillow(astronaut: np.ndarray, orientatio
     np.testing.assert_array_equal(decode_image(data), upright)
 
 
+@pytest.mark.parametrize("count", [2, 0xFFFFFFFF])
+def test_a_bogus_orientation_count_gives_the_scan_the_size_the_decoders_make(astronaut, tmp_path, count):
+    # Pillow drops an orientation entry whose count is not 1; libjpeg-turbo's path and OpenCV read its value (6):
+    # the scan recorded 320x256 for a 256x320 image (size: auto, decode scales and the cache budget used it).
+    import struct
+
+    from augexpand.folder import probe_image
+    from tests.helpers_exif import exif_block, with_exif
+
+    tiff = bytearray(exif_block(6))
+    tiff[14:18] = struct.pack("<I", count)  # IFD0 at 8: entry count (2), then tag (2), type (2), count (4)
+    path = tmp_path / "bogus.jpg"
+    path.write_bytes(with_exif(cv2.imencode(".jpg", astronaut[:256, :320])[1].tobytes(), bytes(tiff)))
+    _, width, height, _ = probe_image(path)
+    assert decode_image(path).shape[:2] == (height, width) == (320, 256)
+    assert cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (320, 256)
+
+
 def test_cmyk_and_grayscale_jpegs_and_16bit_png_still_convert(astronaut: np.ndarray, tmp_path: Path):
     cmyk = jpeg_bytes(astronaut, mode="CMYK")
     gray = jpeg_bytes(astronaut, mode="L")
