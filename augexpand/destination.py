@@ -323,6 +323,11 @@ def _journals(state: Path) -> list[Path]:
         return []
 
 
+def _as_planned(record: dict[str, Any], planned: tuple[str, str, str]) -> bool:
+    folder, name = _safe_name(record["file_name"])
+    return (record["split"], record.get("op"), name) == planned and record.get("label") == folder
+
+
 class _Checker:
     """Whether the file at a record's path is the one the record says was written (lstat; hash only if needed)."""
 
@@ -642,8 +647,11 @@ class Destination:
         raise DestinationError(f"cannot resume into {self.dst}: it was made from a different source, recipe, seed "
                                f"or split", hint="use --overwrite to start it again")
 
-    def kept(self, run_id: str, n_rows: int) -> tuple[RecordStore, bool]:
+    def kept(self, run_id: str, n_rows: int,
+             planned: Callable[[int], tuple[str, str, str]] | None = None) -> tuple[RecordStore, bool]:
         """The rows a run may keep (verified), after checking that ``dst`` holds a run of the same plan.
+        ``planned(row)``: the (split, op, file name) the plan gives the row; a record that says otherwise (a line
+        edited to name another row's file, or another row's number), or whose label is not its folder, is not kept.
 
         A shard reads its own journal (and a whole run's); a run without ``--shard`` reads every journal. Returns
         (records by row, whether ``dst`` held a run of ours to continue). The records stream from the files into
@@ -664,7 +672,7 @@ class Destination:
             row = r["row"]
             if not 0 <= row < n_rows or row in done:
                 continue
-            if check(r):
+            if check(r) and (planned is None or _as_planned(r, planned(row))):
                 done[row] = r
                 rejected.discard(row)
             else:

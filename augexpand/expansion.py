@@ -431,7 +431,9 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
     done = RecordStore()
     try:
         if resume or shard is not None:  # a shard continues the shared destination (other shards, its own past)
-            done, _ = dest.kept(run_id, len(plan.rows))
+            every = plan.rows  # what the plan gives each row: a record that says otherwise is not kept
+            done, _ = dest.kept(run_id, len(every), lambda i: ("val" if every.val[i] else "train",
+                                                                OPS[int(every.op[i])], every.name(i)))
         dest.start(run_id)
     except OSError as exc:
         raise _write_error(exc, dest.dst) from None

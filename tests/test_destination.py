@@ -219,6 +219,24 @@ def test_a_damaged_journal_or_manifest_is_skipped_and_remade(small_src, tmp_path
     same_output(dst, tmp_path / "whole")
 
 
+def test_a_manifest_line_edited_to_another_rows_file_or_label_is_made_again(small_src, tmp_path, tiny_recipe):
+    # Each line parsed and named an existing file, so --resume kept it: two lines listed one file, the image of
+    # the edited row was left out of the manifest, and an edited label went into the final manifest.
+    whole = tmp_path / "whole"
+    run(small_src, whole, tiny_recipe)
+    dst = tmp_path / "edited"
+    shutil.copytree(whole, dst)
+    meta = dst / "train" / "metadata.jsonl"
+    lines = [json.loads(line) for line in meta.read_text().splitlines()]
+    lines[2]["file_name"] = lines[3]["file_name"]  # another row's file
+    lines[4]["label"] = "rocket" if lines[4]["label"] != "rocket" else "cat"  # a label that is not its folder
+    lines[5]["op"], lines[6]["row"] = "smote", lines[7]["row"]  # another op; another row's number
+    meta.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = run(small_src, dst, tiny_recipe, resume=True)
+    assert summary["resumed_rows"] == len(lines) - 4
+    same_output(dst, whole)
+
+
 def test_a_damaged_run_file_is_one_clear_error(small_src, tmp_path, tiny_recipe, monkeypatch):
     dst = tmp_path / "cut"
     interrupted(small_src, dst, tiny_recipe, monkeypatch)
