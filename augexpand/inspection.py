@@ -8,13 +8,15 @@ counted from its ``train/metadata.jsonl`` (hard label, op and soft label of ever
 from __future__ import annotations
 
 import io
+import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from augexpand.errors import AugexpandError, DestinationError, SourceError
 from augexpand.folder import IMAGE_EXTENSIONS, _class_folders, _hidden, display_name, walk_class, write_file
-from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card, read_metadata
+from augexpand.manifest import CARD_NAME, METADATA_NAME, open_regular, read_card
 
 __all__ = ["InspectError", "count_image_folder", "format_report", "inspect_folder", "plot_counts"]
 
@@ -39,6 +41,37 @@ def count_image_folder(root: Path) -> dict[str, Any]:
     outside = sum(p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.name) and p.is_file() for p in root.iterdir())
     return {"counts": counts, "empty_classes": [c for c, n in counts.items() if n == 0], "ignored_files": ignored,
             "outside_class_folders": outside, "passed_over": [{"file": s.rel, "reason": s.reason} for s in passed]}
+
+
+def _is_record(r: Any) -> bool:
+    """A metadata.jsonl line as augexpand writes it, as far as counting goes: a class name as its label, an op
+    name, soft-label weights in [0, 1]."""
+    soft = r.get("soft_label", []) if isinstance(r, dict) else None
+    return (isinstance(r, dict) and isinstance(r.get("label"), str) and isinstance(r.get("op", ""), str)
+            and isinstance(soft, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                               and math.isfinite(w) and 0 <= w <= 1 for w in soft))
+
+
+def _read_records(manifest: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a metadata.jsonl, and how many of its lines are not records (damaged, or edited by hand):
+    those are left out, and said."""
+    records, bad = [], 0
+    try:
+        with open_regular(manifest) as f:
+            for raw in f:
+                if not raw.strip():
+                    continue
+                try:
+                    r = json.loads(raw.decode("utf-8"))
+                except ValueError:
+                    r = None
+                if _is_record(r):
+                    records.append(r)
+                else:
+                    bad += 1
+    except OSError as exc:
+        raise InspectError(f"cannot read {manifest}: {exc.strerror or exc}") from None
+    return records, bad
 
 
 def imbalance_ratio(counts: dict[str, float]) -> float | None:
@@ -75,14 +108,13 @@ def _inspect_expanded(root: Path, train: Path, card: dict | None) -> dict[str, A
 
     manifest = train / METADATA_NAME
     records: list[dict[str, Any]] = []
+    notes: list[str] = []
     if manifest.is_file():
-        try:
-            records = read_metadata(manifest)
-        except (OSError, ValueError) as exc:
-            raise InspectError(f"cannot read {manifest}: {exc}") from None
+        records, bad = _read_records(manifest)
+        if bad:
+            notes.append(f"{bad} line(s) of train/{METADATA_NAME} are not records of augexpand: left out")
     folders = count_image_folder(train) if train.is_dir() else {"counts": {}}
     classes = list(card["classes"]) if card else sorted({r["label"] for r in records} | set(folders["counts"]))
-    notes = []
     if records:
         per_class_op = {c: Counter() for c in classes}
         soft = {c: 0.0 for c in classes}
@@ -104,8 +136,11 @@ def _inspect_expanded(root: Path, train: Path, card: dict | None) -> dict[str, A
                      f"counted image files per class folder (no per-op counts)")
         counts = {c: folders["counts"].get(c, 0) for c in classes}
         per_class_op, per_op_sorted, soft_counts = {}, {}, None
-    val = _val_counts(root / "val", classes) if train != root else None
-    source = dict(card["counts"]["source"]) if card and "counts" in card else None
+    val = _val_counts(root / "val", classes, notes) if train != root else None
+    source = (card.get("counts") or {}).get("source") if card and isinstance(card.get("counts"), dict) else None
+    if not (isinstance(source, dict) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                             for n in source.values())):
+        source = None  # a card edited by hand: its source counts are left out
     return {
         "dir": str(root),
         "kind": "expanded",
@@ -120,18 +155,29 @@ def _inspect_expanded(root: Path, train: Path, card: dict | None) -> dict[str, A
         "imbalance_ratio": imbalance_ratio(counts),
         "imbalance_ratio_soft": imbalance_ratio(soft_counts) if soft_counts else None,
         "imbalance_ratio_source": imbalance_ratio(source) if source else None,
-        "recipe": (card.get("recipe") or {}).get("source") if card else None,
-        "seed": card.get("seed") if card else None,
+        "recipe": _field(card, "recipe", "source", str),
+        "seed": _field(card, "seed", None, int),
         "notes": notes,
     }
 
 
-def _val_counts(val: Path, classes: list[str]) -> dict[str, int] | None:
+def _field(card: dict | None, key: str, inner: str | None, kind: type) -> Any:
+    """``card[key]`` (or ``card[key][inner]``) if it is of ``kind``, else None (a card edited by hand)."""
+    value = card.get(key) if card else None
+    if inner is not None:
+        value = value.get(inner) if isinstance(value, dict) else None
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _val_counts(val: Path, classes: list[str], notes: list[str]) -> dict[str, int] | None:
     if not val.is_dir():
         return None
     manifest = val / METADATA_NAME
     if manifest.is_file():
-        per = Counter(r["label"] for r in read_metadata(manifest))
+        records, bad = _read_records(manifest)
+        if bad:
+            notes.append(f"{bad} line(s) of val/{METADATA_NAME} are not records of augexpand: left out")
+        per = Counter(r["label"] for r in records)
     else:
         per = Counter(count_image_folder(val)["counts"])
     return {c: per.get(c, 0) for c in classes}

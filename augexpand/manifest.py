@@ -89,7 +89,9 @@ def read_card(dst: Path) -> dict[str, Any] | None:
 
 def is_our_card(card: Any) -> bool:
     """Whether a parsed dataset.json was written by augexpand."""
-    return isinstance(card, dict) and card.get("tool") == TOOL and "classes" in card
+    classes = card.get("classes") if isinstance(card, dict) else None
+    return (isinstance(card, dict) and card.get("tool") == TOOL and isinstance(classes, list)
+            and all(isinstance(c, str) for c in classes))
 
 
 class RecordStore:

@@ -221,6 +221,34 @@ def test_inspect_an_expanded_folder_matches_a_hand_count_and_plots(tmp_path):
     assert json.loads(invoke("inspect", dst / "train", "--json").output)["counts"] == report["counts"]
 
 
+def test_inspect_leaves_out_manifest_lines_that_are_not_records(tmp_path):
+    # a hand-edited or damaged metadata.jsonl was a TypeError traceback (or, for a bad line, an error)
+    src = png_folder(tmp_path / "src", {"cat": ("chelsea", 3), "coffee": ("coffee", 2)})
+    dst = tmp_path / "out"
+    expand(src, dst, {"copies": 1, "pipeline": [], "mix": {"mixup": {"count": 1}}, "output": {"size": 32}},
+           workers=1, val_fraction=0.3)
+    clean = json.loads(invoke("inspect", dst, "--json").output)
+    junk = ['[1, 2]', '"text"', '{"label": ["cat"], "op": {}}', '{"label": "cat", "soft_label": "x"}',
+            '{"label": "cat", "soft_label": [1e308, 1e308]}', '{"label": 5}', 'not json']
+    for split in ("train", "val"):
+        with open(dst / split / "metadata.jsonl", "a") as f:
+            f.write("\n".join(junk) + "\n")
+    result = invoke("inspect", dst, "--json", "--plot", tmp_path / "counts.png")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["counts"] == clean["counts"] and report["soft_counts"] == clean["soft_counts"]
+    assert report["val"] == clean["val"] and report["per_op"] == clean["per_op"]
+    assert f"{len(junk)} line(s) of train/metadata.jsonl are not records of augexpand: left out" in report["notes"]
+    # a card edited by hand: classes that are not a list of names, source counts that are not counts
+    card = json.loads((dst / "dataset.json").read_text())
+    for classes, source, recipe in ((5, card["counts"]["source"], "x"), (card["classes"], "many", [1])):
+        (dst / "dataset.json").write_text(json.dumps({**card, "classes": classes, "recipe": recipe,
+                                                      "counts": {**card["counts"], "source": source}}))
+        result = invoke("inspect", dst, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["counts"] == clean["counts"]
+
+
 @pytest.mark.parametrize("make, code, message", [
     (lambda p: p, 2, "Error: Invalid value for DIR: {p} does not exist"),
     (lambda p: (p.write_text("x"), p)[1], 2, "Error: Invalid value for DIR: {p} is not a folder"),
