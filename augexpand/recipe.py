@@ -46,6 +46,7 @@ __all__ = [
     "has_size_refs",
     "import_albumentations",
     "load_recipe",
+    "native_limit",
     "recipes_dir",
     "resolve_output",
     "resolve_sizes",
@@ -731,21 +732,21 @@ def _albu_error_text(exc: Exception) -> str:
     return " ".join(lines) or type(exc).__name__
 
 
-def _check_numbers(name: str, value: Any, where: str, key: str = "") -> None:
-    """Every number given to a transform is finite and at most MAX_SIDE in size: a blur kernel, a crop or a hole
-    count of 10**6 would run for ever or exhaust memory, and no image side is larger."""
+def _check_numbers(name: str, value: Any, where: str, key: str = "", limit: int = MAX_SIDE) -> None:
+    """Every number given to a transform is finite and at most ``limit`` (MAX_SIDE) in size: a blur kernel, a crop
+    or a hole count of 10**6 would run for ever or exhaust memory, and no image side is larger."""
     if isinstance(value, dict):
         for k, v in value.items():
             if k not in ("seed", "__class_fullname__"):
-                _check_numbers(name, v, where, f"{key}.{k}" if key else str(k))
+                _check_numbers(name, v, where, f"{key}.{k}" if key else str(k), limit)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            _check_numbers(name, v, where, key)
+            _check_numbers(name, v, where, key, limit)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         knob = key.rsplit(".", 1)[-1]
-        if not math.isfinite(value) or abs(value) > MAX_SIDE:
+        if not math.isfinite(value) or abs(value) > limit:
             raise RecipeError(f"{name}: {key or 'a parameter'} = {value!r} is out of range: a transform's numbers "
-                              f"must be finite and at most {MAX_SIDE} (the largest image side) ({where})")
+                              f"must be finite and at most {limit} (the largest image side) ({where})")
         if knob in SMALL_KNOBS and abs(value) > SMALL_KNOBS[knob]:
             raise RecipeError(f"{name}: {key} = {value!r} is out of range: at most {SMALL_KNOBS[knob]} (its cost "
                               f"grows with its square or faster) ({where})")
@@ -846,7 +847,8 @@ def _check_image_only(compose, A, where: str, depth: int = 0, probe: bool = Fals
             raise RecipeError(f"{name} cannot be used: it {slow} ({where})")
 
 
-def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple, depth: int = 0) -> list:
+def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, path: tuple, depth: int = 0,
+                   limit: int = MAX_SIDE) -> list:
     if not isinstance(items, list):
         raise RecipeError(f"expected a list of transforms, got {type(items).__name__} ({_where(source, lines, path)})")
     if depth > MAX_TRANSFORM_DEPTH:
@@ -873,14 +875,14 @@ def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, pa
             if "transforms" not in params:
                 raise RecipeError(f"{name} needs a `transforms:` list ({_where(source, lines, here + (name,))})")
             params["transforms"] = _build_compact(params["transforms"], A, names, source, lines,
-                                                  here + (name, "transforms"), depth + 1)
+                                                  here + (name, "transforms"), depth + 1, limit)
             _check_numbers(name, {k: v for k, v in params.items() if k != "transforms"},
-                           _where(source, lines, here + (name,)))
+                           _where(source, lines, here + (name,)), limit=limit)
         elif "metadata_key" in _init_params(cls):
             raise RecipeError(f"{name} needs per-image reference data, which a recipe cannot supply "
                               f"({_where(source, lines, here + (name,))})")
         else:
-            _check_numbers(name, params, _where(source, lines, here + (name,)))
+            _check_numbers(name, params, _where(source, lines, here + (name,)), limit=limit)
         try:
             built.append(_construct(cls, params, strict=not issubclass(cls, A.BaseCompose)))
         except NotImplementedError:
@@ -921,29 +923,37 @@ def _init_params(cls: type) -> dict[str, Any]:
 
 
 def build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None,
-                   on_warning=None, probe: bool = False):
+                   on_warning=None, probe: bool = False, limit: int = MAX_SIDE):
     """Build an ``A.Compose`` from the compact list form or from albumentations' serialized form.
 
     albumentations' warnings never reach stderr as Python warnings: each distinct one goes to ``on_warning``
     (one line of text; ``load_recipe`` logs them) or is dropped (a worker building a validated recipe again).
-    ``probe``: run each transform on a tiny image first, refusing one too slow or too hungry (``load_recipe``)."""
+    ``probe``: run each transform on a tiny image first, refusing one too slow or too hungry (``load_recipe``).
+    ``limit``: the largest number a transform may be given (MAX_SIDE; more where `output` sizes follow an image
+    larger than that, as ``native_limit`` says)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        built = _build_pipeline(pipeline, source, lines, probe)
+        built = _build_pipeline(pipeline, source, lines, probe, limit)
     if on_warning is not None:
         for text in dict.fromkeys(_printable(_one_line(w.message)) for w in caught):
             on_warning(text)
     return built
 
 
+def native_limit(shape: tuple[int, int]) -> int:
+    """The largest number a pipeline whose `output` sizes follow an image of this (height, width) may hold: MAX_SIDE,
+    or twice the image's long side (a panorama, a 61-megapixel photo, made at its native size: `output*1.15`)."""
+    return max(MAX_SIDE, 2 * max(shape))
+
+
 def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe>", lines: dict | None = None,
-                    probe: bool = False):
+                    probe: bool = False, limit: int = MAX_SIDE):
     A = import_albumentations()
     lines = lines or {}
     where = _where(source, lines, ("pipeline",))
     if isinstance(pipeline, dict):
         serialized = pipeline if "transform" in pipeline else {"transform": pipeline}
-        _check_numbers("serialized pipeline", serialized, where)
+        _check_numbers("serialized pipeline", serialized, where, limit=limit)
         # A.from_dict imports albumentations.pytorch (and so torch: 2-6 s, in every worker) whenever torch is
         # installed, only to register ToTensorV2, which makes no image to write. Keep it out unless already loaded.
         blocked = "albumentations.pytorch" not in sys.modules
@@ -968,6 +978,6 @@ def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe
                 sys.modules.pop("albumentations.pytorch", None)
         built = built if isinstance(built, A.Compose) else A.Compose([built])
     else:
-        built = A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",)))
+        built = A.Compose(_build_compact(pipeline, A, _transform_names(A), source, lines, ("pipeline",), limit=limit))
     _check_image_only(built, A, where, probe=probe)
     return built

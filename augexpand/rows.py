@@ -22,7 +22,7 @@ from augexpand.folder import decode_image, encode_image
 from augexpand.mixing import MIXERS, smote_interpolate, soft_label
 from augexpand.plan import Row, row_seed
 from augexpand.policies import make_policy
-from augexpand.recipe import AutoSize, Recipe, build_pipeline, resolve_output, resolve_sizes
+from augexpand.recipe import AutoSize, Recipe, build_pipeline, native_limit, resolve_output, resolve_sizes
 
 __all__ = ["CACHE_BYTES", "CACHE_CAP", "RowContext", "RowMaker", "fit_to_size"]
 
@@ -138,7 +138,8 @@ class RowMaker:
         key = (int(shape[0]), int(shape[1]))
         pipeline = self.pipelines.get(key)
         if pipeline is None:
-            pipeline = build_pipeline(resolve_sizes(self.recipe.pipeline, key, self.recipe.source))
+            pipeline = build_pipeline(resolve_sizes(self.recipe.pipeline, key, self.recipe.source),
+                                      limit=native_limit(key))
             self.pipelines[key] = pipeline
             if len(self.pipelines) > PIPELINES_KEPT:
                 self.pipelines.popitem(last=False)
