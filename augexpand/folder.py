@@ -58,6 +58,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 OUTPUT_EXTENSIONS = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}
+_FORMAT_SIDE = {"jpg": 65500, "webp": 16383}  # the largest side each format holds (PNG: 2**31 - 1)
 
 # Pillow modes that are not plain 8-bit RGB, and the words the summary uses for them.
 _CONVERSIONS = {
@@ -599,6 +600,10 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 95, png_compression
     """
     cv2 = _cv2()
 
+    h, w = image.shape[:2]
+    if max(h, w) > _FORMAT_SIDE.get(fmt, max(h, w)):  # said here: OpenCV would log an error line of its own
+        raise ImageReadError(f"a {h}x{w} image cannot be written as {fmt} (at most {_FORMAT_SIDE[fmt]} pixels a "
+                             f"side; png has no such limit)")
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if fmt == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_OPTIMIZE, 0]

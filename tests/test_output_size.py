@@ -120,6 +120,32 @@ def test_native_size_with_output_references_follows_each_image(tmp_path: Path, p
         assert decode_image(p).shape[:2] == expected, p.name
 
 
+def test_native_size_follows_an_image_wider_than_a_recipe_number_may_be(tmp_path: Path, photos):
+    # A panorama (or a 61-megapixel camera photo) is over 8192 px on a side: its `output` sizes failed the bound
+    # that protects against a recipe's own numbers, and with it the whole run ("2 of 10 images could not be made").
+    root = tmp_path / "src"
+    save_rgb(root / "a" / "photo.png", np.ascontiguousarray(photos["coffee"][:40, :64]))
+    save_rgb(root / "a" / "panorama.png", np.tile(np.ascontiguousarray(photos["coffee"][:24, :100]), (1, 90, 1)))
+    recipe = {"copies": 1, "pipeline": [{"RandomResizedCrop": {"size": "output", "scale": [0.5, 1.0]}}],
+              "output": {"size": None, "format": "png"}}
+    summary = expand(root, tmp_path / "out", recipe, workers=1)
+    assert summary["images_out"] == 4 and not summary["skipped"]
+    assert decode_image(tmp_path / "out" / "train" / "a" / "panorama__augment_0.png").shape[:2] == (24, 9000)
+    with pytest.raises(RecipeError, match="size = 9000 is out of range"):  # a recipe's own number still is not
+        load_recipe({"pipeline": [{"RandomResizedCrop": {"size": [24, 9000]}}]})
+
+
+def test_a_native_image_too_wide_for_the_format_is_skipped_by_name_and_opencv_stays_quiet(tmp_path, photos, capfd):
+    root = tmp_path / "src"
+    save_rgb(root / "a" / "photo.png", np.ascontiguousarray(photos["coffee"][:40, :64]))
+    save_rgb(root / "a" / "strip.png", np.zeros((2, 20000, 3), np.uint8))  # WebP holds at most 16383 a side
+    summary = expand(root, tmp_path / "out", {"copies": 0, "output": {"size": None, "format": "webp"}}, workers=1)
+    assert summary["images_out"] == 1
+    assert summary["skipped"] == [{"file": "a/strip.png", "reason": "a 2x20000 image cannot be written as webp (at "
+                                                                    "most 16383 pixels a side; png has no such limit)"}]
+    assert "imencode" not in capfd.readouterr().err  # OpenCV's own error lines, once per row
+
+
 @pytest.mark.parametrize("pipeline, expected", [
     # size: the whole (h, w); inside a list, h then w
     ({"RandomResizedCrop": {"size": "output"}}, {"RandomResizedCrop": {"size": [24, 40]}}),
