@@ -23,7 +23,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -295,7 +295,7 @@ def walk_class(folder: Path, root: Path | None = None,
     except OSError as exc:
         unreadable(exc)
         return found, passed
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+    for dirpath, dirnames, filenames in _walk(folder, unreadable):
         keep = []
         # Real folders before links, so that a link to a folder that is also here is the one passed over.
         for d in sorted((d for d in dirnames if not _hidden(d)), key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
@@ -335,6 +335,29 @@ def walk_class(folder: Path, root: Path | None = None,
             elif path.suffix.lower() in IMAGE_EXTENSIONS:
                 passed.append(Skipped(rel(path), f"{_kind(mode)}, not a regular file: never opened"))
     return sorted(found), passed
+
+
+def _walk(top: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, onerror=onerror, followlinks=True)``, top-down, with a stack instead of recursion: a tree
+    nested deeper than Python's recursion limit (1000) is walked too. The caller prunes ``dirnames`` in place."""
+    stack = [os.fspath(top)]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError as exc:
+            onerror(exc)
+            continue
+        dirnames, filenames = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows a link, as followlinks=True does
+            except OSError:
+                is_dir = False
+            (dirnames if is_dir else filenames).append(entry.name)
+        yield dirpath, dirnames, filenames
+        stack.extend(os.path.join(dirpath, d) for d in reversed(dirnames))
 
 
 def _walk_files(folder: Path) -> list[Path]:

@@ -169,6 +169,20 @@ def test_the_walker_names_an_unreadable_folder(tmp_path: Path, photos, monkeypat
     assert [(p.rel, p.reason) for p in passed] == [("cat/locked", "cannot read folder (Permission denied)")]
 
 
+def test_folders_nested_deeper_than_pythons_recursion_limit_are_walked(tmp_path: Path, photos):
+    # os.walk recursed once per level: 1100 nested folders were a RecursionError traceback (expand and inspect)
+    save_rgb(tmp_path / "src" / "cat" / "top.jpg", crops(photos["chelsea"], 1, seed=1)[0])
+    deep = tmp_path / "src" / "cat"
+    for _ in range(1100):  # one at a time: os.makedirs and Path.mkdir(parents=True) recurse too
+        deep = deep / "d"
+        deep.mkdir()
+    save_rgb(deep / "deep.jpg", crops(photos["chelsea"], 1, seed=2)[0])
+    files, passed = walk_class(tmp_path / "src" / "cat", tmp_path / "src")
+    assert [f.name for f in files] == ["deep.jpg", "top.jpg"] and passed == []
+    assert scan_image_folder(tmp_path / "src").counts() == {"cat": 2}
+    assert inspect_folder(tmp_path / "src")["counts"] == {"cat": 2}
+
+
 def test_inspect_passes_over_the_same_entries(hostile_src: Path, tmp_path: Path):
     report = inspect_folder(hostile_src)
     assert report["counts"] == {"%FF%FEclass": 2, "cat": 8, "dog": 3, "metadata.jsonl": 2}  # by extension
