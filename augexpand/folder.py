@@ -139,7 +139,8 @@ def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     import sys
 
     if "cv2" not in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
-        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(int(max_pixels))
+        # OpenCV reads it as an unsigned 64-bit number and aborts the process on a larger one
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(min(int(max_pixels), (1 << 63) - 1))
 
 
 def pixel_limit() -> int:
