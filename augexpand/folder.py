@@ -703,7 +703,7 @@ def _class_folders(root: Path) -> tuple[list[Path], list[Skipped]]:
     one that leads to the source folder or above it (it would hold every class), or into another class."""
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     real_root = os.path.realpath(root)
-    plain = [os.path.realpath(p) for p in dirs if not p.is_symlink()]
+    taken = {os.path.realpath(p): p.name for p in dirs if not p.is_symlink()}  # real path -> class folder
     keep, passed = [], []
     for p in dirs:
         if p.is_symlink():
@@ -712,11 +712,14 @@ def _class_folders(root: Path) -> tuple[list[Path], list[Skipped]]:
                 passed.append(Skipped(display_name(p.name), "class folder link leads to the source folder or above "
                                       "it (it would hold every class): not followed", bad=False))
                 continue
-            inside = next((q for q in plain if _within(real, q)), None)
-            if inside is not None:
+            # into a class folder (a plain one, or an earlier link's target), or holding one: its images would be
+            # labelled twice
+            clash = next((q for q in taken if _within(real, q) or _within(q, real)), None)
+            if clash is not None:
                 passed.append(Skipped(display_name(p.name), f"class folder link leads into the class folder "
-                                      f"{display_name(Path(inside).name)!r}: not followed", bad=False))
+                                      f"{display_name(taken[clash])!r}: not followed", bad=False))
                 continue
+            taken[real] = p.name
         keep.append(p)
     return keep, passed
 

@@ -191,6 +191,25 @@ def test_folders_nested_deeper_than_pythons_recursion_limit_are_walked(tmp_path:
     assert [f.name for f in files] == ["deep.jpg", "top.jpg"] and passed == [] and counted == {"cat": 2}
 
 
+def test_two_class_folder_links_to_one_folder_do_not_label_its_images_twice(tmp_path: Path, photos):
+    # a and b were both kept: every image of the pool was a source of class a and of class b
+    pool = tmp_path / "pool"
+    for k, image in enumerate(crops(photos["chelsea"], 3, seed=1)):
+        save_rgb(pool / f"p{k}.jpg", image)
+    save_rgb(pool / "sub" / "s.jpg", crops(photos["chelsea"], 1, seed=2)[0])
+    src = tmp_path / "src"
+    for k, image in enumerate(crops(photos["coffee"], 2, seed=3)):
+        save_rgb(src / "c" / f"c{k}.jpg", image)
+    for name, target in (("a", pool), ("b", pool), ("d", pool / "sub")):
+        os.symlink(target, src / name)
+    scan = scan_image_folder(src)
+    assert scan.classes == ["a", "c"] and scan.counts() == {"a": 4, "c": 2}
+    assert {(s.rel, s.reason) for s in scan.skipped} == {
+        ("b", "class folder link leads into the class folder 'a': not followed"),
+        ("d", "class folder link leads into the class folder 'a': not followed")}
+    assert inspect_folder(src)["counts"] == {"a": 4, "c": 2}
+
+
 def test_inspect_passes_over_the_same_entries(hostile_src: Path, tmp_path: Path):
     report = inspect_folder(hostile_src)
     assert report["counts"] == {"%FF%FEclass": 2, "cat": 8, "dog": 3, "metadata.jsonl": 2}  # by extension
