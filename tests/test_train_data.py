@@ -245,3 +245,11 @@ def test_a_fifo_named_dataset_json_is_not_read(tmp_path):
         os.close(os.open(dst / "dataset.json", os.O_WRONLY | os.O_NONBLOCK))
         reader.join(5)
     assert not blocked and done == [False] and D.source_resolution(dst) is None
+
+
+def test_more_classes_than_a_head_may_have_are_refused(tmp_path):
+    dst = write_digits(tmp_path / "dst", classes=(0, 1), n=1)
+    names = [f"c{i}" for i in range(D.MAX_CLASSES - 1)] + ["d0", "d1"]  # one too many, as the card says
+    (dst / "dataset.json").write_text(json.dumps({"classes": names}))
+    with pytest.raises(TrainingError, match=r"has 1001 classes; a classifier here has at most 1000"):
+        D.find_splits(dst)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from augexpand.errors import TrainingError
+from augexpand.train.data import MAX_CLASSES  # the bound of a dataset's classes is the bound of a head's
 
 __all__ = [
     "MAX_CLASSES",
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 MAX_WIDTH = 256  # the small CNN's first-stage channels: 256 is already a 4.7M-parameter last stage
-MAX_CLASSES = 100_000
 _SIZE_RANGE = (8, 1024)  # the training resolutions TrainConfig accepts
 
 
