@@ -185,3 +185,38 @@ def test_cli_modules_import_without_a_circle():
     code = "import augexpand.train.cli, sys; print('augexpand.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # train/cli.py no longer reaches into augexpand/cli.py
+
+
+_BOMB = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+_BOMB = 'a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\n' + _BOMB  # 9**9 strings once aliases expand
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"\xff\xfe\x00 not UTF-8", "cannot read {run}/config.yaml: it is not UTF-8 text"),
+    (b"x: " + b"[" * 50_000 + b"]" * 50_000, "{run}/config.yaml is not a training config"),
+    (b"- 1\n- 2\n", "{run}/config.yaml is not a training config"),
+    (b"data: [unclosed\n", "{run}/config.yaml is not valid YAML: "),
+])
+def test_a_hand_edited_config_yaml_on_resume_is_one_line(tmp_path, trained, text, message):
+    run = _copy_run(trained, tmp_path)
+    (run / "config.yaml").write_bytes(text)
+    _one_error_line(_invoke("train", trained[0], "-o", run, "--resume", "--epochs", "3", "-q"), message.format(run=run))
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "3", "-q")  # DST read from that config
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == f"Error: cannot find the dataset of {run} (no readable " \
+                                                     f"{run}/config.yaml); give DST"
+
+
+def test_a_yaml_alias_bomb_in_config_yaml_is_refused_at_once(tmp_path, trained):
+    run = _copy_run(trained, tmp_path)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + _BOMB)
+
+    def limit():  # a failure must not take the machine's memory with it
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    for dst in ([str(trained[0])], []):
+        done = subprocess.run([sys.executable, "-m", "augexpand", "train", *dst, "-o", str(run), "--resume", "-q"],
+                              capture_output=True, text=True, timeout=120, preexec_fn=limit, check=False)
+        assert done.returncode == (1 if dst else 2) and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(
+            f"Error: {run}/config.yaml is not a training config" if dst else "Error: cannot find the dataset")

@@ -205,11 +205,12 @@ def _check_png(png: Path, folder: Path) -> None:
 
 
 def _saved_data(out: Path) -> Path:
-    import yaml
+    from augexpand.errors import TrainingError
+    from augexpand.train.config import read_config_mapping
 
     try:
-        return Path(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["data"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return Path(read_config_mapping(out / "config.yaml")["data"])
+    except (TrainingError, KeyError, TypeError):
         raise click.UsageError(f"cannot find the dataset of {out} (no readable {out}/config.yaml); give DST") from None
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "make_config",
+    "read_config_mapping",
     "save_config",
 ]
 
@@ -130,7 +131,7 @@ def _format_errors(exc: ValidationError, where: str) -> str:
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "config"
-        parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        parts.append(f"{key}: {err['msg']} (got {str(repr(err.get('input')))[:80]})")
     return f"bad training configuration{where}: " + "; ".join(parts)
 
 
@@ -152,17 +153,45 @@ def save_config(config: TrainConfig, path: Path) -> None:
     write_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def load_config(path: Path) -> TrainConfig:
-    """Read a config.yaml written by save_config."""
+MAX_CONFIG_BYTES = 1 << 20  # save_config writes about 1 KB
+
+
+def read_config_mapping(path: Path) -> dict:
+    """A config.yaml as the flat mapping of option: value that save_config writes; anything else (not UTF-8, not
+    YAML, nested values such as a YAML alias bomb, nesting deeper than the parser recurses) is one TrainingError.
+    The shape is checked on the node graph before any value is built (an alias is not expanded there)."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise TrainingError(f"{path} is not a training config (over {MAX_CONFIG_BYTES >> 20} MB)")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TrainingError(f"{path} does not exist; is {path.parent} a training run?") from None
-    except yaml.YAMLError as exc:
-        raise TrainingError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise TrainingError(f"cannot read {path}: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise TrainingError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        return TrainConfig(**(data or {}))
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        flat = node is None or (isinstance(node, yaml.MappingNode) and all(
+            isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode) for k, v in node.value))
+        if not flat:
+            raise TrainingError(f"{path} is not a training config (a mapping of option: value, as train writes it)")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TrainingError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise TrainingError(f"{path} is not a training config (nested far too deep)") from None
+    except (ValueError, OverflowError) as exc:  # a value YAML reads but Python cannot hold: an int of 5000 digits
+        raise TrainingError(f"{path} is not a training config ({exc})") from None
+    return data or {}
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a config.yaml written by save_config."""
+    data = read_config_mapping(path)
+    try:
+        return TrainConfig(**{str(k): v for k, v in data.items()})
     except ValidationError as exc:
         raise TrainingError(_format_errors(exc, f" in {path}")) from None
