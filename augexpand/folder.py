@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import stat
+import struct
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -121,13 +122,13 @@ _QUIET = False
 
 
 def _cv2():
-    """OpenCV, with its log (TIFF and libpng warnings about a bad file) at ERROR level, once per process: a bad
-    file is reported by augexpand, in one line naming it, not by a decoder's warning on stderr."""
+    """OpenCV, with its log silent, once per process: a bad file is reported by augexpand, in one line naming it,
+    not by a decoder's warning or error on stderr (imdecode logs an ERROR line, then returns nothing)."""
     import cv2
 
     global _QUIET
     if not _QUIET:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         _QUIET = True
     return cv2
 
@@ -367,7 +368,17 @@ def _walk_files(folder: Path) -> list[Path]:
 
 
 def _check_tail(f, fmt: str, size: int) -> None:
-    """Cheap truncation check on an open file: a JPEG must end with its EOI marker, a PNG with its IEND chunk."""
+    """Cheap truncation check on an open file: a JPEG must end with its EOI marker, a PNG with its IEND chunk, an
+    uncompressed BMP must hold the rows its header says it has."""
+    if fmt == "BMP":
+        f.seek(0)
+        head = f.read(54)
+        if len(head) == 54 and head[14:18] in (b"\x28\0\0\0", b"\x6c\0\0\0", b"\x7c\0\0\0"):  # BITMAPINFOHEADER+
+            offset, width, height, _, bits, compression = struct.unpack("<10xI4xiiHHI", head[:34])
+            need = offset + (abs(width) * bits + 31) // 32 * 4 * abs(height)
+            if compression in (0, 3) and need > size:  # BI_RGB, BI_BITFIELDS: no compression to account for
+                raise ImageReadError(f"truncated BMP ({size:,} of the {need:,} bytes its header describes)")
+        return
     if fmt not in ("JPEG", "PNG"):
         return
     f.seek(max(0, size - 4096))

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from augexpand.cli import cli
 from augexpand.errors import SourceError
+from augexpand.expansion import expand
 from augexpand.folder import NAME_MAX, display_name, probe_image, scan_image_folder, walk_class
 from augexpand.inspection import inspect_folder
 from tests.conftest import crops, save_rgb
@@ -208,6 +209,25 @@ def test_two_class_folder_links_to_one_folder_do_not_label_its_images_twice(tmp_
         ("b", "class folder link leads into the class folder 'a': not followed"),
         ("d", "class folder link leads into the class folder 'a': not followed")}
     assert inspect_folder(src)["counts"] == {"a": 4, "c": 2}
+
+
+def test_a_truncated_bmp_and_a_corrupt_png_are_named_once_and_opencv_stays_silent(tmp_path: Path, photos, capfd):
+    src = tmp_path / "src"
+    for k, image in enumerate(crops(photos["chelsea"], 3, seed=1)):
+        save_rgb(src / "cat" / f"c{k}.jpg", image)
+    # a BMP header claiming 900x900 pixels with none behind it: it passed the scan, then OpenCV logged
+    # "[ERROR:0@1.9] global loadsave.cpp ... Unexpected end of input" once per row that tried to decode it
+    header = struct.pack("<IiiHHIIiiII", 40, 900, 900, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    (src / "cat" / "cut.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 54 + 900 * 2700, 0, 0, 54) + header)
+    png = bytearray(cv2.imencode(".png", crops(photos["coffee"], 1, seed=2)[0])[1].tobytes())
+    at = png.index(b"IDAT") + 40
+    png[at:at + 200] = bytes(200)  # corrupt pixels, an intact end: only decoding finds out
+    (src / "cat" / "bad.png").write_bytes(bytes(png))
+    summary = expand(src, tmp_path / "out", {"copies": 2, "output": {"size": 32}}, workers=1)
+    reasons = {s["file"]: s["reason"] for s in summary["skipped"]}
+    assert reasons["cat/cut.bmp"].startswith("truncated BMP") and "cat/bad.png" in reasons
+    assert summary["images_in"] == 3 and summary["images_out"] == 9
+    assert "[ERROR" not in capfd.readouterr().err
 
 
 def test_inspect_passes_over_the_same_entries(hostile_src: Path, tmp_path: Path):
