@@ -91,6 +91,7 @@ class RowMaker:
         self.pipelines: OrderedDict[tuple[int, int], Any] = OrderedDict()  # native sizes: one per image size
         self.policy = make_policy(self.recipe.policy)
         self.decoded = dict(decoded or {})
+        self.failed: dict[int, ImageReadError] = {}  # sources that did not decode: each is tried once
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.cached_bytes = 0
         self.cache_budget = CACHE_BYTES
@@ -103,9 +104,15 @@ class RowMaker:
         if image is not None:
             self.cache.move_to_end(i)
             return image
+        if i in self.failed:
+            raise self.failed[i]
         image = self.decoded.pop(i, None)
         if image is None:
-            image = decode_image(Path(self.ctx.src) / self.ctx.rels[i], self.ctx.scales[i] if self.ctx.scales else 1)
+            try:
+                image = decode_image(Path(self.ctx.src) / self.ctx.rels[i], self.ctx.scales[i] if self.ctx.scales else 1)
+            except ImageReadError as exc:
+                self.failed[i] = exc
+                raise
         image.flags.writeable = False  # a transform that writes into its input would corrupt later rows
         self.cache[i] = image
         self.cached_bytes += image.nbytes

@@ -230,6 +230,30 @@ def test_a_truncated_bmp_and_a_corrupt_png_are_named_once_and_opencv_stays_silen
     assert "[ERROR" not in capfd.readouterr().err
 
 
+def test_a_source_that_fails_to_decode_is_tried_once_per_worker(tmp_path: Path, photos, monkeypatch):
+    # each of its rows (copies, the mixes it is first or partner in) decoded it again, twice for a failed row
+    import augexpand.rows
+
+    src = tmp_path / "src"
+    for k, image in enumerate(crops(photos["chelsea"], 4, seed=1)):
+        save_rgb(src / "cat" / f"c{k}.jpg", image)
+    png = bytearray(cv2.imencode(".png", crops(photos["coffee"], 1, seed=2)[0])[1].tobytes())
+    at = png.index(b"IDAT") + 40
+    png[at:at + 200] = bytes(200)
+    (src / "cat" / "bad.png").write_bytes(bytes(png))
+    real, tried = augexpand.rows.decode_image, []
+
+    def counting(path, *args, **kwargs):
+        tried.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(augexpand.rows, "decode_image", counting)
+    summary = expand(src, tmp_path / "out", {"copies": 3, "mix": {"mixup": {"count": 2}}, "output": {"size": 32}},
+                     workers=1)
+    assert [s["file"] for s in summary["skipped"]] == ["cat/bad.png"]
+    assert tried.count("bad.png") == 1
+
+
 def test_inspect_passes_over_the_same_entries(hostile_src: Path, tmp_path: Path):
     report = inspect_folder(hostile_src)
     assert report["counts"] == {"%FF%FEclass": 2, "cat": 8, "dog": 3, "metadata.jsonl": 2}  # by extension
