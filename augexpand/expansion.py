@@ -202,7 +202,9 @@ def _tasks(rows: Sequence[Row], groups: dict[int, int], workers: int) -> list[Ta
 
 
 def _group_array(groups: dict[int, int], n_sources: int) -> np.ndarray:
-    out = np.full(max(n_sources, 1), -1, dtype=np.int64)
+    """Each source's partner group (-1: none), for the sources the rows name (``n_sources``) and every grouped one
+    (a source may be in a group and in no row: a mix-only recipe with a count below 1)."""
+    out = np.full(max(n_sources, max(groups, default=-1) + 1, 1), -1, dtype=np.int64)
     if groups:
         out[np.fromiter(groups.keys(), np.int64, len(groups))] = np.fromiter(groups.values(), np.int64, len(groups))
     return out

@@ -223,6 +223,15 @@ def test_a_recipe_that_fails_on_the_images_is_one_clear_error(small_src: Path, t
         run(small_src, tmp_path / "out", recipe)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_mix_only_recipe_leaving_some_sources_unused_runs(small_src: Path, tmp_path: Path, seed: int):
+    # the last sources, first of no row and no partner, were outside the partner-group array: an IndexError
+    recipe = {"copies": 0, "keep_originals": False, "mix": {"mixup": {"count": 0.2}}, "output": {"size": 32}}
+    summary = run(small_src, tmp_path / "out", recipe, seed=seed, val_fraction=0.2)
+    assert summary["images_out"] == summary["counts"]["per_op"]["mixup"] > 0
+    assert len(output_files(tmp_path / "out" / "train")) == summary["images_out"]
+
+
 def test_example_dataset_expands(tmp_path: Path):
     summary = run(None, tmp_path / "out", "light", overrides={"copies": 1, "output.size": 64})
     assert summary["counts"]["source"] == {"cat": 14, "coffee": 10, "flower": 4, "rocket": 6}
