@@ -329,6 +329,9 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
                              max_pixels=max_pixels, allow_large=allow_large)
     scan, plan, recipe, run_id = planned.scan, planned.plan, planned.recipe, planned.fingerprint
     t_plan = time.perf_counter()
+    if not dry_run and plan.rows.val.all():  # nothing to train on: said before anything is written
+        raise ExpandError(f"{recipe.source} makes no training images from {src} (no originals or copies, and its "
+                          f"mix and oversample make none here)", hint="set copies or keep_originals: true")
     if dry_run:
         summary = planned.summary(dst, workers)
         if shard is not None:

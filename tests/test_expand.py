@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import augexpand.executors
-from augexpand.errors import DestinationError
+from augexpand.errors import DestinationError, ExpandError
 from augexpand.expansion import expand
 from augexpand.folder import IMAGE_EXTENSIONS, decode_image
 from augexpand.manifest import read_metadata
@@ -230,6 +230,15 @@ def test_a_mix_only_recipe_leaving_some_sources_unused_runs(small_src: Path, tmp
     summary = run(small_src, tmp_path / "out", recipe, seed=seed, val_fraction=0.2)
     assert summary["images_out"] == summary["counts"]["per_op"]["mixup"] > 0
     assert len(output_files(tmp_path / "out" / "train")) == summary["images_out"]
+
+
+def test_a_recipe_that_makes_no_training_image_is_refused(small_src: Path, tmp_path: Path):
+    # it "made 0 training images", said it wrote train/ (metadata.jsonl), which it did not, and copied val/
+    recipe = {"copies": 0, "keep_originals": False}
+    with pytest.raises(ExpandError, match="makes no training images from .*src"):
+        run(small_src, tmp_path / "out", recipe, val_fraction=0.3)
+    assert not (tmp_path / "out").exists()
+    assert run(small_src, tmp_path / "out", recipe, dry_run=True)["images_out"] == 0  # a dry run says so
 
 
 def test_example_dataset_expands(tmp_path: Path):
