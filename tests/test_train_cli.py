@@ -134,6 +134,16 @@ def test_bad_flags_are_usage_errors(dst, tmp_path, args, message):
     assert message in result.output
 
 
+def test_an_absurd_batch_or_repeats_is_refused_not_allocated(dst, tmp_path):
+    # -b 10**8 on 28 images: the automatic --min-steps passes made epochs of billions of indices (a hang)
+    result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--batch-size", str(10**8))
+    assert result.exit_code == 2 and "Invalid value for '-b' / '--batch-size'" in result.output
+    result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--repeats", str(10**9), "--epochs", "1", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == ("Error: --repeats 1000000000 passes over 28 images make epochs of "
+                                     "28,000,000,000 images; at most 10,000,000")
+
+
 def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     run = tmp_path / "run"
     assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q").exit_code == 0

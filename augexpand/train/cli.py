@@ -68,7 +68,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
                    "epoch, 20 in all; 32 passes per epoch make 25 steps, 500 in all (0: off).")
 @click.option("--repeats", type=click.IntRange(min=1), help="Passes over the training set per epoch [default: 1, "
               "or what --min-steps needs].")
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("-b", "--batch-size", type=click.IntRange(1, 65_536), default=64, show_default=True,
               help="Images per optimizer step (per process under torchrun).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "adabound"], case_sensitive=False), default="sgd",
               show_default=True, help="SGD with Nesterov momentum, AdamW, or AdaBound (Adam whose steps are "

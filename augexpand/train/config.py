@@ -20,6 +20,8 @@ __all__ = [
     "DEFAULT_LR",
     "DEFAULT_MIN_STEPS",
     "DEFAULT_WEIGHT_DECAY",
+    "MAX_BATCH",
+    "MAX_EPOCH_IMAGES",
     "RESUMABLE_OVERRIDES",
     "TrainConfig",
     "load_config",
@@ -49,6 +51,9 @@ DEFAULT_FINAL_LR = {False: 0.1, True: 0.01}
 DEFAULT_EPOCHS = 20  # when neither --epochs nor --steps is given ...
 DEFAULT_MIN_STEPS = 500  # ... with at least this many optimizer steps (a tiny set is passed over several times)
 
+MAX_BATCH = 65_536  # images per step: already 9.9 GB of uint8 pixels at 224x224
+MAX_EPOCH_IMAGES = 10_000_000  # images in an epoch of several passes (--repeats): its index order is held whole
+
 # Options that may change when a run is resumed (the rest must stay as the run was started).
 RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "gpu_cache", "patience", "amp",
                                  "progress"})
@@ -75,7 +80,7 @@ class TrainConfig(BaseModel):
     # (only when epochs and steps are left to the default)
     repeats: PositiveInt | None = None
     min_steps: NonNegativeInt = DEFAULT_MIN_STEPS
-    batch_size: PositiveInt = 64  # per process under torchrun
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 64  # per process under torchrun
     optimizer: Literal["sgd", "adamw", "adabound"] = "sgd"
     lr: Annotated[float, Field(gt=0)] | None = None
     final_lr: Annotated[float, Field(gt=0)] | None = None  # AdaBound's final rate (default DEFAULT_FINAL_LR)

@@ -35,6 +35,7 @@ from augexpand.train.config import (
     DEFAULT_FINAL_LR,
     DEFAULT_LR,
     DEFAULT_WEIGHT_DECAY,
+    MAX_EPOCH_IMAGES,
     RESUMABLE_OVERRIDES,
     TrainConfig,
     load_config,
@@ -481,6 +482,9 @@ def _length(config: TrainConfig, n: int, world_size: int = 1) -> tuple[int, int]
             mid = (low + high) // 2
             low, high = (mid + 1, high) if steps_per_epoch(mid) < wanted else (low, mid)
         repeats = low
+    if repeats > 1 and n * repeats > MAX_EPOCH_IMAGES:
+        raise TrainingError(f"--repeats {repeats} passes over {n} images make epochs of {n * repeats:,} images; "
+                            f"at most {MAX_EPOCH_IMAGES:,}")
     if config.epochs is not None:
         return config.epochs, repeats
     if config.steps is not None:  # --steps decides the length; the epochs it makes
