@@ -4,6 +4,7 @@ crafted file before it is checked, and a RUN another run is writing is refused."
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import resource
 import subprocess
@@ -220,3 +221,17 @@ def test_a_yaml_alias_bomb_in_config_yaml_is_refused_at_once(tmp_path, trained):
         assert done.returncode == (1 if dst else 2) and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith(
             f"Error: {run}/config.yaml is not a training config" if dst else "Error: cannot find the dataset")
+
+
+@pytest.mark.parametrize("text", [
+    b"[" * 100_000 + b"\n",  # nested past the JSON parser's recursion
+    # rows without the numbers the curves need
+    b'{"epoch": 1, "train_loss": "x"}\n\xff\xfe\n{"epoch": 2}\n{"epoch": 2, "train_loss": 1, "train_acc": 0, "val_acc": "x"}\n',
+])
+def test_a_damaged_metrics_jsonl_on_resume_drops_its_bad_rows(tmp_path, trained, text):
+    run = _copy_run(trained, tmp_path)
+    (run / "metrics.jsonl").write_bytes(text)
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "3", "-q")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [3] and (run / "curves.png").stat().st_size > 1000

@@ -887,14 +887,20 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """The metrics.jsonl rows up to an epoch; unreadable lines are dropped (the curves then start later)."""
+    """The metrics.jsonl rows up to an epoch; unreadable lines, and rows without the numbers the curves draw, are
+    dropped (the curves then start later)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     rows = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= upto_epoch:
+            if (isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= upto_epoch
+                    and number(row.get("train_loss")) and number(row.get("train_acc"))
+                    and all(row.get(k) is None or number(row[k]) for k in ("val_loss", "val_acc"))):
                 rows.append(row)
     return rows
