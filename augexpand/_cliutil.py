@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-__all__ = ["CONTEXT", "EchoHandler", "max_pixels_option", "printable", "require_path", "setup_logging"]
+__all__ = ["CONTEXT", "EchoHandler", "max_pixels_option", "printable", "require_output_file", "require_path",
+           "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -55,3 +56,24 @@ def require_path(path: Path | None, hint: str, folder: bool = True) -> None:
         raise click.BadParameter(f"{path} does not exist", param_hint=hint)
     if folder and not path.is_dir():
         raise click.BadParameter(f"{path} is not a folder", param_hint=hint)
+
+
+def require_output_file(path: Path | None, hint: str, suffixes: tuple[str, ...] = (), inside: Path | None = None,
+                        what: str = "the source") -> None:
+    """A file the command will write, checked before any work: a file name (not a folder) in an existing folder,
+    ending in one of ``suffixes``, and never inside ``inside`` (images the command reads are never written to).
+    A usage error (exit 2) otherwise."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=hint)
+    if suffixes and path.suffix.lower() not in suffixes:
+        expected = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        raise click.BadParameter(f"the file name must end in {expected}, got {path.name!r}", param_hint=hint)
+    parent = path.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"{parent} {'is not a folder' if parent.exists() else 'does not exist'}",
+                                 param_hint=hint)
+    if inside is not None and Path(inside).resolve() in path.resolve().parents:
+        raise click.BadParameter(f"{path} would be written inside {what} {inside}; its images are never written to",
+                                 param_hint=hint)

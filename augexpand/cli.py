@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from augexpand import __version__
-from augexpand._cliutil import CONTEXT, max_pixels_option, printable, require_path, setup_logging
+from augexpand._cliutil import CONTEXT, max_pixels_option, printable, require_output_file, require_path, setup_logging
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
@@ -409,13 +409,19 @@ def inspect_command(folder, plot, as_json):
     click.echo(printable(text))
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # FloatRange lets nan through (every comparison with it is false)
+        raise click.BadParameter(f"expected a number of minutes, got {value}")
+    return value
+
+
 @cli.command("tune", context_settings=CONTEXT)
 @click.argument("src", required=False, type=click.Path(path_type=Path), metavar="SRC")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), metavar="YAML",
               help="Write the winning recipe here (with its scores in a header comment).")
 @click.option("--example", is_flag=True, help="Use the built-in example dataset as SRC.")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              metavar="MINUTES", help="Wall-clock budget of the search.")
+              metavar="MINUTES", callback=_finite, help="Wall-clock budget of the search.")
 @click.option("-c", "--candidate", "candidates", multiple=True, metavar="NAME|PATH",
               help="Also score this recipe (a file or a builtin name); repeatable.")
 @click.option("--only", is_flag=True, help="Score only the --candidate recipes (and no expansion).")
@@ -457,6 +463,8 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     if example == (src is not None):
         raise click.UsageError("give SRC or --example (not both)" if example else "expected SRC (or --example)")
     require_path(src, "SRC")
+    require_output_file(out, "'-o' / '--output'", inside=src)
+    require_output_file(plot, "'--plot'", (".png", ".svg", ".pdf"), inside=src)
     if only and not candidates:
         raise click.UsageError("--only needs at least one --candidate")
     extra, taken = [], {c.name for c in default_candidates()}
@@ -471,13 +479,18 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = tune(src, candidates=extra if only else None, extra=None if only else extra, budget_minutes=budget,
                    seed=seed, folds=folds, steps=steps, flip=flip, progress=progress)
-    if out is not None:
-        from augexpand.folder import write_atomic
+    try:
+        if out is not None:
+            from augexpand.folder import write_atomic
 
-        write_atomic(out, winner_yaml(summary))
-        summary["output"] = str(out)
-    if plot is not None:
-        summary["plot"] = str(plot_scores(summary, plot))
+            write_atomic(out, winner_yaml(summary))
+            summary["output"] = str(out)
+        if plot is not None and any(r.get("mean") is not None for r in summary["candidates"]):
+            summary["plot"] = str(plot_scores(summary, plot))
+        elif plot is not None:  # interrupted in the first training
+            click.echo("note: nothing was scored: no chart drawn", err=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:

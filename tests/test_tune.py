@@ -269,6 +269,30 @@ def test_cli_errors_are_one_line(digits_src, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_output_paths_are_checked_before_the_search_and_never_inside_src(digits_src, tmp_path, monkeypatch):
+    calls = []
+    fake_trials(monkeypatch, {T.NONE: [0.7] * 8, "light": [0.8] * 8})
+    monkeypatch.setattr(T, "_trial", lambda *a, _t=T._trial: calls.append(1) or _t(*a))
+    (tmp_path / "file").write_text("x")
+    before = {p: p.read_bytes() for p in digits_src.rglob("*") if p.is_file()}
+    for args, message in [
+        (["-o", tmp_path / "nowhere" / "best.yaml"], "Invalid value for '-o' / '--output': "),
+        (["-o", tmp_path / "file" / "best.yaml"], "is not a folder"),
+        (["-o", tmp_path], "is a folder; give a file name"),
+        (["-o", digits_src / "best.yaml"], "would be written inside the source"),
+        (["-o", digits_src / "d0" / "best.yaml"], "would be written inside the source"),
+        (["--plot", tmp_path / "nowhere" / "scores.png"], "Invalid value for '--plot': "),
+        (["--plot", digits_src / "d1" / "scores.png"], "would be written inside the source"),  # an image of d1
+        (["--plot", tmp_path / "scores.txt"], "must end in .png, .svg or .pdf"),
+        (["--budget", "nan"], "Invalid value for '--budget'"),
+    ]:
+        result = invoke("tune", digits_src, "-c", "light", "--only", *args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert result.output.strip().splitlines()[-1].startswith("Error: Invalid value for ")
+    assert calls == [] and {p: p.read_bytes() for p in digits_src.rglob("*") if p.is_file()} == before
+
+
 def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeypatch):
     scores = {T.NONE: [0.6, 0.6, 0.6, 0.6], "good": [0.9, 0.85, 0.9, 0.8], "meh": [0.5] * 4}
     calls = []
@@ -296,6 +320,20 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
     assert result.exit_code == 130 and "interrupted: the pick is the best so far" in result.output
     assert yaml.safe_load(out.read_text()) == LIGHT and "# (interrupted: the best so far)" in out.read_text()
     assert not list((tmp_path / "tmp").iterdir())  # its temporary folder is gone
+
+
+def test_ctrl_c_in_the_first_training_still_ends_cleanly(digits_src, tmp_path, monkeypatch):
+    def trial(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_trial", trial)
+    out, chart = tmp_path / "best.yaml", tmp_path / "scores.png"
+    result = invoke("tune", digits_src, "-c", "light", "--only", "-o", out, "--plot", chart, "--json")
+    assert result.exit_code == 130, result.output
+    summary = json.loads(result.stdout)  # stdout is the JSON alone
+    assert summary["interrupted"] and summary["pick"] == T.NONE and "plot" not in summary
+    assert yaml.safe_load(out.read_text()) == T.NO_EXPANSION and not chart.exists()
+    assert "nothing was scored: no chart drawn" in result.stderr
 
 
 def test_large_photos_are_reduced_for_the_proxy_and_held_out_ones_kept(tmp_path, photos, monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from augexpand._cliutil import CONTEXT, max_pixels_option, require_path, setup_logging
+from augexpand._cliutil import CONTEXT, max_pixels_option, require_output_file, require_path, setup_logging
 
 __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 
@@ -188,22 +188,6 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         click.echo(_summary_line(summary))
 
 
-def _check_png(png: Path, folder: Path) -> None:
-    """--png: a .png/.svg/.pdf file name in an existing folder, never inside the evaluated images."""
-    if png.is_dir():
-        raise click.BadParameter(f"{png} is a folder; give a file name", param_hint="'--png'")
-    if png.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise click.BadParameter(f"the file name must end in .png, .svg or .pdf, got {png.name!r}", param_hint="'--png'")
-    parent = png.parent
-    if not parent.is_dir():
-        raise click.BadParameter(f"{parent} {'is not a folder' if parent.exists() else 'does not exist'}",
-                                 param_hint="'--png'")
-    where = folder.resolve()
-    if where in png.resolve().parents:
-        raise click.BadParameter(f"{png} would be written inside the evaluation folder {folder}; its images are "
-                                 "never written to", param_hint="'--png'")
-
-
 def _saved_data(out: Path) -> Path:
     from augexpand.errors import TrainingError
     from augexpand.train.config import read_config_mapping
@@ -266,8 +250,7 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
 
     require_path(run, "RUN", folder=False)
     require_path(folder, "DIR")
-    if png is not None:
-        _check_png(png, folder)
+    require_output_file(png, "'--png'", (".png", ".svg", ".pdf"), folder, "the evaluation folder")
     setup_logging(quiet or as_json)
     result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:
