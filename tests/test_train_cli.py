@@ -144,6 +144,25 @@ def test_an_absurd_batch_or_repeats_is_refused_not_allocated(dst, tmp_path):
                                      "28,000,000,000 images; at most 10,000,000")
 
 
+@pytest.mark.parametrize("cache", ["--cache", "--no-cache"])
+def test_a_file_whose_header_passes_but_does_not_decode_is_skipped_not_fatal(tmp_path, cache):
+    from PIL import Image
+
+    root = write_digits(tmp_path / "plain", classes=(0, 1), n=4)
+    test = write_digits(tmp_path / "test", classes=(0, 1), n=3, offset=40)
+    for folder in (root, test):  # a 32-bit float TIFF: Pillow reads its header, OpenCV cannot decode it
+        Image.new("F", (16, 16)).save(folder / "d1" / "float.tif")
+    run = tmp_path / "run"
+    result = _invoke("train", root, "-o", run, "--epochs", "2", *FAST, cache, "--json")
+    assert result.exit_code == 0, result.output
+    assert f"warning: skipped {root / 'd1' / 'float.tif'}: " in result.stderr
+    result = _invoke("evaluate", run, test, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["images"] == 6 and sum(map(sum, scores["confusion"])) == 6
+    assert f"warning: skipped {test / 'd1' / 'float.tif'}: " in result.stderr
+
+
 def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     run = tmp_path / "run"
     assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q").exit_code == 0

@@ -481,16 +481,25 @@ class _BatchSource:
     def _pixels(self, idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _failed(self, idx: np.ndarray) -> list[int]:
+        """Positions in the last ``_pixels(idx)`` batch that could not be decoded (none from a cache)."""
+        return []
+
     def __getitem__(self, item: tuple[int, int, np.ndarray]):
         import torch
 
         epoch, b, idx = item
         idx = np.sort(np.asarray(idx))  # sorted reads from the memory map; targets follow the same order
         pixels = self._pixels(idx)
+        targets = self.targets[idx]
+        failed = self._failed(idx)
+        if failed:  # an all-zero target: no loss, and evaluate() leaves the image out
+            targets = targets.copy()
+            targets[failed] = 0.0
         if self.augment:
             rng = np.random.default_rng([self.seed, epoch, b, 0xA06])
             pixels = augment_batch(pixels, rng, self.flip, self.pad)
-        return torch.from_numpy(pixels), torch.from_numpy(self.targets[idx])
+        return torch.from_numpy(pixels), torch.from_numpy(targets)
 
 
 class CachedBatches(_BatchSource):
@@ -571,13 +580,18 @@ class FileBatches(_BatchSource):
     def _pixels(self, idx: np.ndarray) -> np.ndarray:
         from augexpand.folder import decode_image
 
-        out = np.empty((len(idx), self.size, self.size, 3), np.uint8)
+        out = np.zeros((len(idx), self.size, self.size, 3), np.uint8)
+        self._bad = []
         for j, i in enumerate(idx):
             try:
                 out[j] = fit_image(decode_image(self.root / self.files[i]), self.size)
-            except ImageReadError as exc:
-                raise TrainingError(f"{self.root / self.files[i]}: {exc}") from None
+            except ImageReadError as exc:  # its header passed readable(): the pixels do not decode
+                log.warning("skipped %s: %s", self.root / self.files[i], exc)
+                self._bad.append(j)
         return out
+
+    def _failed(self, idx: np.ndarray) -> list[int]:
+        return self._bad
 
 
 class _DecodeChunks:

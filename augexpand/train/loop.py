@@ -279,6 +279,11 @@ def evaluate(model: nn.Module, loader, rt: Runtime, num_classes: int) -> dict[st
         with rt.autocast():
             logits = model(x)
         logits = logits.float()
+        decoded = y.sum(1) > 0  # an image that could not be decoded comes with an all-zero target
+        if not bool(decoded.all()):
+            logits, y = logits[decoded], y[decoded]
+            if not len(y):
+                continue
         total_loss += soft_cross_entropy(logits, y).item() * len(y)
         pairs = y.argmax(1) * num_classes + logits.argmax(1)
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
