@@ -127,9 +127,11 @@ def test_gpu_asked_for_but_absent(dst, tmp_path):
     (["--device", "tpu"], "expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     (["--model", "vgg"], "Invalid value for '-m' / '--model'"),
     (["--resume", "--overwrite"], "--resume and --overwrite cannot be used together"),
+    # both name the starting weights (the error was the weights not fitting the --init run's model)
+    (["--weights", "{dst}/dataset.json", "--init", "{dst}"], "--weights and --init cannot be used together"),
 ])
 def test_bad_flags_are_usage_errors(dst, tmp_path, args, message):
-    result = _invoke("train", dst, "-o", tmp_path / "r", *args)
+    result = _invoke("train", dst, "-o", tmp_path / "r", *[a.format(dst=dst) for a in args])
     assert result.exit_code == 2
     assert message in result.output
 

@@ -46,7 +46,8 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.command(context_settings=CONTEXT)
 @click.argument("dst", type=click.Path(path_type=Path), required=False)
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, metavar="RUN",
-              help="Run folder: checkpoints, config.yaml, metrics.jsonl, curves.png, summary.json.")
+              help="Run folder: checkpoints, config.yaml, metrics.jsonl, curves.png, summary.json (never inside "
+                   "the images it trains on).")
 @click.option("--val", type=click.Path(path_type=Path), metavar="DIR",
               help="Validation ImageFolder (default: DST/val when it exists).")
 @click.option("-m", "--model", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="auto",
@@ -156,6 +157,8 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite cannot be used together")
+    if options.get("weights") is not None and options.get("init") is not None:
+        raise click.UsageError("--weights and --init cannot be used together (both give the starting weights)")
     if dst is None:
         if not resume:
             raise click.UsageError("missing argument 'DST' (only --resume may leave it out)")
