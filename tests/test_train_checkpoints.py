@@ -78,6 +78,23 @@ def test_a_truncated_real_checkpoint_is_one_line(tmp_path, trained):
                     f"cannot read checkpoint {path}: the file is truncated or damaged")
 
 
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(tmp_path, trained):
+    import io
+    import zipfile
+
+    # a real checkpoint plus 200 MB of zeros, deflated: a 0.2 MB file (at this ratio, 100 MB would inflate to 100 GB)
+    buf = io.BytesIO()
+    torch.save({**torch.load(trained[1] / "best.pt", weights_only=True),
+                "extra": torch.zeros(200_000_000, dtype=torch.uint8)}, buf)
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, \
+            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    with pytest.raises(TrainingError, match=r"holds compressed entries, which torch.save never writes; refused"):
+        load_checkpoint(path)
+
+
 def test_pickled_code_is_refused_and_never_runs(tmp_path, trained):
     marker = tmp_path / "ran"
 

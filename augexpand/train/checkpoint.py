@@ -55,6 +55,8 @@ def read_torch_file(path: Path, what: str = "checkpoint") -> Any:
     # torch.save writes a zip archive (PK\x03\x04); very old files are a bare pickle (protocol byte 0x80)
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise TrainingError(f"{what} {path} is not a PyTorch file (torch.save writes a zip archive)")
+    if magic.startswith(b"PK\x03\x04"):
+        _check_archive(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean the same to the user
@@ -68,6 +70,22 @@ def read_torch_file(path: Path, what: str = "checkpoint") -> Any:
         elif magic.startswith(b"PK"):  # a zip that torch cannot read: cut short, or damaged on the way
             first = f"the file is truncated or damaged ({first[:120]})"
         raise TrainingError(f"cannot read {what} {path}: {first[:200]}") from None
+
+
+def _check_archive(path: Path, what: str) -> None:
+    """torch.save stores its entries uncompressed, each as large as it says: refuse a compressed entry (a zip bomb
+    of a few MB can inflate to tens of GB inside torch.load) or entries that claim more bytes than the file has."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load names the damage
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise TrainingError(f"{what} {path} holds compressed entries, which torch.save never writes; refused")
+    if sum(e.file_size for e in entries) > path.stat().st_size:
+        raise TrainingError(f"{what} {path} claims more bytes than the file holds; refused")
 
 
 def _int_in(args: dict, key: str, low: int, high: int, where: str) -> int:
