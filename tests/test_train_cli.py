@@ -129,6 +129,7 @@ def test_gpu_asked_for_but_absent(dst, tmp_path):
     (["--resume", "--overwrite"], "--resume and --overwrite cannot be used together"),
     # both name the starting weights (the error was the weights not fitting the --init run's model)
     (["--weights", "{dst}/dataset.json", "--init", "{dst}"], "--weights and --init cannot be used together"),
+    (["--seed", str(10**30)], "Invalid value for '--seed'"),  # was torch.manual_seed's overflow traceback
 ])
 def test_bad_flags_are_usage_errors(dst, tmp_path, args, message):
     result = _invoke("train", dst, "-o", tmp_path / "r", *[a.format(dst=dst) for a in args])

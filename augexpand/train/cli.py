@@ -120,7 +120,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--gpu-cache/--no-gpu-cache", default=True, show_default=True,
               help="On CUDA, hold that cache in GPU memory when it fits in a quarter of the free memory, and gather "
               "and augment each batch there (no loader workers; the same batches).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Data order, augmentation and initial weights: the same seed repeats a CPU run.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN (its config.yaml).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in RUN.")

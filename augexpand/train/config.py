@@ -105,7 +105,7 @@ class TrainConfig(BaseModel):
     workers: NonNegativeInt | None = None
     cache: bool = True
     gpu_cache: bool = True  # on CUDA, the cache in GPU memory when it fits (the same batches, see data.DeviceBatches)
-    seed: NonNegativeInt = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # torch.manual_seed takes 64 bits; DDP adds rank offsets
     progress: bool = True
 
     @field_validator("device")
