@@ -10,7 +10,15 @@ from pathlib import Path
 import click
 
 from augexpand import __version__
-from augexpand._cliutil import CONTEXT, max_pixels_option, printable, require_output_file, require_path, setup_logging
+from augexpand._cliutil import (
+    CONTEXT,
+    json_text,
+    max_pixels_option,
+    printable,
+    require_output_file,
+    require_path,
+    setup_logging,
+)
 from augexpand.errors import AugexpandError
 
 __all__ = ["cli", "main"]
@@ -492,7 +500,7 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     except OSError as exc:
         raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json_text(summary))
     elif not quiet:
         _print_tune_summary(summary, format_table(summary))
     if summary["interrupted"]:

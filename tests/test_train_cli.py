@@ -166,6 +166,23 @@ def test_a_file_whose_header_passes_but_does_not_decode_is_skipped_not_fatal(tmp
     assert f"warning: skipped {test / 'd1' / 'float.tif'}: " in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--warmup-epochs", "--lr", "--kd-temperature", "--weight-decay"])
+def test_an_infinite_number_is_refused(dst, tmp_path, option):
+    result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--epochs", "1", option, "inf")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().endswith("Input should be a finite number (got inf)")
+
+
+def test_a_diverged_run_still_prints_valid_json(dst, tmp_path):
+    result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--epochs", "2", "--lr", "1e30", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert summary["last_train_loss"] is None  # NaN: the run diverged
+    result = _invoke("evaluate", tmp_path / "r", dst / "val", "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+
+
 def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     run = tmp_path / "run"
     assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q").exit_code == 0

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from augexpand._cliutil import CONTEXT, max_pixels_option, require_output_file, require_path, setup_logging
+from augexpand._cliutil import (
+    CONTEXT,
+    json_text,
+    max_pixels_option,
+    require_output_file,
+    require_path,
+    setup_logging,
+)
 
 __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 
@@ -186,7 +192,7 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 prints the summary
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json_text(summary))
     else:
         click.echo(_summary_line(summary))
 
@@ -265,7 +271,7 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
         raise click.ClickException(f"cannot write the confusion matrix {png}: {exc.strerror or exc}") from None
     result["confusion_png"] = str(png)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json_text(result))
     elif quiet:
         click.echo(f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images, balanced accuracy "
                    f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")

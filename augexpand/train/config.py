@@ -62,7 +62,7 @@ RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "gpu_ca
 class TrainConfig(BaseModel):
     """Everything a training run depends on. ``None`` or ``"auto"`` means: decided from the data (see resolve)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     data: Path
     out: Path
