@@ -194,6 +194,15 @@ def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     result = _invoke("train", dst, "-o", tmp_path / "mine", *FAST, "--overwrite")
     assert result.exit_code == 1 and "is not empty and is not a training run" in result.output
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+    # a project folder with a config.yaml of its own is not a run: --overwrite deleted it (and confusion_*.png)
+    (tmp_path / "mine" / "config.yaml").write_text("name: my project\nepochs: lots\n")
+    (tmp_path / "mine" / "confusion_final.png").write_bytes(b"my figure")
+    result = _invoke("train", dst, "-o", tmp_path / "mine", *FAST, "--overwrite")
+    assert result.exit_code == 1 and "is not empty and is not a training run" in result.output
+    assert (tmp_path / "mine" / "config.yaml").read_text() == "name: my project\nepochs: lots\n"
+    assert (tmp_path / "mine" / "confusion_final.png").read_bytes() == b"my figure"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "confusion_final.png",
+                                                                      "thesis.tex"]
 
 
 def _tree(root):

@@ -39,6 +39,7 @@ from augexpand.train.config import (
     RESUMABLE_OVERRIDES,
     TrainConfig,
     load_config,
+    read_config_mapping,
     save_config,
 )
 from augexpand.train.models import build_model, guess_resnet, head_parameter_names, load_backbone_weights
@@ -339,6 +340,16 @@ def _foreign(out: Path) -> bool:
     return bool({p.name for p in out.iterdir()} - {"cache", RunLock.NAME})
 
 
+def _is_run(out: Path) -> bool:
+    """Whether the folder's config.yaml is one that train wrote (a mapping with its data and out), not a file of
+    the same name in a user's folder (which --overwrite would delete)."""
+    try:
+        saved = read_config_mapping(out / "config.yaml")
+    except TrainingError:
+        return False
+    return {"data", "out", "model"} <= set(saved)
+
+
 def _refuse_out_in_data(config: TrainConfig) -> None:
     """RUN is never inside the images the run reads (its curves.png would become an image of a class, its cache
     and checkpoints would clutter the dataset): not DST itself, not in DST's train/ or val/ split (or in DST when
@@ -360,7 +371,7 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
         raise TrainingError(f"--out {out} is a file, not a folder")
     if resume and not (out / "last.pt").is_file():
         raise TrainingError(f"nothing to resume in {out}: no last.pt", hint="start the run without --resume")
-    if not resume and out.is_dir() and not (out / "config.yaml").is_file() and _foreign(out):
+    if not resume and out.is_dir() and _foreign(out) and not _is_run(out):
         # refused before the lock file is made: a user's folder is left exactly as it was
         raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
     try:
@@ -370,14 +381,14 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
     lock = RunLock(out).acquire()
     try:
         if not resume and _foreign(out):
-            if not (out / "config.yaml").is_file():
+            if not _is_run(out):
                 raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
             if not overwrite:
                 raise TrainingError(f"{out} already holds a training run",
                                     hint="use --resume to continue it or --overwrite to start again")
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-            for p in out.glob("confusion_*"):
+            for p in out.glob("confusion_*.png"):  # what evaluate draws into RUN
                 p.unlink()
             # the decoded cache stays: it is checked against the files and size before any reuse
     except BaseException:
