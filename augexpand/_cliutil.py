@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ def require_output_file(path: Path | None, hint: str, suffixes: tuple[str, ...] 
     parent = path.parent
     if not parent.is_dir():
         raise click.BadParameter(f"{parent} {'is not a folder' if parent.exists() else 'does not exist'}",
+                                 param_hint=hint)
+    if not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"cannot write into {parent} (no permission, or a read-only file system)",
                                  param_hint=hint)
     if inside is not None and Path(inside).resolve() in path.resolve().parents:
         raise click.BadParameter(f"{path} would be written inside {what} {inside}; its images are never written to",

@@ -487,18 +487,21 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     progress = not quiet and not as_json and sys.stderr.isatty()
     summary = tune(src, candidates=extra if only else None, extra=None if only else extra, budget_minutes=budget,
                    seed=seed, folds=folds, steps=steps, flip=flip, progress=progress)
-    try:
-        if out is not None:
-            from augexpand.folder import write_atomic
+    if out is not None:
+        from augexpand.folder import write_atomic
 
+        try:
             write_atomic(out, winner_yaml(summary))
-            summary["output"] = str(out)
-        if plot is not None and any(r.get("mean") is not None for r in summary["candidates"]):
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+        summary["output"] = str(out)
+    if plot is not None and any(r.get("mean") is not None for r in summary["candidates"]):
+        try:
             summary["plot"] = str(plot_scores(summary, plot))
-        elif plot is not None:  # interrupted in the first training
-            click.echo("note: nothing was scored: no chart drawn", err=True)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {plot}: {exc.strerror or exc}") from None
+    elif plot is not None:  # interrupted in the first training
+        click.echo("note: nothing was scored: no chart drawn", err=True)
     if as_json:
         click.echo(json_text(summary))
     elif not quiet:

@@ -293,6 +293,20 @@ def test_output_paths_are_checked_before_the_search_and_never_inside_src(digits_
     assert calls == [] and {p: p.read_bytes() for p in digits_src.rglob("*") if p.is_file()} == before
 
 
+def test_a_write_error_names_the_output_not_its_temporary_file(digits_src, tmp_path, monkeypatch):
+    import augexpand.folder
+
+    fake_trials(monkeypatch, {T.NONE: [0.7] * 8, "light": [0.8] * 8})
+
+    def refused(path, data):  # what a read-only file system answers (root writes through permissions)
+        raise PermissionError(13, "Permission denied", str(Path(path).parent / ".123-abc.augexpand-tmp"))
+
+    monkeypatch.setattr(augexpand.folder, "write_atomic", refused)
+    result = invoke("tune", digits_src, "-c", "light", "--only", "-o", tmp_path / "best.yaml")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == f"Error: cannot write {tmp_path / 'best.yaml'}: Permission denied"
+
+
 def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeypatch):
     scores = {T.NONE: [0.6, 0.6, 0.6, 0.6], "good": [0.9, 0.85, 0.9, 0.8], "meh": [0.5] * 4}
     calls = []
