@@ -192,6 +192,18 @@ def test_fit_image_scales_the_short_side_and_centre_crops():
     assert out[:, 5:15].min() > 200 and out[:, :3].max() < 50
 
 
+def test_fit_image_of_a_very_long_image_stays_small():
+    import resource
+
+    # a 4x150000 PNG is a 1 KB file; scaled whole to a short side of 64 it was 460 MB (a 1x999999 one, 12 GB)
+    image = np.zeros((4, 150_000, 3), np.uint8)
+    image[:, 74_999:75_001] = 255  # a band of the two middle columns
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = D.fit_image(image, 64)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    assert out.shape == (64, 64, 3) and out[:, 26:38].min() > 200 and out[:, :8].max() < 50
+
+
 @pytest.mark.parametrize(("line", "message"), [
     # not JSON a parser survives, or not UTF-8
     (b"[" * 100_000 + b"]" * 100_000, r"line 1: expected a JSON object with 'file_name'"),
