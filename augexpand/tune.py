@@ -427,7 +427,7 @@ def tune(
     temporary folder that is removed. Ctrl-C stops the search: the summary then says ``interrupted`` and
     holds the pick from what was scored.
     """
-    from augexpand.folder import scan_image_folder
+    from augexpand.folder import class_output_names, scan_image_folder
 
     started = clock()
     budget = budget_minutes * 60.0
@@ -467,6 +467,9 @@ def tune(
     median_side = sides[len(sides) // 2]
     proxy = _Proxy(size=max(8, min(PROXY_MAX_SIZE, median_side)), steps=steps, batch_size=PROXY_BATCH, flip=flip)
     labels = [s.label for s in scan.sources]
+    # both parts of a split under the class names expand gives its output (a name that is not UTF-8 becomes %XX):
+    # the held-out images must carry the labels every candidate's training data has
+    folders = class_output_names(scan.classes)
     max_splits = max(1, max_splits)
     splits = make_splits(labels, folds, seed, max_splits)
     records = {c.name: _Score(c) for c in pool}
@@ -509,7 +512,8 @@ def tune(
                     held = set(splits[s].tolist())
                     for i, source in enumerate(scan.sources):
                         part = "heldout" if i in held else "train"
-                        _place(src / source.rel, split_dir / part / source.rel, reduce_to if part == "train" else None)
+                        placed = Path(folders[source.label], *Path(source.rel).parts[1:])
+                        _place(src / source.rel, split_dir / part / placed, reduce_to if part == "train" else None)
                     for name in survivors:
                         rec = records[name]
                         if rec.skipped is not None:

@@ -183,6 +183,19 @@ def test_a_diverged_run_still_prints_valid_json(dst, tmp_path):
     json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
 
 
+def test_a_class_folder_name_that_is_not_utf8_trains_and_evaluates(tmp_path):
+    import os
+
+    root = write_digits(tmp_path / "plain", classes=(0, 1), n=4)
+    os.rename(root / "d1", os.fsencode(root) + b"/caf\xe9")  # a Latin-1 name: not UTF-8
+    run = tmp_path / "run"
+    result = _invoke("train", root, "-o", run, "--epochs", "1", *FAST, "-q")
+    assert result.exit_code == 0, result.output
+    result = _invoke("evaluate", run, root, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "caf%E9" in result.output and (run / "confusion_plain.png").stat().st_size > 1000
+
+
 def test_existing_run_is_refused_then_overwritten(dst, tmp_path):
     run = tmp_path / "run"
     assert _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q").exit_code == 0

@@ -249,6 +249,16 @@ def test_a_recipe_that_fails_on_these_images_is_a_named_skip(digits_src):
     assert "skipped:" in T.format_table(s)
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_scored(digits_src):
+    import os
+
+    # expand names that class caf%E9; the held-out images must carry the same name (they were a class mismatch)
+    os.rename(digits_src / "d7", os.fsencode(digits_src) + b"/caf\xe9")
+    s = T.tune(digits_src, candidates=candidates(("light", LIGHT)), steps=3, max_splits=2)
+    rows = {r["name"]: r for r in s["candidates"]}
+    assert rows["light"]["skipped"] is None and rows["light"]["splits"] == 2
+
+
 def test_cli_errors_are_one_line(digits_src, tmp_path):
     one = write_digits(tmp_path / "one", {0: 3, 1: 1})
     result = invoke("tune", one)

@@ -12,6 +12,7 @@ from augexpand._cliutil import (
     CONTEXT,
     json_text,
     max_pixels_option,
+    printable,
     require_output_file,
     require_path,
     setup_logging,
@@ -276,5 +277,5 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
         click.echo(f"top-1 accuracy {result['accuracy']:.4f} on {result['images']} images, balanced accuracy "
                    f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
     else:
-        click.echo(format_report(result))
+        click.echo(printable(format_report(result)))
         click.echo(f"\nconfusion matrix drawn in {png}")

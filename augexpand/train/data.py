@@ -634,10 +634,11 @@ def _worker_init(_: int) -> None:
 
 
 def _fingerprint(split: Split, size: int) -> str:
-    h = hashlib.sha1(f"{split.root.resolve()}|{size}|{len(split)}".encode())
+    # names are the file system's bytes (a name that is not UTF-8 holds surrogates): encoded back as they were
+    h = hashlib.sha1(f"{split.root.resolve()}|{size}|{len(split)}".encode("utf-8", "surrogateescape"))
     for name in split.files:
         st = (split.root / name).stat()
-        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -146,7 +146,9 @@ def plot_confusion(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    classes = result["classes"]
+    from augexpand.folder import display_name
+
+    classes = [display_name(c) for c in result["classes"]]  # a name that is not UTF-8: %XX, as the output names it
     confusion = np.asarray(result["confusion"], dtype=float)
     fraction = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     n = len(classes)
