@@ -51,6 +51,10 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int] | None, mode: str = "cr
     scale = max(th / h, tw / w)
     nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+    if nh * nw > 4 * th * tw:  # a far other aspect (a 1x65535 strip: 9.9 GB scaled whole): cut the centre first
+        ch, cw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        return cv2.resize(np.ascontiguousarray(image[y0:y0 + ch, x0:x0 + cw]), (tw, th), interpolation=interp)
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else image
     y0, x0 = (nh - th) // 2, (nw - tw) // 2
     return np.ascontiguousarray(resized[y0:y0 + th, x0:x0 + tw])

@@ -146,6 +146,35 @@ def test_a_native_image_too_wide_for_the_format_is_skipped_by_name_and_opencv_st
     assert "imencode" not in capfd.readouterr().err  # OpenCV's own error lines, once per row
 
 
+def test_a_thin_strip_fits_the_output_size_in_bounded_memory(photos):
+    # fit_to_size scaled the short side first: a 1x65535 strip (a legal 196 KB PNG) became 224 x 14.7 million
+    # pixels before the centre crop, a 9.9 GB allocation; a worker killed for it left the pool waiting for ever
+    import subprocess
+    import sys
+
+    import cv2
+
+    from augexpand.rows import fit_to_size
+
+    code = ("import resource, numpy as np\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from augexpand.rows import fit_to_size\n"
+            "print(fit_to_size(np.zeros((1, 65535, 3), np.uint8), (224, 224)).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "(224, 224, 3)", done.stderr[-500:]
+    # the same picture as resizing whole and cutting the centre, where that is affordable
+    strip = np.ascontiguousarray(np.tile(photos["coffee"][:2, :100], (1, 40, 1)))  # 2 x 4000
+    whole = cv2.resize(strip, (128000, 64), interpolation=cv2.INTER_LINEAR)
+    centre = whole[:, (128000 - 64) // 2:(128000 - 64) // 2 + 64]
+    assert np.abs(fit_to_size(strip, (64, 64)).astype(int) - centre).mean() < 3
+    photo = photos["coffee"]  # an ordinary photo: the same bytes as before
+    h, w = photo.shape[:2]
+    scale = max(48 / h, 48 / w)
+    before = cv2.resize(photo, (max(48, round(w * scale)), max(48, round(h * scale))), interpolation=cv2.INTER_AREA)
+    y0, x0 = (before.shape[0] - 48) // 2, (before.shape[1] - 48) // 2
+    assert np.array_equal(fit_to_size(photo, (48, 48)), before[y0:y0 + 48, x0:x0 + 48])
+
+
 @pytest.mark.parametrize("pipeline, expected", [
     # size: the whole (h, w); inside a list, h then w
     ({"RandomResizedCrop": {"size": "output"}}, {"RandomResizedCrop": {"size": [24, 40]}}),
