@@ -203,3 +203,11 @@ def test_resolution_and_model_follow_the_data(tmp_path):
     root = write_digits(tmp_path / "img", classes=(0, 1), n=4, size=24)
     summary = train(make_config(data=root, out=tmp_path / "run", epochs=1, workers=0, progress=False, width=8))
     assert summary["size"] == 24 and summary["model"] == "smallcnn"  # 24 px images are not blown up to 224
+
+
+def test_evaluation_batches_hold_at_most_256_images_of_224x224():
+    from augexpand.train.loop import eval_batch_size
+
+    # a checkpoint of size 1024 evaluated 256 images a batch: 34 GB through a smallcnn's first layer
+    assert [eval_batch_size(256, s) for s in (16, 224, 448, 1024)] == [256, 256, 64, 12]
+    assert eval_batch_size(8, 16) == 8

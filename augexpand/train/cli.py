@@ -232,7 +232,8 @@ def _summary_line(s: dict) -> str:
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of RUN (RUN may also be a .pt file).")
 @click.option("--device", default="auto", show_default=True, callback=_check_device)
-@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per batch; fewer above 224x224 (at most 256 images' worth of 224x224 pixels).")
 @click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--png", type=click.Path(path_type=Path), metavar="PATH",
               help="Where to draw the confusion matrix: .png, .svg or .pdf, outside DIR (default: "

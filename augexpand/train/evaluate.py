@@ -12,7 +12,14 @@ import torch
 
 from augexpand.errors import TrainingError
 from augexpand.train import data as D
-from augexpand.train.loop import Runtime, evaluate, load_checkpoint, model_from_checkpoint, resolve_device
+from augexpand.train.loop import (
+    Runtime,
+    eval_batch_size,
+    evaluate,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_device,
+)
 
 __all__ = ["checkpoint_path", "classification_scores", "evaluate_run", "format_report", "plot_confusion"]
 
@@ -85,7 +92,7 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     dataset = D.FileBatches(split, size, augment=False)
-    plan = D.EpochPlan(len(split), batch_size, 0, shuffle=False)
+    plan = D.EpochPlan(len(split), eval_batch_size(batch_size, size), 0, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
                                          worker_init_fn=D._worker_init if workers else None,
                                          pin_memory=rt.device.type == "cuda")

@@ -51,6 +51,7 @@ __all__ = [
     "Runtime",
     "build_optimizer",
     "distillation_loss",
+    "eval_batch_size",
     "evaluate",
     "load_checkpoint",
     "lr_factor",
@@ -265,6 +266,15 @@ def _teacher_input(x: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
     if size and size != x.shape[-1]:
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
+
+
+EVAL_PIXELS = 256 * 224 * 224  # pixels in an evaluation batch, at most: 256 images at 224x224
+
+
+def eval_batch_size(batch_size: int, size: int) -> int:
+    """The evaluation batch at resolution ``size``: ``batch_size`` images, fewer when they would hold more than
+    EVAL_PIXELS (256 images at 1024x1024 through a smallcnn's first layer are 34 GB)."""
+    return max(1, min(batch_size, EVAL_PIXELS // (size * size)))
 
 
 @torch.no_grad()
@@ -722,7 +732,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
                  "--min-steps %d steps (--epochs, --steps or --repeats set the length)",
                  _plural(len(train_split), "image"), repeats, config.min_steps)
     config = config.model_copy(update={"epochs": epochs, "repeats": repeats})
-    eval_batch = max(config.batch_size, 256)
+    eval_batch = max(config.batch_size, eval_batch_size(256, size))
     plan = D.EpochPlan(len(train_split), config.batch_size, config.seed, repeats=config.repeats)
     if ctx.enabled:  # each rank takes every world_size-th batch of the same epoch plan
         plan = DDP.ShardedPlan(plan, ctx.rank, ctx.world_size)
