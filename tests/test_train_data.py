@@ -265,3 +265,15 @@ def test_more_classes_than_a_head_may_have_are_refused(tmp_path):
     (dst / "dataset.json").write_text(json.dumps({"classes": names}))
     with pytest.raises(TrainingError, match=r"has 1001 classes; a classifier here has at most 1000"):
         D.find_splits(dst)
+
+
+def test_an_oversized_card_or_metadata_line_is_not_read_whole(tmp_path, monkeypatch):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
+    monkeypatch.setattr(D, "MAX_CARD_BYTES", 10_000)  # 64 MB in use
+    card = json.dumps({"classes": ["d1", "d0"], "padding": "x" * 10_000})
+    (dst / "dataset.json").write_text(card)  # a card past the limit is left aside (folder order, not the card's)
+    assert D.find_splits(dst)[2] == ["d0", "d1"]
+    line = json.dumps({"file_name": "d0/0_0.png", "label": "d0", "padding": "x" * D.MAX_METADATA_LINE})
+    (dst / "train" / "metadata.jsonl").write_text(line + "\n")
+    with pytest.raises(TrainingError, match=r"metadata.jsonl, line 1: longer than 1 MB"):
+        D.read_split(dst / "train", ["d0", "d1"])

@@ -27,7 +27,9 @@ import numpy as np
 from augexpand.errors import ImageReadError, TrainingError
 
 __all__ = [
+    "MAX_CARD_BYTES",
     "MAX_CLASSES",
+    "MAX_METADATA_LINE",
     "CachedBatches",
     "DeviceBatches",
     "EpochPlan",
@@ -55,6 +57,8 @@ CARD = "dataset.json"
 # At most this many classes (ImageNet's 1000): evaluate's confusion matrix, its JSON, text and chart grow with the
 # square (at 2000 classes a 15-image evaluation took 33 s and 1 GB; a crafted 100 000-class head, 80 GB).
 MAX_CLASSES = 1000
+MAX_CARD_BYTES = 64 << 20  # a dataset.json past this is left aside (expand's cards are kilobytes to a few MB)
+MAX_METADATA_LINE = 1 << 20  # one metadata.jsonl line (a soft label of 1000 classes is about 20 KB)
 
 
 @dataclass
@@ -100,7 +104,7 @@ def _card(data: Path) -> dict | None:
     regular file is read: a FIFO of that name would block for ever)."""
     card = Path(data) / CARD
     try:
-        if not card.is_file():
+        if not card.is_file() or card.stat().st_size > MAX_CARD_BYTES:
             return None
         value = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
@@ -214,8 +218,10 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     index = {c: i for i, c in enumerate(classes)}
     files, targets, ops, missing, unknown = [], [], [], [], []
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
+        for n, raw in enumerate(iter(lambda: f.readline(MAX_METADATA_LINE + 1), b""), 1):
             where = f"{path}, line {n}"
+            if len(raw) > MAX_METADATA_LINE:
+                raise TrainingError(f"{where}: longer than {MAX_METADATA_LINE >> 20} MB; not a metadata line")
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError:
