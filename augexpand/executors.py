@@ -20,8 +20,19 @@ from augexpand.errors import AugexpandError
 from augexpand.plan import Row
 from augexpand.rows import RowContext, RowMaker
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "Task", "default_workers", "fork_safe_opencv", "local_workers",
-           "make_executor", "probe_here", "probe_map"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "Task",
+    "WorkerDied",
+    "default_workers",
+    "fork_safe_opencv",
+    "local_workers",
+    "make_executor",
+    "probe_here",
+    "probe_map",
+]
 
 EXECUTORS = ("local", "ray")
 
@@ -107,6 +118,62 @@ def fork_safe_opencv() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
+class WorkerDied(AugexpandError):
+    """A worker process of a local pool ended while the run needed it (killed for memory, crashed)."""
+
+
+def _exit_reason(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (most often the system's out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
+
+
+class _Watched:
+    """A multiprocessing pool whose workers are watched: a pool replaces a worker that dies, but the task it held
+    is lost and its result never comes, so a plain wait would last for ever. Waits here poll, and a worker that
+    ended is one :class:`WorkerDied` error (the rows already made are journaled: ``--resume`` continues)."""
+
+    POLL_S = 1.0
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.procs = list(pool._pool)  # the pool's own Process objects (CPython's Pool keeps them in _pool)
+
+    def check(self) -> None:
+        for proc in self.procs:
+            code = proc.exitcode
+            if code is not None:
+                raise WorkerDied(f"a worker process (pid {proc.pid}) {_exit_reason(code)}; the images made so far "
+                                 "are kept", hint="run again with --resume, with fewer --workers if memory ran out")
+
+    def unordered(self, fn: Callable, items: list) -> Iterator[Any]:
+        results = self.pool.imap_unordered(fn, items, chunksize=1)
+        import multiprocessing as mp
+
+        for _ in range(len(items)):
+            while True:
+                try:
+                    yield results.next(timeout=self.POLL_S)
+                    break
+                except mp.TimeoutError:
+                    self.check()
+
+    def map(self, fn: Callable, items: list, chunksize: int) -> list:
+        result = self.pool.map_async(fn, items, chunksize=chunksize)
+        while not result.ready():
+            result.wait(self.POLL_S)
+            if not result.ready():
+                self.check()
+        return result.get()
+
+
 def _run_task(task: Task) -> list[dict[str, Any]]:
     assert _MAKER is not None
     key, rows = task
@@ -134,18 +201,19 @@ class LocalExecutor:
             with fork_safe_opencv():
                 self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker,
                                                         initargs=(ctx, shared))
+            self.watched = _Watched(self.pool)
         else:
             _init_worker(ctx, decoded)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
         if self.pool is None:
             return map(fn, items)
-        return self.pool.imap(fn, list(items), chunksize=8)
+        return self.watched.map(fn, list(items), chunksize=8)
 
     def run(self, tasks: list[Task]) -> Iterator[list[dict[str, Any]]]:
         if self.pool is None:
             return map(_run_task, tasks)
-        return self.pool.imap_unordered(_run_task, tasks, chunksize=1)
+        return self.watched.unordered(_run_task, tasks)
 
     def close(self, terminate: bool = False) -> None:
         if self.pool is not None:
@@ -171,7 +239,7 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
         with fork_safe_opencv():
             pool = mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent)
         with pool:
-            return pool.map(fn, paths, chunksize=64)
+            return _Watched(pool).map(fn, paths, chunksize=64)
 
     return run
 

@@ -147,6 +147,35 @@ def test_resume_after_an_interruption_gives_the_same_files(small_src, tmp_path, 
     assert again["resumed_rows"] == again["images_out"]
 
 
+def test_a_worker_killed_mid_run_is_one_error_and_resume_finishes(small_src, tmp_path, tiny_recipe, monkeypatch):
+    """A pool replaces a worker the system kills (out of memory), but the task it held never returns: the run
+    must say so, not wait for ever; what was made is journaled, and --resume completes it."""
+    import os
+    import signal
+
+    run(small_src, tmp_path / "whole", tiny_recipe)
+    real = RowMaker.run_task
+    parent, done = os.getpid(), []  # each forked worker counts its own tasks
+
+    def killed_on_its_second_task(self, rows, key=None):
+        if os.getpid() != parent and len(done) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done.append(key)
+        return real(self, rows, key)
+
+    monkeypatch.setattr(RowMaker, "run_task", killed_on_its_second_task)  # forked workers inherit it
+    monkeypatch.setattr(augexpand.executors._Watched, "POLL_S", 0.1)
+    cut = tmp_path / "cut"
+    with pytest.raises(augexpand.executors.WorkerDied, match=r"killed by SIGKILL.*--resume"):
+        run(small_src, cut, tiny_recipe, workers=2)
+    monkeypatch.undo()
+    summary = run(small_src, cut, tiny_recipe, resume=True, workers=2)
+    assert 0 < summary["resumed_rows"] < summary["images_out"]
+    cut_files, whole_files = tree_digest(cut), tree_digest(tmp_path / "whole")
+    assert cut_files.pop("dataset.json") and whole_files.pop("dataset.json")  # timings differ
+    assert cut_files == whole_files
+
+
 def test_resume_into_an_empty_folder_is_a_fresh_run(small_src, tmp_path, tiny_recipe):
     summary = run(small_src, tmp_path / "new", tiny_recipe, resume=True)
     assert summary["resumed_rows"] == 0 and summary["images_out"] == 45
