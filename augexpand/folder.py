@@ -429,11 +429,13 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
         try:
             with Image.open(f) as im:
                 fmt, mode, (width, height) = im.format or "", im.mode, im.size
-                has_exif = "exif" in im.info
-                try:
-                    orientation = im.getexif().get(0x0112, 1)
-                except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
-                    orientation = 1
+                jpeg = fmt in ("JPEG", "MPO")
+                orientation, jpeg_exif = 1, jpeg and "exif" in im.info
+                if not jpeg:  # a JPEG's is read below, as its decoders read it
+                    try:
+                        orientation = im.getexif().get(0x0112, 1)
+                    except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
+                        orientation = 1
         except UnidentifiedImageError:
             raise ImageReadError("not an image Pillow or OpenCV can identify") from None
         except (OSError, SyntaxError, ValueError) as exc:
@@ -449,8 +451,8 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
         if too_big:
             raise ImageReadError(too_big)
         _check_tail(f, fmt, size)
-        if fmt in ("JPEG", "MPO") and has_exif:  # as the decoders read it (simplejpeg's path and OpenCV agree;
-            f.seek(0)                            # Pillow drops an entry of a bogus count): the size decoded
+        if jpeg_exif:  # from the EXIF block alone, as the decoders read it (simplejpeg's path and OpenCV agree;
+            f.seek(0)   # Pillow drops an entry of a bogus count): the size decoded
             orientation = _exif_orientation(f.read(65536 + 4))
     if orientation in (5, 6, 7, 8):
         width, height = height, width
