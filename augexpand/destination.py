@@ -40,8 +40,8 @@ from typing import Any, Self
 
 from augexpand import __version__
 from augexpand.errors import DestinationError, ImageReadError
-from augexpand.folder import ScanResult, is_temp_file, write_atomic
-from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, open_regular, read_card
+from augexpand.folder import ScanResult, is_temp_file, open_regular, write_atomic
+from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, read_card
 from augexpand.recipe import Recipe
 
 __all__ = [

@@ -47,6 +47,7 @@ __all__ = [
     "encode_image",
     "is_temp_file",
     "limit_opencv_pixels",
+    "open_regular",
     "pixel_limit",
     "probe_image",
     "safe_stem",
@@ -389,18 +390,33 @@ def _check_tail(f, fmt: str, size: int) -> None:
         raise ImageReadError("truncated PNG (no IEND chunk)")
 
 
+class _NotRegular(OSError):
+    """A path that is not a regular file (its ``strerror`` says what it is)."""
+
+
+def open_regular(path: Path, follow: bool = True):
+    """``path`` opened for reading in binary, only if it is a regular file: a FIFO in its place cannot block the
+    open (O_NONBLOCK: it would wait for a writer for ever), nor a device (a link to /dev/zero) be read without end.
+    ``follow=False``: not through a link either. Raises OSError (its ``strerror`` says why) otherwise."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _NotRegular(0, f"{_kind(mode)}, not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
+
+
 def _open_regular(path: Path):
-    """Open a file for reading only if it is a regular file. O_NONBLOCK: a FIFO put in its place after the scan
-    cannot block the open (a FIFO with no writer would wait for ever)."""
+    """An image file opened by ``open_regular``, and its size; what stands in the way is an ImageReadError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        f = open_regular(path)
+    except _NotRegular as exc:
+        raise ImageReadError(f"{exc.strerror}: never read") from None
     except OSError as exc:
         raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise ImageReadError(f"{_kind(st.st_mode)}, not a regular file: never read")
-    return os.fdopen(fd, "rb"), st.st_size
+    return f, os.fstat(f.fileno()).st_size
 
 
 def _over_limit(width: int, height: int, max_pixels: int | None) -> str | None:

@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from augexpand.errors import AugexpandError, DestinationError, SourceError
-from augexpand.folder import IMAGE_EXTENSIONS, _class_folders, _hidden, display_name, walk_class, write_file
-from augexpand.manifest import CARD_NAME, METADATA_NAME, open_regular, read_card
+from augexpand.folder import (
+    IMAGE_EXTENSIONS,
+    _class_folders,
+    _hidden,
+    display_name,
+    open_regular,
+    walk_class,
+    write_file,
+)
+from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card
 
 __all__ = ["InspectError", "count_image_folder", "format_report", "inspect_folder", "plot_counts"]
 

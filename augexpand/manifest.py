@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from augexpand.folder import _kind, write_atomic
+from augexpand.folder import open_regular, write_atomic
 
 __all__ = [
     "CARD_NAME",
@@ -18,7 +16,6 @@ __all__ = [
     "TOOL",
     "RecordStore",
     "is_our_card",
-    "open_regular",
     "read_card",
     "read_metadata",
     "write_card",
@@ -30,20 +27,6 @@ METADATA_NAME = "metadata.jsonl"
 TOOL = "augexpand"
 FORMAT_VERSION = 1
 CARD_BYTES = 1 << 30  # a card larger than this is not one of ours (a million skipped files take ~100 MB)
-
-
-def open_regular(path: Path, follow: bool = True):
-    """``path`` opened for reading in binary, only if it is a regular file: a FIFO in its place cannot block the
-    open (O_NONBLOCK: it would wait for a writer for ever), nor a device (a link to /dev/zero) be read without end.
-    ``follow=False``: not through a link either. Raises OSError (its ``strerror`` says why) otherwise."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise OSError(0, f"{_kind(mode)}, not a regular file", str(path))
-    os.set_blocking(fd, True)
-    return open(fd, "rb")
 
 
 def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
