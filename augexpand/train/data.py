@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -102,11 +103,13 @@ def _class_dirs(root: Path) -> list[Path]:
 def _card(data: Path) -> dict | None:
     """``data/dataset.json`` as a dict, or None when there is none, or it is not a readable JSON object (only a
     regular file is read: a FIFO of that name would block for ever)."""
-    card = Path(data) / CARD
+    from augexpand.folder import open_regular
+
     try:
-        if not card.is_file() or card.stat().st_size > MAX_CARD_BYTES:
-            return None
-        value = json.loads(card.read_text(encoding="utf-8"))
+        with open_regular(Path(data) / CARD) as f:
+            if os.fstat(f.fileno()).st_size > MAX_CARD_BYTES:
+                return None
+            value = json.loads(f.read(MAX_CARD_BYTES + 1).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -217,7 +220,13 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     path = root / METADATA
     index = {c: i for i, c in enumerate(classes)}
     files, targets, ops, missing, unknown = [], [], [], [], []
-    with open(path, "rb") as f:
+    from augexpand.folder import open_regular
+
+    try:
+        f = open_regular(path)
+    except OSError as exc:
+        raise TrainingError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
         for n, raw in enumerate(iter(lambda: f.readline(MAX_METADATA_LINE + 1), b""), 1):
             where = f"{path}, line {n}"
             if len(raw) > MAX_METADATA_LINE:
