@@ -488,18 +488,12 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     summary = tune(src, candidates=extra if only else None, extra=None if only else extra, budget_minutes=budget,
                    seed=seed, folds=folds, steps=steps, flip=flip, progress=progress)
     if out is not None:
-        from augexpand.folder import write_atomic
+        from augexpand.folder import write_file
 
-        try:
-            write_atomic(out, winner_yaml(summary))
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+        write_file(out, winner_yaml(summary))
         summary["output"] = str(out)
     if plot is not None and any(r.get("mean") is not None for r in summary["candidates"]):
-        try:
-            summary["plot"] = str(plot_scores(summary, plot))
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {plot}: {exc.strerror or exc}") from None
+        summary["plot"] = str(plot_scores(summary, plot))
     elif plot is not None:  # interrupted in the first training
         click.echo("note: nothing was scored: no chart drawn", err=True)
     if as_json:

@@ -55,6 +55,7 @@ __all__ = [
     "unwritable",
     "walk_class",
     "write_atomic",
+    "write_figure",
     "write_file",
 ]
 
@@ -699,7 +700,7 @@ def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
         raise
 
 
-def write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes | str) -> None:
     """``write_atomic`` into ``path``, its folders made first, for a file the user names (a preview sheet, a
     chart, ...): what the system refuses (a folder of that name, a file where a folder must be, no permission, a
     full disk) is a DestinationError naming the path (``unwritable``), never an OSError."""
@@ -709,6 +710,17 @@ def write_file(path: Path, data: bytes) -> None:
         write_atomic(path, data)
     except OSError as exc:
         raise unwritable(path, exc) from None
+
+
+def write_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """A matplotlib figure written by ``write_file`` (atomically; a refusal is one DestinationError), in the format
+    of the path's suffix (.png, .svg, .pdf). Returns the path."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lower()[1:] or "png", dpi=dpi)
+    write_file(path, buf.getvalue())
+    return Path(path)
 
 
 def unwritable(path: Path, exc: OSError) -> DestinationError:

@@ -7,7 +7,6 @@ counted from its ``train/metadata.jsonl`` (hard label, op and soft label of ever
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
@@ -22,7 +21,7 @@ from augexpand.folder import (
     display_name,
     open_regular,
     walk_class,
-    write_file,
+    write_figure,
 )
 from augexpand.manifest import CARD_NAME, METADATA_NAME, read_card
 
@@ -306,7 +305,4 @@ def plot_counts(report: dict[str, Any], out: str | Path) -> Path:
     if len(segments) > 1 or report.get("val"):
         fig.legend(fontsize=8, loc="outside right upper", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=110)
-    write_file(out, buf.getvalue())
-    return out
+    return write_figure(fig, out)

@@ -743,7 +743,9 @@ def plot_scores(summary: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"augexpand tune: pick {summary['pick']}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from augexpand.folder import write_figure
+
+    try:
+        return write_figure(fig, path)
+    finally:
+        plt.close(fig)

@@ -174,5 +174,9 @@ def plot_confusion(result: dict[str, Any], path: Path) -> None:
                             color="white" if fraction[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from augexpand.folder import write_figure
+
+    try:
+        write_figure(fig, path)
+    finally:
+        plt.close(fig)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augexpand.errors import TrainingError
-from augexpand.folder import write_atomic
+from augexpand.folder import write_atomic, write_figure
 from augexpand.train import data as D
 from augexpand.train import distributed as DDP
 from augexpand.train.checkpoint import load_checkpoint, model_from_checkpoint, read_torch_file, save_checkpoint
@@ -585,8 +585,10 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> N
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------- train
@@ -907,7 +909,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if ctx.is_main:
         if metrics:
             plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     ctx.barrier()
     return summary
 
