@@ -40,6 +40,7 @@ __all__ = [
     "augment_draws",
     "augment_indices",
     "batch_count",
+    "batch_rng",
     "build_cache",
     "epoch_batches",
     "find_splits",
@@ -398,6 +399,11 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[y:y + size, x:x + size])
 
 
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The generator of one training batch's translations and flips, the same for every loader and device."""
+    return np.random.default_rng([seed, epoch, batch, 0xA06])
+
+
 def augment_draws(b: int, rng: np.random.Generator, flip: bool, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The random translation (top and left corner of the crop in the padded image) and flip of each of ``b``
     images, in the order both batch paths draw them (so the CPU and the GPU path make the same batch)."""
@@ -521,7 +527,7 @@ class _BatchSource:
             targets = targets.copy()
             targets[failed] = 0.0
         if self.augment:
-            rng = np.random.default_rng([self.seed, epoch, b, 0xA06])
+            rng = batch_rng(self.seed, epoch, b)
             pixels = augment_batch(pixels, rng, self.flip, self.pad)
         return torch.from_numpy(pixels), torch.from_numpy(targets)
 
@@ -584,7 +590,7 @@ class DeviceBatches:
             index = torch.from_numpy(idx).to(self.device, non_blocking=True)
             pixels = self.pixels.index_select(0, index)
             if self.augment:
-                rng = np.random.default_rng([self.seed, epoch, b, 0xA06])
+                rng = batch_rng(self.seed, epoch, b)
                 rows, cols = augment_indices(len(idx), self.size, rng, self.flip, self.pad)
                 rows = torch.from_numpy(rows).to(self.device, non_blocking=True)
                 cols = torch.from_numpy(cols).to(self.device, non_blocking=True)
