@@ -46,6 +46,7 @@ __all__ = [
     "display_name",
     "encode_image",
     "is_temp_file",
+    "jpeg_scale",
     "limit_opencv_pixels",
     "open_regular",
     "pixel_limit",
@@ -604,16 +605,32 @@ def _decode_jpeg(data: np.ndarray, scale: int) -> np.ndarray | None:
     return _orient(image, _exif_orientation(data))
 
 
-def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
+def jpeg_scale(height: int, width: int, min_side: int) -> int:
+    """The largest JPEG decode scale (8, 4, 2, else 1) whose decoded short side keeps at least ``min_side``."""
+    return next((r for r in (8, 4, 2) if min(-(-height // r), -(-width // r)) >= min_side), 1)
+
+
+def _header_scale(data: np.ndarray, min_side: int) -> int:
+    """:func:`jpeg_scale` of a JPEG's bytes, from its header (1 when the header does not say)."""
+    try:
+        import simplejpeg
+
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except (ImportError, ValueError):
+        return 1
+    return jpeg_scale(height, width, min_side)
+
+
+def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> np.ndarray:
     """Decode an image file (or its bytes) to an (H, W, 3) uint8 RGB array, honouring EXIF orientation.
 
     ``reduced`` of 2, 4 or 8 decodes a JPEG at that fraction of its size in the DCT domain (each side rounded up;
     2-6x faster than a full decode); other formats are decoded at full size and shrunk by OpenCV.
+    ``min_side``: for a consumer that shrinks the image to that short side anyway (training's fit): a JPEG is
+    decoded at the largest scale that keeps it (:func:`jpeg_scale`, from its header), other formats at full size.
     """
     cv2 = _cv2()
 
-    flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[reduced]
     if isinstance(source, bytes):
         data = np.frombuffer(source, np.uint8)
     else:
@@ -625,7 +642,12 @@ def decode_image(source: Path | bytes, reduced: int = 1) -> np.ndarray:
             raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageReadError("empty file (0 bytes)")
-    if data.size > 2 and data[0] == 0xFF and data[1] == 0xD8:
+    jpeg = data.size > 2 and data[0] == 0xFF and data[1] == 0xD8
+    if jpeg and min_side > 0 and reduced == 1:
+        reduced = _header_scale(data, min_side)
+    flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[reduced]
+    if jpeg:
         image = _decode_jpeg(data, reduced)
         if image is not None:
             return image

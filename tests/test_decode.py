@@ -354,3 +354,23 @@ def test_the_orientation_test_hands_its_decodes_to_the_rows(camera_src: Path, tm
     digests = [tree_digest(tmp_path / run / "train") for run in ("one", "two", "pool")]
     assert digests[0] == digests[1] == digests[2] and len(digests[0]) == 7  # 6 images and the manifest
     assert pool["orientation"] == one["orientation"]
+
+
+def test_min_side_decodes_a_jpeg_at_the_largest_scale_that_keeps_it(astronaut: np.ndarray):
+    from augexpand.folder import jpeg_scale
+
+    big = cv2.resize(astronaut, (1536, 1024), interpolation=cv2.INTER_LINEAR)  # a real photo, 3:2
+    data = jpeg_bytes(big)
+    assert [jpeg_scale(1024, 1536, s) for s in (64, 128, 129, 256, 257, 512, 513)] == [8, 8, 4, 4, 2, 2, 1]
+    for min_side, shape in ((100, (128, 192)), (200, (256, 384)), (600, (1024, 1536))):
+        image = decode_image(data, min_side=min_side)
+        assert image.shape[:2] == shape and min(shape) >= min_side
+        reference = cv2.resize(decode_image(data), shape[::-1], interpolation=cv2.INTER_AREA)
+        assert psnr(image, reference) > 30  # the DCT-domain reduction is an area-like average of the photo
+    # EXIF orientation is applied at the reduced scale too (stored 1536 wide, shown 1024 wide)
+    rotated = decode_image(jpeg_bytes(big, orientation=6), min_side=100)
+    assert rotated.shape[:2] == (192, 128)
+    assert psnr(rotated, cv2.rotate(decode_image(data, 8), cv2.ROTATE_90_CLOCKWISE)) > 30
+    # other formats decode at their full size: nothing to reduce in the codec
+    png = cv2.imencode(".png", cv2.cvtColor(big[:256, :384], cv2.COLOR_RGB2BGR))[1].tobytes()
+    assert decode_image(png, min_side=32).shape[:2] == (256, 384)

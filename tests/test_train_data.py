@@ -277,3 +277,41 @@ def test_an_oversized_card_or_metadata_line_is_not_read_whole(tmp_path, monkeypa
     (dst / "train" / "metadata.jsonl").write_text(line + "\n")
     with pytest.raises(TrainingError, match=r"metadata.jsonl, line 1: longer than 1 MB"):
         D.read_split(dst / "train", ["d0", "d1"])
+
+
+def test_the_cache_of_large_jpegs_decodes_them_reduced_at_full_quality(tmp_path, monkeypatch):
+    import cv2
+    import simplejpeg
+    from skimage import data
+
+    from augexpand.folder import decode_image
+
+    root = tmp_path / "photos"
+    for cls, photo in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (root / cls).mkdir(parents=True)
+        big = cv2.resize(photo, (1800, 1200), interpolation=cv2.INTER_LINEAR)  # a real photo at 1/8 is 225x150
+        assert cv2.imwrite(str(root / cls / "a.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    split = D.read_split(root, ["cat", "coffee"])
+    decoded, decode = [], simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: decoded.append(decode(*a, **k).shape) or decode(*a, **k))
+    path, used = D.build_cache(split, 64, tmp_path / "c.npy")
+    assert decoded == [(150, 225, 3)] * 2  # 1/8 of 1800x1200 still has a short side over 64
+    monkeypatch.undo()
+    cache = np.load(path)
+    assert len(used) == 2 and used.rows is None  # both decoded: cache rows are the files' order
+    for row, name in enumerate(used.files):
+        full = D.fit_image(decode_image(root / name), 64)  # the whole 1800x1200 decode, area-averaged to 64
+        mse = np.mean((cache[row].astype(float) - full.astype(float)) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 35
+    assert not np.array_equal(cache[0], cache[1])
+
+
+def test_fit_image_shrinks_a_little_bilinearly_and_a_lot_by_area():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    small = cv2.resize(image, (299, 224), interpolation=cv2.INTER_LINEAR)[:, 37:261]
+    np.testing.assert_array_equal(D.fit_image(image, 224), small)  # 0.93: bilinear (area takes 6x longer)
+    area = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)[:, 16:112]
+    np.testing.assert_array_equal(D.fit_image(image, 96), area)  # 0.4: area-averaged, no aliasing

@@ -376,8 +376,16 @@ def probe_resolution(split: Split, samples: int = 200) -> int:
     return int(np.median(sides))
 
 
+LINEAR_SHRINK = 0.75  # fit_image: bilinear down to this scale, area-averaging below
+
+
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Scale the short side to ``size`` and centre-crop to size x size (INTER_AREA down, INTER_LINEAR up).
+    """Scale the short side to ``size`` and centre-crop to size x size.
+
+    Bilinear (INTER_LINEAR) up and for a shrink to 3/4 or more, area-averaging (INTER_AREA) below: OpenCV's area
+    resize takes 6x longer at a ratio such as 0.93 (0.8 ms at 320x240, more than the decode), and bilinear is
+    within 46 dB (median, real photos) of it down to 3/4. The files are decoded at the JPEG scale that keeps
+    ``size`` (``decode_image(min_side=...)``), so a photo's shrink left here is mostly under 2x.
 
     An image longer than 2:1 is first cut to its middle 2:1 (which holds the crop): scaled whole, a 1x999999 PNG
     (3 KB on disk) would take 12 GB at size 64.
@@ -393,7 +401,7 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(h, w)
     if (h, w) != (size, size) and scale != 1:
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < LINEAR_SHRINK else cv2.INTER_LINEAR)
         h, w = nh, nw
     y, x = (h - size) // 2, (w - size) // 2
     return np.ascontiguousarray(image[y:y + size, x:x + size])
@@ -614,7 +622,7 @@ class FileBatches(_BatchSource):
         self._bad = []
         for j, i in enumerate(idx):
             try:
-                out[j] = fit_image(decode_image(self.root / self.files[i]), self.size)
+                out[j] = fit_image(decode_image(self.root / self.files[i], min_side=self.size), self.size)
             except ImageReadError as exc:  # its header passed readable(): the pixels do not decode
                 log.warning("skipped %s: %s", self.root / self.files[i], exc)
                 self._bad.append(j)
@@ -642,7 +650,7 @@ class _DecodeChunks:
         errors = {}
         for j, i in enumerate(range(start, stop)):
             try:
-                pixels[j] = fit_image(decode_image(self.root / self.files[i]), self.size)
+                pixels[j] = fit_image(decode_image(self.root / self.files[i], min_side=self.size), self.size)
             except ImageReadError as exc:
                 errors[i] = str(exc)
         return start, pixels, errors
