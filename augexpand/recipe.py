@@ -3,10 +3,11 @@
 A recipe is validated once, here, before any image is read. Every error names the file, the line and the key,
 what was expected, and (for names) the closest valid one.
 
-A recipe cannot ask for the impossible (see "Limits" below): YAML alias bombs, cycles and absurd nesting are
-refused before anything is built from them, counts and sizes are bounded, every number a transform is given is
-finite and at most ``MAX_SIDE``, and a transform that needs more than an image (boxes, masks, keypoints, reference
-images, volumes) is refused, as is a Compose with ``bbox_params`` or ``keypoint_params``.
+A recipe cannot ask for the impossible (see "Limits" below): YAML alias bombs, cycles, absurd nesting and a key
+given twice (YAML would keep the last value without a word) are refused before anything is built from them, counts
+and sizes are bounded, every number a transform is given is finite and at most ``MAX_SIDE``, and a transform that
+needs more than an image (boxes, masks, keypoints, reference images, volumes) is refused, as is a Compose with
+``bbox_params`` or ``keypoint_params``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "Recipe",
     "build_pipeline",
     "builtin_recipes",
+    "duplicate_key",
     "has_size_refs",
     "import_albumentations",
     "load_recipe",
@@ -467,6 +469,58 @@ def _check_yaml_depth(text: str, source: str) -> None:
             depth -= 1
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NO_KEY = object()
+
+
+def _key_value(constructor: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """A mapping key as the loader builds it; _NO_KEY for a merge (``<<``) and for a key the loader refuses (it
+    says why when the document is loaded)."""
+    if node.tag == _MERGE_TAG:
+        return _NO_KEY
+    try:
+        key = constructor.construct_object(node, deep=True)
+        hash(key)
+    except Exception:  # noqa: BLE001
+        return _NO_KEY
+    return key
+
+
+def duplicate_key(root: yaml.Node | None) -> tuple[Any, int, int, tuple] | None:
+    """The key that a mapping of the composed YAML document gives twice (at any depth; the earliest second use in
+    the document), as (key, line of its first use, line of the second, path of the second), or None. A YAML loader
+    keeps the last value without a word, so ``copies: 2`` ... ``copies: 20`` would quietly make 20. Keys are
+    compared as the loader builds them (``1`` and ``0x1`` are one key); a merge (``<<: *base``) may be overridden,
+    as YAML intends. Linear in the node graph (a shared node is visited once; _check_shape has bounded it)."""
+    if root is None:
+        return None
+    constructor = yaml.SafeLoader("")
+    found: list[tuple[Any, int, int, tuple]] = []
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path + (i,)) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack.append((value_node, path + (name,)))
+                key = _key_value(constructor, key_node)
+                if key is _NO_KEY:
+                    continue
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    found.append((key, first[key], line, path + (name,)))
+                    break
+                first[key] = line
+    return min(found, key=lambda f: f[2], default=None)
+
+
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
@@ -479,6 +533,11 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _check_shape(node, _yaml_children, source)  # before anything is built from it
+        twice = duplicate_key(node)
+        if twice is not None:
+            key, first, line, path = twice
+            raise RecipeError(f"duplicate key {key!r}, already given on line {first}: YAML would keep only the last "
+                              f"value; give it once ({_where(source, {path: line}, path)})")
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -117,3 +117,57 @@ def test_albumentations_is_imported_without_torch_or_the_hub_client_which_stay_i
             "'numpy').arange(6, dtype='uint8').reshape(1, 2, 3))['image'].tolist())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "[[[3, 4, 5], [0, 1, 2]]]"]
+
+
+@pytest.mark.parametrize("text, match", [
+    # a top-level key twice: YAML would quietly keep copies: 20
+    ("copies: 2\nseed: 1\ncopies: 20\n",
+     (r"^duplicate key 'copies', already given on line 1: YAML would keep only the last value; give it once "
+      r"\(.*r\.yaml, line 3, copies\)$")),
+    # a transform's argument twice, in flow style on one line
+    ("pipeline:\n  - GaussianBlur: {blur_limit: [3, 5], p: 0.5, p: 1.0}\n",
+     r"duplicate key 'p', already given on line 2: .*\(.*r\.yaml, line 2, pipeline\[0\]\.GaussianBlur\.p\)$"),
+    # deep inside a OneOf
+    (("pipeline:\n  - OneOf:\n      transforms:\n        - HorizontalFlip: {p: 0.5}\n        - GaussianBlur:\n"
+      "            p: 0.5\n            p: 1\n"),
+     r"duplicate key 'p', already given on line 6: .*line 7, pipeline\[0\]\.OneOf\.transforms\[1\]\.GaussianBlur\.p"),
+    # a section twice
+    ("mix:\n  mixup: {alpha: 0.2}\nseed: 3\nmix:\n  cutmix: {alpha: 1}\n", r"duplicate key 'mix', .*line 1: .*line 4"),
+    # two spellings of one key, as the loader reads them
+    ("output: {quality: 90, 'quality': 80}\n", r"duplicate key 'quality', already given on line 1"),
+])
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path, text: str, match: str):
+    with pytest.raises(RecipeError, match=match) as info:
+        load_recipe(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_a_key_given_twice_in_a_pipeline_file_is_refused(tmp_path: Path):
+    write(tmp_path, "- HorizontalFlip: {p: 0.5}\n- Rotate: {limit: 10, limit: 30}\n", "pipe.yaml")
+    with pytest.raises(RecipeError, match=r"duplicate key 'limit', already given on line 2: .*pipe\.yaml, line 2, "
+                                          r"\[1\]\.Rotate\.limit\)$"):
+        load_recipe(write(tmp_path, "pipeline: pipe.yaml\n"))
+
+
+def test_a_yaml_merge_may_still_override_what_it_merges(tmp_path: Path):
+    recipe = load_recipe(write(tmp_path, "mix:\n  mixup: &m {alpha: 0.2, count: 10}\n"
+                                         "  cutmix: {<<: *m, alpha: 1.0}\n"))
+    assert (recipe.mix.mixup.alpha, recipe.mix.cutmix.alpha, recipe.mix.cutmix.count) == (0.2, 1.0, 10)
+
+
+def test_validate_and_tune_refuse_a_key_given_twice(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    path = write(tmp_path, "copies: 2\npipeline: [HorizontalFlip]\ncopies: 3\n")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.output == (f"Error: duplicate key 'copies', already given on line 1: YAML would keep only the last "
+                             f"value; give it once ({path}, line 3, copies)\n")
+    (tmp_path / "src").mkdir()
+    result = CliRunner().invoke(cli, ["tune", str(tmp_path / "src"), "-c", str(path)])
+    assert result.exit_code == 2, result.output  # as every --candidate refusal
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: Invalid value for --candidate: duplicate key 'copies', already given on line 1: YAML would keep "
+        f"only the last value; give it once ({path}, line 3, copies)")

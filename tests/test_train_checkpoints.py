@@ -225,6 +225,18 @@ def test_a_hand_edited_config_yaml_on_resume_is_one_line(tmp_path, trained, text
                                                      f"{run}/config.yaml); give DST"
 
 
+def test_a_key_given_twice_in_config_yaml_is_refused_on_resume(tmp_path, trained):
+    run = _copy_run(trained, tmp_path)
+    text = (run / "config.yaml").read_text()
+    line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("lr: "))) + 1
+    (run / "config.yaml").write_text(text + "lr: 5.0\n")  # YAML would quietly resume at lr 5
+    total = len(text.splitlines()) + 1
+    _one_error_line(_invoke("train", trained[0], "-o", run, "--resume", "--epochs", "3", "-q"),
+                    f"{run}/config.yaml is not a training config: it gives 'lr' twice (lines {line} and {total}); "
+                    f"keep one")
+    assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["epochs"] == 2
+
+
 def test_a_yaml_alias_bomb_in_config_yaml_is_refused_at_once(tmp_path, trained):
     run = _copy_run(trained, tmp_path)
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + _BOMB)

@@ -163,9 +163,12 @@ MAX_CONFIG_BYTES = 1 << 20  # save_config writes about 1 KB
 
 def read_config_mapping(path: Path) -> dict:
     """A config.yaml as the flat mapping of option: value that save_config writes; anything else (not UTF-8, not
-    YAML, nested values such as a YAML alias bomb, nesting deeper than the parser recurses) is one TrainingError.
-    The shape is checked on the node graph before any value is built (an alias is not expanded there)."""
+    YAML, nested values such as a YAML alias bomb, nesting deeper than the parser recurses, a key given twice) is
+    one TrainingError. The shape is checked on the node graph before any value is built (an alias is not expanded
+    there)."""
     import yaml
+
+    from augexpand.recipe import duplicate_key
 
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -183,6 +186,11 @@ def read_config_mapping(path: Path) -> dict:
             isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode) for k, v in node.value))
         if not flat:
             raise TrainingError(f"{path} is not a training config (a mapping of option: value, as train writes it)")
+        twice = duplicate_key(node)
+        if twice is not None:  # YAML would keep the last value without a word
+            key, first, line, _ = twice
+            raise TrainingError(f"{path} is not a training config: it gives {key!r} twice (lines {first} and "
+                                f"{line}); keep one")
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TrainingError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
