@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AugexpandError",
+    "ConflictingOptionError",
     "DestinationError",
     "ExpandError",
     "ImageReadError",
@@ -50,3 +51,8 @@ class TrainingError(AugexpandError):
 
 class ExpandError(AugexpandError):
     """Some planned images could not be made (the first failing row is named)."""
+
+
+class ConflictingOptionError(TrainingError):
+    """An option given on the command line that the file another option names contradicts (``--width 16`` with an
+    ``--init`` run of width 8): a usage error, which the command line reports with exit status 2."""

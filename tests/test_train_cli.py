@@ -137,6 +137,27 @@ def test_bad_flags_are_usage_errors(dst, tmp_path, args, message):
     assert message in result.output
 
 
+def test_an_explicit_width_or_model_that_the_init_run_contradicts_is_a_usage_error(dst, tmp_path):
+    source = tmp_path / "source"
+    result = _invoke("train", dst, "-o", source, "--epochs", "1", *FAST, "-q")  # a smallcnn of width 8
+    assert result.exit_code == 0, result.output
+    common = ["--epochs", "1", "--size", "16", "--workers", "0", "--batch-size", "16", "--no-flip", "--json"]
+    # --width 16 (or --model resnet18) given, the --init run fixes 8 (smallcnn): was trained at width 8 silently
+    for given, message in ((["--width", "16"], f"--width 16 does not match --init {source}, a smallcnn of width 8"),
+                           (["-m", "resnet18"], f"--model resnet18 does not match --init {source}, a smallcnn")):
+        result = _invoke("train", dst, "-o", tmp_path / "r", "--init", source, *given, *common)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == f"Error: {message}; leave it out to use the run's"
+        assert "Traceback" not in result.output and not (tmp_path / "r" / "last.pt").exists()
+    # the same value, or none, takes the --init run's
+    for i, given in enumerate((["--width", "8", "-m", "smallcnn"], [], ["-m", "auto"])):
+        run = tmp_path / f"ok{i}"
+        result = _invoke("train", dst, "-o", run, "--init", source, *given, *common)
+        assert result.exit_code == 0, result.output
+        ckpt = torch.load(run / "best.pt", weights_only=True)
+        assert ckpt["model_args"] == {"name": "smallcnn", "num_classes": 3, "width": 8}
+
+
 def test_an_absurd_batch_or_repeats_is_refused_not_allocated(dst, tmp_path):
     # -b 10**8 on 28 images: the automatic --min-steps passes made epochs of billions of indices (a hang)
     result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--batch-size", str(10**8))

@@ -60,11 +60,12 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("-m", "--model", type=click.Choice(MODEL_CHOICES, case_sensitive=False), default="auto",
               show_default=True, help="auto: smallcnn up to 64 px, resnet18 above (resnet50 from 100k images).")
 @click.option("--width", type=click.IntRange(1, 256), default=32, show_default=True,
-              help="Channels of the small CNN's first stage.")
+              help="Channels of the small CNN's first stage (with --init: that run's; another is refused).")
 @click.option("--weights", type=click.Path(path_type=Path), metavar="PATH",
               help="A torchvision ResNet state dict (e.g. resnet18-5c106cde.pth); the head is replaced.")
 @click.option("--init", type=click.Path(path_type=Path), metavar="RUN",
-              help="Start from an earlier run's best.pt (transfer; the head is replaced if the classes differ).")
+              help="Start from an earlier run's best.pt, its model and width (transfer; the head is replaced if the "
+                   "classes differ).")
 @click.option("--size", type=click.IntRange(8, 1024), help="Training resolution (default: the median short side "
               "of the SOURCE images DST was made from, read from DST/dataset.json, else of DST's images; at most "
               "224).")
@@ -179,10 +180,13 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
     values = {k: v for k, v in options.items() if v is not None}
     setup_logging(quiet or as_json)
     config = make_config(data=dst, out=out, progress=_progress(quiet, as_json), **values)
+    from augexpand.errors import ConflictingOptionError
     from augexpand.train.distributed import FollowerAbort
 
     try:
         summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
+    except ConflictingOptionError as exc:  # --width 16 with an --init run of width 8
+        raise click.UsageError(str(exc)) from None
     except FollowerAbort:
         # Rank 0 stops with the same error and prints it; torchrun then ends this process. Exiting first could
         # make torchrun stop rank 0 before its message is out.

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augexpand.errors import TrainingError
+from augexpand.errors import ConflictingOptionError, TrainingError
 from augexpand.folder import write_atomic, write_figure
 from augexpand.train import data as D
 from augexpand.train import distributed as DDP
@@ -437,9 +437,11 @@ def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | N
     return min(MAX_AUTO_SIZE, median), f"the median short side of the training images ({median} px)"
 
 
-def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) -> tuple[TrainConfig, str]:
+def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
+             explicit: set[str] = frozenset()) -> tuple[TrainConfig, str]:
     """Fill every ``auto``/``None`` of the config with the value this run will use (the length: see _length).
 
+    An ``--init`` run fixes the model and its width: one given (in ``explicit``) that differs is refused.
     Returns the resolved config and where the training size came from.
     """
     update: dict[str, Any] = {}
@@ -450,12 +452,16 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None) 
     update["size"] = size
     model = config.model
     if init_ckpt is not None:
-        init_name = init_ckpt["model_args"]["name"]
+        init_name, init_width = init_ckpt["model_args"]["name"], init_ckpt["model_args"].get("width")
+        leave = "leave it out to use the run's"
         if model not in ("auto", init_name):
-            raise TrainingError(f"--model {model} does not match --init {config.init}, a {init_name}")
+            raise ConflictingOptionError(f"--model {model} does not match --init {config.init}, a {init_name}", leave)
+        if init_width is not None and "width" in explicit and config.width != init_width:
+            raise ConflictingOptionError(f"--width {config.width} does not match --init {config.init}, a {init_name} "
+                                         f"of width {init_width}", leave)
         model = init_name
-        if "width" in init_ckpt["model_args"]:
-            update["width"] = init_ckpt["model_args"]["width"]
+        if init_width is not None:
+            update["width"] = init_width
     elif config.weights is not None and model == "auto":
         model = guess_resnet(config.weights)
         if model is None:
@@ -687,7 +693,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
 
     # Resolve the config (auto values); saved once the epochs are known
     init_ckpt = load_checkpoint(config.init) if config.init is not None else None
-    config, size_from = _resolve(config, train_split, init_ckpt)
+    config, size_from = _resolve(config, train_split, init_ckpt, explicit)
     if config.sync_bn and not (ctx.enabled and ctx.device.type == "cuda"):
         raise TrainingError("--sync-bn needs torchrun on CUDA GPUs (SyncBatchNorm runs only there)")
     device = ctx.device if ctx.enabled else resolve_device(config.device)
