@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from augexpand.errors import AugexpandError
+from augexpand.formatting import plural
 
 __all__ = [
     "NONE",
@@ -690,10 +691,6 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def winner_yaml(summary: dict[str, Any]) -> str:
     """The picked recipe as YAML, with a header comment of the scores."""
     import yaml
@@ -704,10 +701,10 @@ def winner_yaml(summary: dict[str, Any]) -> str:
     lines = [f"# augexpand tune on {summary['src']} (seed {summary['seed']}): balanced accuracy on held-out images,",
              (f"# proxy trainings of {proxy['model']} at {proxy['size']}x{proxy['size']}, {proxy['steps']} steps "
               f"of {proxy['batch_size']}, {proxy['folds']}-fold splits"),
-             f"# no expansion: {base.get('mean', 0):.3f} ± {base.get('std', 0):.3f} over {_plural(base['splits'], 'split')}"]
+             f"# no expansion: {base.get('mean', 0):.3f} ± {base.get('std', 0):.3f} over {plural(base['splits'], 'split')}"]
     if summary["helps"]:
         w = rows[summary["pick"]]
-        lines.append(f"# {w['name']}: {w['mean']:.3f} ± {w['std']:.3f} over {_plural(w['splits'], 'split')}, gain "
+        lines.append(f"# {w['name']}: {w['mean']:.3f} ± {w['std']:.3f} over {plural(w['splits'], 'split')}, gain "
                      f"{100 * w['gain']:+.1f} ± {100 * w['gain_std']:.1f} pts (paired), from {w['origin']}")
     else:
         lines.append(f"# nothing helped: {summary['reason']}; this is the no-harm choice (no expansion)")

@@ -384,3 +384,19 @@ def test_large_photos_are_reduced_for_the_proxy_and_held_out_ones_kept(tmp_path,
     assert s["proxy"]["size"] == 32
     assert {(part, extra) for part, _, extra in seen} == {("train", 128), ("heldout", True)}
     assert all(name.endswith(".jpg.png") for part, name, _ in seen if part == "train")
+
+
+def test_one_plural_for_tune_and_train_and_tune_imports_no_torch_for_it():
+    import subprocess
+    import sys
+
+    from augexpand.formatting import plural
+    from augexpand.train import cli as train_cli
+    from augexpand.train import loop
+
+    assert [plural(n, "split") for n in (0, 1, 2)] == ["0 splits", "1 split", "2 splits"]
+    # one definition (tune's and the loop's own copies are gone; train's command line took the loop's private one)
+    assert T.plural is plural and loop.plural is plural
+    assert not hasattr(T, "_plural") and not hasattr(loop, "_plural") and not hasattr(train_cli, "_plural")
+    code = "import sys, augexpand.tune, augexpand.formatting; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

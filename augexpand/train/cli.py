@@ -213,19 +213,19 @@ def _saved_data(out: Path) -> Path:
 
 
 def _summary_line(s: dict) -> str:
-    from augexpand.train.loop import _plural
+    from augexpand.formatting import plural
 
     if s["best_val_acc"] is not None:
         head = (f"best val acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of {s['epochs']}, "
                 f"last {s['last_val_acc']:.4f}")
     else:
-        head = (f"trained {_plural(s['epochs'], 'epoch')} (no validation split), "
+        head = (f"trained {plural(s['epochs'], 'epoch')} (no validation split), "
                 f"last train loss {s['last_train_loss']:.4f}")
     stop = " (stopped early)" if s["stopped_early"] else ""
     resumed = s.get("resumed_at_step", 0)
-    steps = _plural(s["steps"], "step") + (f" ({_plural(s['steps'] - resumed, 'step')} after resuming)"
+    steps = plural(s["steps"], "step") + (f" ({plural(s['steps'] - resumed, 'step')} after resuming)"
                                             if resumed else "")
-    return (f"{head}{stop}; {s['model']} at {s['size']}x{s['size']} on {_plural(s['train_images'], 'image')}, "
+    return (f"{head}{stop}; {s['model']} at {s['size']}x{s['size']} on {plural(s['train_images'], 'image')}, "
             f"{steps} in {s['seconds']:.1f} s ({s['images_per_s']:.0f} img/s, {s['device']}); "
             f"wrote {s['run']}/best.pt, last.pt, metrics.jsonl, curves.png")
 

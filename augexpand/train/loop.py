@@ -27,6 +27,7 @@ from torch import nn
 
 from augexpand.errors import ConflictingOptionError, TrainingError
 from augexpand.folder import write_atomic, write_figure
+from augexpand.formatting import plural
 from augexpand.train import data as D
 from augexpand.train import distributed as DDP
 from augexpand.train.checkpoint import load_checkpoint, model_from_checkpoint, read_torch_file, save_checkpoint
@@ -431,7 +432,7 @@ def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | N
     source = D.source_resolution(config.data)
     if source is not None:  # the images the dataset was made from, not the (possibly enlarged) expansion
         median, count = source
-        return min(MAX_AUTO_SIZE, median), (f"the median short side of the {_plural(count, 'source image')} "
+        return min(MAX_AUTO_SIZE, median), (f"the median short side of the {plural(count, 'source image')} "
                                              f"({median} px) in {Path(config.data) / D.CARD}")
     median = D.probe_resolution(train_split)
     return min(MAX_AUTO_SIZE, median), f"the median short side of the training images ({median} px)"
@@ -560,10 +561,6 @@ def make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool) -> torch.ut
 
 
 # --------------------------------------------------------------------------------------------------------- curves
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs val, as a PNG (a dotted line where the backbone unfreezes)."""
@@ -738,7 +735,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if repeats > 1 and config.repeats is None:
         log.info("%s make few optimizer steps: each epoch passes over them %d times, so the run takes at least "
                  "--min-steps %d steps (--epochs, --steps or --repeats set the length)",
-                 _plural(len(train_split), "image"), repeats, config.min_steps)
+                 plural(len(train_split), "image"), repeats, config.min_steps)
     config = config.model_copy(update={"epochs": epochs, "repeats": repeats})
     eval_batch = max(config.batch_size, eval_batch_size(256, size))
     plan = D.EpochPlan(len(train_split), config.batch_size, config.seed, repeats=config.repeats)
@@ -839,7 +836,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
              if ctx.enabled else "")
     log.info("training %s at %dx%d on %d images (%d classes%s), %s of %s, on %s%s%s",
              config.model, size, size, len(train_split), len(classes), ", soft labels" if train_split.soft else "",
-             _plural(epochs, "epoch"), _plural(steps_per_epoch, "step"), device,
+             plural(epochs, "epoch"), plural(steps_per_epoch, "step"), device,
              f" with {str(rt.amp_dtype).split('.')[-1]} autocast" if rt.amp_dtype else "", procs)
     started, resumed_at_step = time.perf_counter(), schedule.step
     stopped_early = False
