@@ -5,14 +5,13 @@ Both command modules import from here, so neither imports the other's helpers (n
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import click
+
+from augexpand.formatting import json_text  # the --json output (NaN as null), shared with the files train writes
 
 __all__ = ["CONTEXT", "EchoHandler", "json_text", "max_pixels_option", "printable", "require_output_file",
            "require_path", "setup_logging"]
@@ -84,18 +83,3 @@ def require_output_file(path: Path | None, hint: str, suffixes: tuple[str, ...] 
     if inside is not None and Path(inside).resolve() in path.resolve().parents:
         raise click.BadParameter(f"{path} would be written inside {what} {inside}; its images are never written to",
                                  param_hint=hint)
-
-
-def json_text(value: Any) -> str:
-    """The --json output: a NaN or an infinity (the loss of a training that diverged) is written as null, so that
-    what a pipeline reads is valid JSON (json.dumps would write NaN)."""
-    def finite(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [finite(x) for x in v]
-        return v
-
-    return json.dumps(finite(value), indent=2)

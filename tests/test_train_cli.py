@@ -204,6 +204,40 @@ def test_a_diverged_run_still_prints_valid_json(dst, tmp_path):
     json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
 
 
+def _strict_json_files(run) -> dict[str, list]:
+    """Every JSON and JSON-lines file in RUN, parsed as strict JSON (NaN and Infinity are not JSON)."""
+    def refuse(name):
+        raise AssertionError(f"{name} in a JSON file of {run}")
+
+    parsed = {}
+    for path in sorted(run.rglob("*.json*")):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        parsed[path.name] = [json.loads(line, parse_constant=refuse) for line in lines if line.strip()]
+    return parsed
+
+
+@pytest.mark.parametrize("val", [True, False], ids=["with-val", "no-val"])
+def test_a_diverged_run_writes_valid_json_files_and_resumes(tmp_path, val):
+    data = write_expanded(tmp_path / "dst", n=8, mixed=4, with_val=val)
+    run = tmp_path / "r"
+    result = _invoke("train", data, "-o", run, *FAST, "--epochs", "2", "--lr", "1e30")
+    assert result.exit_code == 0, result.output
+    files = _strict_json_files(run)
+    assert {"summary.json", "metrics.jsonl"} <= set(files)
+    assert files["summary.json"][0]["last_train_loss"] is None  # NaN: the run diverged
+    assert [m["train_loss"] for m in files["metrics.jsonl"]] == [None, None]
+    assert [m["val_loss"] is None for m in files["metrics.jsonl"]] == [True, True]
+    # --resume reads those rows back (a null loss is a diverged epoch, not a damaged row), also with nothing to do
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert ("last train loss nan" in result.output) != val
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    files = _strict_json_files(run)
+    assert [m["epoch"] for m in files["metrics.jsonl"]] == [1, 2, 3] and files["summary.json"][0]["epochs"] == 3
+    assert ("last train loss nan" in result.output) != val
+
+
 def test_a_class_folder_name_that_is_not_utf8_trains_and_evaluates(tmp_path):
     import os
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from augexpand.errors import ConflictingOptionError, TrainingError
 from augexpand.folder import write_atomic, write_figure
-from augexpand.formatting import plural
+from augexpand.formatting import json_text, plural
 from augexpand.train import data as D
 from augexpand.train import distributed as DDP
 from augexpand.train.checkpoint import load_checkpoint, model_from_checkpoint, read_torch_file, save_checkpoint
@@ -882,7 +882,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             elif not frozen:
                 bad_epochs += 1
             if ctx.is_main:
-                write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+                write_atomic(out / "metrics.jsonl", "".join(json_text(m, indent=None) + "\n" for m in metrics))
                 save_checkpoint(checkpoint(epoch, True), out / "last.pt")
             if config.patience is not None and bad_epochs > config.patience:
                 log.info("early stop: no val improvement for %d epochs (best %.4f at epoch %d)", bad_epochs,
@@ -912,14 +912,14 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if ctx.is_main:
         if metrics:
             plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(out / "summary.json", json_text(summary) + "\n")  # a diverged loss (NaN) is null
     ctx.barrier()
     return summary
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     """The metrics.jsonl rows up to an epoch; unreadable lines, and rows without the numbers the curves draw, are
-    dropped (the curves then start later)."""
+    dropped (the curves then start later). A null train loss is an epoch that diverged (NaN, written as null)."""
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -931,7 +931,8 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
             except (ValueError, RecursionError):
                 continue
             if (isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= upto_epoch
-                    and number(row.get("train_loss")) and number(row.get("train_acc"))
+                    and "train_loss" in row and (row["train_loss"] is None or number(row["train_loss"]))
+                    and number(row.get("train_acc"))
                     and all(row.get(k) is None or number(row[k]) for k in ("val_loss", "val_acc"))):
-                rows.append(row)
+                rows.append({**row, "train_loss": math.nan if row["train_loss"] is None else row["train_loss"]})
     return rows
