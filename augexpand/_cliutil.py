@@ -13,10 +13,17 @@ import click
 
 from augexpand.formatting import json_text  # the --json output (NaN as null), shared with the files train writes
 
-__all__ = ["CONTEXT", "EchoHandler", "json_text", "max_pixels_option", "printable", "require_output_file",
+__all__ = ["CONTEXT", "EchoHandler", "Interrupted", "json_text", "max_pixels_option", "printable", "require_output_file",
            "require_path", "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: one ``Error:`` line saying what was kept, and exit status 130 (128 + SIGINT, what a shell reports and
+    tune exits with) instead of Click's bare "Aborted!" (exit 1)."""
+
+    exit_code = 130
 
 
 def max_pixels_option(f):

@@ -11,6 +11,7 @@ __all__ = [
     "RecipeError",
     "SourceError",
     "TrainingError",
+    "TrainingInterrupted",
 ]
 
 
@@ -56,3 +57,9 @@ class ExpandError(AugexpandError):
 class ConflictingOptionError(TrainingError):
     """An option given on the command line that the file another option names contradicts (``--width 16`` with an
     ``--init`` run of width 8): a usage error, which the command line reports with exit status 2."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training: still a KeyboardInterrupt (whoever stops on one, as tune does, still does), with a
+    message saying at which step and what was kept (``last.pt``, for ``--resume``). The command line prints it as
+    one ``Error:`` line, exit status 130."""

@@ -238,6 +238,63 @@ def test_a_diverged_run_writes_valid_json_files_and_resumes(tmp_path, val):
     assert ("last train loss nan" in result.output) != val
 
 
+def test_ctrl_c_during_training_is_one_line_exit_130_and_resumable(dst, tmp_path):
+    import re
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "augexpand", "train", str(dst), "-o", str(run), *FAST,
+                             "--epochs", "1000", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # into a later epoch
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err  # 128 + SIGINT, as tune; was Click's "Aborted!" (exit 1)
+    assert "Traceback" not in err and "Aborted!" not in err and out == ""
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"Error: interrupted at step (\d+) of 2000; {re.escape(str(run))}/last\.pt \(step (\d+), "
+                         r"the end of epoch (\d+)\) is kept: run again with --resume to continue", last)
+    assert match, err
+    at, kept, epoch = map(int, match.groups())
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"]) == (kept, epoch) and kept == 2 * epoch and kept <= at < 2000
+    result = _invoke("train", "-o", run, "--resume", "--epochs", str(epoch + 1), "-q", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["resumed_at_step"] == kept
+
+
+@pytest.mark.parametrize("where", ["first epoch", "cache"])
+def test_ctrl_c_before_anything_was_kept_says_so(dst, tmp_path, monkeypatch, where):
+    from augexpand.train import data as D
+    from augexpand.train import loop
+
+    def one_step_then_ctrl_c(*args, **kwargs):
+        args[6].step += 1  # the schedule: one optimizer step made
+        raise KeyboardInterrupt
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "first epoch":
+        monkeypatch.setattr(loop, "train_one_epoch", one_step_then_ctrl_c)
+        expected = ("interrupted at step 1 of 20, before the first epoch ended: nothing was kept; start again with "
+                    "--overwrite")
+    else:
+        monkeypatch.setattr(D, "build_cache", ctrl_c)
+        expected = "interrupted before training started: nothing was kept"
+    run = tmp_path / "run"
+    result = _invoke("train", dst, "-o", run, *FAST, "--epochs", "10", "-q")
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == f"Error: {expected}"
+    assert not (run / "last.pt").exists()
+
+
 def test_a_class_folder_name_that_is_not_utf8_trains_and_evaluates(tmp_path):
     import os
 

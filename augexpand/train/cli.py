@@ -10,6 +10,7 @@ import click
 
 from augexpand._cliutil import (
     CONTEXT,
+    Interrupted,
     json_text,
     max_pixels_option,
     printable,
@@ -147,6 +148,7 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
     RUN/last.pt (torch.load(weights_only=True)), config.yaml, metrics.jsonl and curves.png.
 
     Several GPUs or machines: start it with torchrun (DDP; NCCL on CUDA, gloo on CPU; rank 0 writes RUN).
+    Ctrl-C stops it (exit 130) and says what RUN/last.pt (the last finished epoch) keeps for --resume.
 
     \b
     Example:
@@ -187,6 +189,10 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         summary = train(config, resume=resume, overwrite=overwrite, explicit=explicit)
     except ConflictingOptionError as exc:  # --width 16 with an --init run of width 8
         raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was kept (TrainingInterrupted says), exit 130
+        if os.environ.get("RANK", "0") != "0":
+            ctx.exit(130)  # under torchrun, rank 0 says it
+        raise Interrupted(str(exc) or "interrupted") from None
     except FollowerAbort:
         # Rank 0 stops with the same error and prints it; torchrun then ends this process. Exiting first could
         # make torchrun stop rank 0 before its message is out.

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augexpand.errors import ConflictingOptionError, TrainingError
+from augexpand.errors import ConflictingOptionError, TrainingError, TrainingInterrupted
 from augexpand.folder import write_atomic, write_figure
 from augexpand.formatting import json_text, plural
 from augexpand.train import data as D
@@ -612,7 +612,16 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             config = config.model_copy(update={"progress": False})
         _refuse_out_in_data(config)
         lock = ctx.on_main(lambda: _open_run(Path(config.out), resume, overwrite), share=False)
-        return _train(config, ctx, resume, explicit or set())
+        try:
+            return _train(config, ctx, resume, explicit or set())
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:  # before the first step: reading the data, decoding the cache
+            out = Path(config.out)
+            kept = (f"{out}/last.pt is kept: run again with --resume to continue" if resume else
+                    "nothing was kept" + ("; start again with --overwrite" if out.is_dir() and _foreign(out) else ""))
+            raise TrainingInterrupted(f"interrupted before training {'resumed' if resume else 'started'}: "
+                                      f"{kept}") from None
     finally:
         if lock is not None:
             lock.release()
@@ -806,6 +815,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     # Resume: weights, optimizer, step, best so far, metrics up to the checkpoint
     start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, 0, 0
     metrics: list[dict[str, Any]] = []
+    saved: tuple[int, int] | None = None  # (epoch, step) of last.pt, what Ctrl-C keeps
     if resume:
         state = _restore(out / "last.pt", model, optimizer, scaler, device)
         for group in optimizer.param_groups:  # resuming may change the step budget, not the peak rates
@@ -817,6 +827,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
         if ctx.enabled:
             torch.manual_seed(config.seed + 1_000_003 * ctx.rank + schedule.step)
         metrics = _read_metrics(out / "metrics.jsonl", start_epoch)
+        saved = (start_epoch, schedule.step)
         log.info("resuming %s at epoch %d (step %d of %d)", out, start_epoch + 1, schedule.step, total_steps)
 
     def checkpoint(epoch: int, with_optimizer: bool) -> dict[str, Any]:
@@ -884,15 +895,20 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             if ctx.is_main:
                 write_atomic(out / "metrics.jsonl", "".join(json_text(m, indent=None) + "\n" for m in metrics))
                 save_checkpoint(checkpoint(epoch, True), out / "last.pt")
+                saved = (epoch + 1, schedule.step)
             if config.patience is not None and bad_epochs > config.patience:
                 log.info("early stop: no val improvement for %d epochs (best %.4f at epoch %d)", bad_epochs,
                          best_acc, best_epoch)
                 stopped_early = True
                 break
     except KeyboardInterrupt:
-        log.warning("interrupted: last.pt holds the last finished epoch; continue with "
-                    "`augexpand train --out %s --resume`", out)
-        raise
+        if saved is None:
+            kept = "before the first epoch ended: nothing was kept; start again with --overwrite"
+        else:
+            kept = (f"{out}/last.pt (step {saved[1]}, the end of epoch {saved[0]}) is kept: run again with --resume "
+                    f"to continue")
+        raise TrainingInterrupted(f"interrupted at step {schedule.step} of {total_steps}"
+                                  f"{', ' if saved is None else '; '}{kept}") from None
     seconds = time.perf_counter() - started
 
     # Curves and the summary (rank 0 writes; the others wait until it has)
