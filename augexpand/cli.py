@@ -102,8 +102,9 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--originals/--no-originals", default=None, help="Write the source images too (default: the recipe's).")
 @click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width), 'auto' (224, or the sources' median short "
                    "side when smaller) or 'native'.")
-@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp"], case_sensitive=False),
-              help="Output format (overrides the recipe).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jpg", "png", "webp"], case_sensitive=False),
+              help="Output format (overrides the recipe). auto: png when most training sources are lossless "
+                   "(PNG, BMP, TIFF), jpg for photos.")
 @click.option("--quality", type=click.IntRange(1, 100), help="JPEG/WebP quality (overrides the recipe).")
 @click.option("-w", "--workers", type=click.IntRange(min=1),
               help="Worker processes [default: all cores; with --executor ray, all CPUs of the cluster].")
@@ -321,7 +322,8 @@ def validate_command(recipe: str, as_json: bool) -> None:
     turn = {"auto": "auto (decided from the images: no flips or large rotations when mirror images do not look "
                     "like their class)", "keep": "keep (no flips, rotations within 10 deg)",
             "free": "free (flips and rotations as written)"}[r.orientation]
-    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {out.format}, seed {r.seed}; "
+    fmt = "auto (png for lossless sources, jpg otherwise)" if out.format == "auto" else out.format
+    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {fmt}, seed {r.seed}; "
                f"orientation: {turn}")
 
 

@@ -145,9 +145,13 @@ def plan_expansion(
     for name in scan.empty_classes:
         log.warning("class folder %r has no readable image: left out", name)
     t_scan = time.perf_counter()
-    written = recipe.output.size
-    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto` and `output` sizes follow the sources
+    written, written_format = recipe.output.size, recipe.output.format
+    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto`, `format: auto` and `output` sizes follow the sources
     size_note = _size_note(written, recipe)
+    if written_format == "auto":
+        size_note = "; ".join(filter(None, [size_note, f"format auto: {recipe.output.format} ("
+                                            + ("most training sources are lossless: no JPEG artefacts added)"
+                                               if recipe.output.format == "png" else "the sources are photos)")]))
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.

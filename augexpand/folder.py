@@ -596,8 +596,8 @@ def _decode_jpeg(data: np.ndarray, scale: int) -> np.ndarray | None:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace not in ("YCbCr", "Gray", "RGB"):  # CMYK, YCCK: OpenCV's conversion, as always
             return None
-        if height * width > int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))):
-            return None  # over the decoder limit: OpenCV refuses it, in its words
+        if _over_decoder_limit(height, width):
+            return None  # OpenCV refuses it, in its words
         # libjpeg-turbo picks the smallest of its scales (n/8) that keeps these sides: exactly 1/scale.
         image = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale))
     except ValueError:  # corrupt, truncated or exotic: OpenCV says what it makes of it
@@ -610,15 +610,23 @@ def jpeg_scale(height: int, width: int, min_side: int) -> int:
     return next((r for r in (8, 4, 2) if min(-(-height // r), -(-width // r)) >= min_side), 1)
 
 
+def _over_decoder_limit(height: int, width: int) -> bool:
+    """Whether a header's size is over OpenCV's own pixel limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, see
+    :func:`limit_opencv_pixels`), which the full-size decode enforces."""
+    return height * width > int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30)))
+
+
 def _header_scale(data: np.ndarray, min_side: int) -> int:
-    """:func:`jpeg_scale` of a JPEG's bytes, from its header (1 when the header does not say)."""
+    """:func:`jpeg_scale` of a JPEG's bytes, from its header. 1 when the header does not say, or claims more
+    pixels than the decoders' limit: the full-size decode refuses it then (a reduced decode is within the limit
+    and would decode a decompression bomb's garbage)."""
     try:
         import simplejpeg
 
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except (ImportError, ValueError):
         return 1
-    return jpeg_scale(height, width, min_side)
+    return 1 if _over_decoder_limit(height, width) else jpeg_scale(height, width, min_side)
 
 
 def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> np.ndarray:

@@ -63,7 +63,7 @@ MAX_ROWS = 20_000_000
 
 # Bytes per pixel of an encoded output image, for the plan's estimate (photos at quality 95: JPEG ~0.6, WebP ~0.4;
 # PNG at level 1 with the Huffman-only strategy ~2.2, about 3 bytes of raw RGB less a quarter).
-_BYTES_PER_PIXEL = {"jpg": 0.6, "webp": 0.4, "png": 2.2}
+_BYTES_PER_PIXEL = {"jpg": 0.6, "webp": 0.4, "png": 2.2, "auto": 2.2}  # auto: unresolved, the larger
 
 
 class PlanTooLarge(AugexpandError):

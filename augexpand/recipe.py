@@ -170,7 +170,8 @@ class OutputSpec(_Strict):
     # (height, width); an int means square; auto follows the sources (AutoSize); None keeps each image's size
     size: tuple[Side, Side] | AutoSize | None = None
     fit: Literal["crop", "stretch"] = "crop"  # crop: resize the short side, centre-crop; stretch: resize exactly
-    format: Literal["jpg", "png", "webp"] = "jpg"
+    # auto: png when most training sources are stored losslessly (PNG, BMP, TIFF...), jpg otherwise (resolve_output)
+    format: Literal["auto", "jpg", "png", "webp"] = "jpg"
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # jpg and webp
     png_compression: Annotated[int, Field(ge=0, le=9)] = 1  # zlib level; 1 is fast, 6+ is ruinous
 
@@ -749,25 +750,38 @@ def auto_size(nominal: tuple[int, int], median_short_side: int | None) -> tuple[
     return max(1, int(round(nominal[0] * scale))), max(1, int(round(nominal[1] * scale)))
 
 
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})  # as the scan names them (Pillow's formats)
+
+
+def auto_format(scan: Any, train: list[int]) -> str:
+    """``format: auto``: ``png`` when most training sources (``train``: indices into ``scan.sources``) are stored
+    losslessly (PNG, BMP, TIFF, ...), so that expanding does not add JPEG artefacts to images that had none (on
+    16-pixel textures, JPEG copies trained 1-2 points worse than PNG ones: bench/accuracy_tune.py); ``jpg``
+    otherwise (photos), and with nothing to look at."""
+    lossless = sum(scan.sources[i].format not in LOSSY_FORMATS for i in train) if scan is not None else 0
+    return "png" if 2 * lossless > len(train) else "jpg"
+
+
 def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) -> Recipe:
-    """The recipe with a concrete output size and numbers for every `output` size in its pipeline.
+    """The recipe with a concrete output size and format, and numbers for every `output` size in its pipeline.
 
     ``size: auto`` follows the training sources of ``scan`` (those ``make_plan`` keeps for training with this
     ``val_fraction`` and the recipe's seed), from the sizes the scan read from the headers (no decoding); with no
     scan (``validate``) it is the nominal size. An explicit size is kept as written. With native sizes
-    (``size: null``) `output` sizes stay: they follow each image (``rows.RowMaker``). Resolving twice is harmless.
+    (``size: null``) `output` sizes stay: they follow each image (``rows.RowMaker``). ``format: auto`` follows
+    the same training sources (:func:`auto_format`). Resolving twice is harmless.
     """
-    size = recipe.output.size
-    if isinstance(size, AutoSize):
-        median = None
-        if scan is not None and scan.sources:
-            from augexpand.plan import _split_val
+    size, train = recipe.output.size, []
+    if scan is not None and scan.sources and (isinstance(size, AutoSize) or recipe.output.format == "auto"):
+        from augexpand.plan import _split_val
 
-            train, _ = _split_val(scan, val_fraction, recipe.seed)
-            median = source_sizes(scan, train)["short_side"]["median"]
-        size = auto_size(size.auto, median)
+        train, _ = _split_val(scan, val_fraction, recipe.seed)
+    if isinstance(size, AutoSize):
+        size = auto_size(size.auto, source_sizes(scan, train)["short_side"]["median"] if train else None)
     data = recipe.model_dump()
     data["output"]["size"] = size
+    if recipe.output.format == "auto":
+        data["output"]["format"] = auto_format(scan, train)
     data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source) if size is not None else recipe.pipeline
     return Recipe.model_validate({**data, "source": recipe.source})
 

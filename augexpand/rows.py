@@ -88,7 +88,8 @@ class RowMaker:
         self.ctx = ctx
         # A recipe whose sizes still follow the data (not yet resolve_output'ed) gets its nominal sizes.
         recipe = ctx.recipe
-        self.recipe = resolve_output(recipe) if isinstance(recipe.output.size, AutoSize) else recipe
+        unresolved = isinstance(recipe.output.size, AutoSize) or recipe.output.format == "auto"
+        self.recipe = resolve_output(recipe) if unresolved else recipe
         self.pipeline = None
         if self.recipe.pipeline and not self.recipe.sizes_per_image:
             self.pipeline = build_pipeline(self.recipe.pipeline)

@@ -45,7 +45,7 @@ def photo_src(tmp_path: Path) -> Path:
 
 
 def _shapes(dst: Path) -> set[tuple[int, ...]]:
-    return {decode_image(p).shape for p in (dst / "train").rglob("*.jpg")}
+    return {decode_image(p).shape for p in (dst / "train").rglob("*") if p.suffix in (".jpg", ".png")}
 
 
 def test_auto_keeps_32px_digits_at_32_and_records_the_sizes_in_the_card(digits_src: Path, tmp_path: Path):
@@ -208,3 +208,34 @@ def test_validate_works_without_images_at_the_nominal_size():
     assert light.pipeline[0]["RandomResizedCrop"]["size"] == "output"  # kept as written
     assert tuple(light.pipeline_dict["transform"]["transforms"][0]["size"]) == (224, 224)
     assert resolve_output(light).output.size == (224, 224)
+
+
+def _suffixes(dst: Path) -> set[str]:
+    return {p.suffix for p in (dst / "train").rglob("*") if p.is_file() and p.name != "metadata.jsonl"}
+
+
+def test_format_auto_keeps_lossless_sources_lossless(digits_src: Path, photo_src: Path, tmp_path: Path):
+    summary = expand(digits_src, tmp_path / "out_digits", "light", workers=1)  # PNG digits: no JPEG artefacts added
+    assert _suffixes(tmp_path / "out_digits") == {".png"}
+    card = json.loads((tmp_path / "out_digits" / "dataset.json").read_text())
+    assert card["recipe"]["output"]["format"] == "png"
+    assert any("format auto: png" in note for note in summary["notes"])
+    from augexpand.manifest import read_metadata
+
+    record = next(r for r in read_metadata(tmp_path / "out_digits" / "train" / "metadata.jsonl") if r["op"] == "original")
+    original = decode_image(digits_src / record["sources"][0])
+    np.testing.assert_array_equal(decode_image(tmp_path / "out_digits" / "train" / record["file_name"]), original)  # lossless
+    expand(photo_src, tmp_path / "out_photos", "light", workers=1)  # JPEG photos stay JPEG
+    assert _suffixes(tmp_path / "out_photos") == {".jpg"}
+
+
+def test_format_auto_follows_the_majority_and_an_explicit_format_wins(digits_src: Path, tmp_path: Path):
+    for k, path in enumerate(sorted(digits_src.rglob("*.png"))):
+        if k % 3:  # 8 of the 12 become JPEGs: most sources are photos now
+            save_rgb(path.with_suffix(".jpg"), decode_image(path), quality=95)
+            path.unlink()
+    expand(digits_src, tmp_path / "mixed", "light", workers=1)
+    assert _suffixes(tmp_path / "mixed") == {".jpg"}
+    expand(digits_src, tmp_path / "webp", "light", workers=1, overrides={"output.format": "webp"})
+    assert _suffixes(tmp_path / "webp") == {".webp"}
+    assert resolve_output(load_recipe("light")).output.format == "jpg"  # nothing to look at (validate): photos
