@@ -12,6 +12,7 @@ import click
 from augexpand import __version__
 from augexpand._cliutil import (
     CONTEXT,
+    Interrupted,
     json_text,
     max_pixels_option,
     printable,
@@ -30,13 +31,16 @@ _setup_logging = setup_logging
 
 
 class _Group(click.Group):
-    """A Click group that turns our domain errors into one-line ``Error: ...`` messages (exit 1)."""
+    """A Click group that turns our domain errors into one-line ``Error: ...`` messages (exit 1), and a Ctrl-C that
+    no command explains (one while a command starts) into ``Error: interrupted`` (exit 130, not "Aborted!")."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except AugexpandError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
 
 
 def _one_line(message: str) -> str:
@@ -167,9 +171,15 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
         overrides["output.size"] = None
     setup_logging(quiet or as_json)
     progress = not quiet and not as_json and sys.stderr.isatty()
-    summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
-                     strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
-                     max_pixels=max_pixels, shard=shard, executor=executor, allow_large=allow_large)
+    try:
+        summary = expand(src, dst, recipe, overrides=overrides, workers=workers, val_fraction=val_fraction,
+                         strict=strict, resume=resume, overwrite=overwrite, dry_run=dry_run, progress=progress,
+                         max_pixels=max_pixels, shard=shard, executor=executor, allow_large=allow_large)
+    except KeyboardInterrupt:  # the workers are stopped and this run's temporary files removed on the way out
+        started = not dry_run and (Path(dst) / ".augexpand").is_dir()
+        raise Interrupted(f"interrupted: the images made so far are kept in {printable(str(dst))}; run the same "
+                          f"command with --resume to finish" if started else
+                          "interrupted before anything was written") from None
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:

@@ -442,7 +442,8 @@ def stat_kind(path: Path) -> str:
     return "fifo" if stat.S_ISFIFO(os.lstat(path).st_mode) else "other"
 
 
-def test_sigterm_stops_quietly_and_resume_finishes(tmp_path, photos):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_stops_quietly_and_resume_finishes(tmp_path, photos, stop):
     from tests.conftest import crops
 
     src = tmp_path / "src"
@@ -455,15 +456,19 @@ def test_sigterm_stops_quietly_and_resume_finishes(tmp_path, photos):
     cmd = [sys.executable, "-m", "augexpand", "expand", "-r", str(recipe), str(src)]
     dst = tmp_path / "out"
     proc = subprocess.Popen([*cmd, str(dst), "-w", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any((dst / "train").rglob("*.png")):
         time.sleep(0.02)  # stopped while the workers write
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, stop))
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "Traceback" not in err and "BrokenPipe" not in err, err
-    assert "stopped by SIGTERM" in err
+    assert proc.returncode == 128 + getattr(signal, stop), err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Aborted!" not in err, err
+    if stop == "SIGTERM":
+        assert "stopped by SIGTERM" in err
+    else:  # Ctrl-C: one line, as train and tune say it (was Click's "Aborted!", exit 1)
+        assert err.strip().splitlines()[-1] == (f"Error: interrupted: the images made so far are kept in {dst}; run "
+                                                f"the same command with --resume to finish")
     assert not (dst / "dataset.json").exists() and temp_files(dst) == []
     subprocess.run([*cmd, str(dst), "--resume", "-w", "2", "-q"], env=env, check=True)
     run(src, tmp_path / "whole", recipe)

@@ -245,7 +245,8 @@ def test_ctrl_c_during_training_is_one_line_exit_130_and_resumable(dst, tmp_path
 
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "augexpand", "train", str(dst), "-o", str(run), *FAST,
-                             "--epochs", "1000", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--epochs", "1000", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 -- even if CI ignores it
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
