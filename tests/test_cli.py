@@ -149,3 +149,16 @@ def test_help_does_not_import_heavy_libraries():
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "augexpand", "--version"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "augexpand" in out.stdout
+
+
+def test_expand_says_what_size_and_format_auto_became(small_src: Path, tmp_path: Path):
+    import cv2
+
+    for path in sorted(small_src.rglob("*.jpg")):  # PNG sources: the builtin recipes write PNG
+        assert cv2.imwrite(str(path.with_suffix(".png")), cv2.imread(str(path)))
+        path.unlink()
+    result = invoke("expand", "-r", "light", small_src, tmp_path / "out", "-w", "1")
+    assert result.exit_code == 0, result.output
+    note = next(line for line in result.output.splitlines() if line.startswith("output size auto"))
+    assert "format auto: png (most training sources are lossless" in note
+    assert {p.suffix for p in (tmp_path / "out" / "train").rglob("*") if p.is_file()} == {".png", ".jsonl"}
