@@ -147,11 +147,7 @@ def plan_expansion(
     t_scan = time.perf_counter()
     written, written_format = recipe.output.size, recipe.output.format
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto`, `format: auto` and `output` sizes follow the sources
-    size_note = _size_note(written, recipe)
-    if written_format == "auto":
-        size_note = "; ".join(filter(None, [size_note, f"format auto: {recipe.output.format} ("
-                                            + ("most training sources are lossless: no JPEG artefacts added)"
-                                               if recipe.output.format == "png" else "the sources are photos)")]))
+    size_note = _size_note(written, written_format, recipe)
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
@@ -549,14 +545,19 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
     }
 
 
-def _size_note(written: Any, recipe: Recipe) -> str | None:
-    """What ``size: auto`` became, and why."""
-    if not isinstance(written, AutoSize):
-        return None
-    (h, w), (nh, nw) = recipe.output.size, written.auto
-    why = "the training sources' median short side is smaller" if (h, w) != (nh, nw) else \
-        "the training sources' median short side is at least that"
-    return f"output size auto: {h}x{w} (at most {nh}x{nw}; {why})"
+def _size_note(written: Any, written_format: str, recipe: Recipe) -> str | None:
+    """What ``size: auto`` and ``format: auto`` became, and why."""
+    notes = []
+    if isinstance(written, AutoSize):
+        (h, w), (nh, nw) = recipe.output.size, written.auto
+        why = "the training sources' median short side is smaller" if (h, w) != (nh, nw) else \
+            "the training sources' median short side is at least that"
+        notes.append(f"output size auto: {h}x{w} (at most {nh}x{nw}; {why})")
+    if written_format == "auto":
+        why = "most training sources are lossless: no JPEG artefacts added" if recipe.output.format == "png" else \
+            "the sources are photos"
+        notes.append(f"format auto: {recipe.output.format} ({why})")
+    return "; ".join(notes) or None
 
 
 def _ratio(counts: list[int]) -> float | None:
