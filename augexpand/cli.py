@@ -335,8 +335,8 @@ def validate_command(recipe: str, as_json: bool) -> None:
     turn = {"auto": "auto (decided from the images: no flips or large rotations when mirror images do not look "
                     "like their class)", "keep": "keep (no flips, rotations within 10 deg)",
             "free": "free (flips and rotations as written)"}[r.orientation]
-    fmt = "auto (png for lossless sources, jpg otherwise)" if out.format == "auto" else out.format
-    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size} {fmt}, seed {r.seed}; "
+    fmt = ", format auto (png for lossless sources, jpg otherwise)" if out.format == "auto" else f" {out.format}"
+    click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size}{fmt}, seed {r.seed}; "
                f"orientation: {turn}")
 
 
