@@ -652,6 +652,20 @@ def _read_text(path: Path, what: str, expected: str, where: str) -> str:
         raise RecipeError(f"cannot read {what} {path}: {exc.strerror or exc}{where}") from None
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` keeps the last value without a word, as YAML does)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
     path = Path(spec).expanduser()
     if not path.is_absolute():
@@ -661,9 +675,12 @@ def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
     text = _read_text(path, "pipeline file", "the JSON or YAML that A.save writes, or a compact list", f" ({where})")
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise RecipeError(f"JSON syntax error in {path}, line {exc.lineno}: {exc.msg}") from None
+        except _DuplicateKey as exc:
+            raise RecipeError(f"duplicate key {exc.args[0]!r} in {path}: JSON would keep only the last value; give "
+                              f"it once ({where})") from None
         except RecursionError:
             raise RecipeError(f"{path} nests deeper than {MAX_DEPTH} levels; a pipeline needs a handful") from None
         _check_shape(data, _data_children, str(path))

@@ -149,6 +149,17 @@ def test_a_key_given_twice_in_a_pipeline_file_is_refused(tmp_path: Path):
         load_recipe(write(tmp_path, "pipeline: pipe.yaml\n"))
 
 
+def test_a_key_given_twice_in_a_json_pipeline_file_is_refused(tmp_path: Path):
+    import albumentations as A
+
+    A.save(A.Compose([A.Rotate(limit=10, p=1.0)]), str(tmp_path / "pipe.json"))
+    text = (tmp_path / "pipe.json").read_text()
+    assert load_recipe(write(tmp_path, "pipeline: pipe.json\n")).pipeline  # as A.save wrote it: accepted
+    (tmp_path / "pipe.json").write_text(text.replace('"p": 1.0', '"p": 1.0, "p": 0.0', 1))
+    with pytest.raises(RecipeError, match=r"^duplicate key 'p' in .*pipe\.json: JSON would keep only the last value"):
+        load_recipe(write(tmp_path, "pipeline: pipe.json\n"))
+
+
 def test_a_yaml_merge_may_still_override_what_it_merges(tmp_path: Path):
     recipe = load_recipe(write(tmp_path, "mix:\n  mixup: &m {alpha: 0.2, count: 10}\n"
                                          "  cutmix: {<<: *m, alpha: 1.0}\n"))
