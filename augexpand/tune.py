@@ -235,7 +235,7 @@ def _place(src: Path, dst: Path, reduce_to: int | None) -> None:
 
         from augexpand.folder import decode_image, encode_image, write_atomic
 
-        image = decode_image(src)
+        image = decode_image(src, min_side=reduce_to)  # a camera JPEG at the DCT scale that still holds it
         scale = reduce_to / min(image.shape[:2])
         if scale < 1:
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
