@@ -32,12 +32,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from augexpand.folder import Source, decoded_size
+from augexpand.folder import DECODE_SCALES, Source, decoded_size, largest_scale
 
 __all__ = ["DECODE_SCALES", "MIN_PIXELS_PER_OUTPUT_PIXEL", "decode_scales", "decoded_sizes", "scale_counts",
            "source_need"]
 
-DECODE_SCALES = (8, 4, 2)  # the JPEG scales tried, largest first (1 otherwise)
 MIN_PIXELS_PER_OUTPUT_PIXEL = 1.0  # decoded pixels per output pixel along each side, in the worst case
 
 # Transforms that may come before the resize without pinning the scale: geometry that has no size in pixels,
@@ -147,10 +146,7 @@ def decode_scales(sources: Sequence[Source], recipe: Any) -> list[int]:
         return [1] * len(sources)
     out = []
     for s in sources:
-        scale = 1
-        if s.format == "JPEG":
-            scale = next((r for r in DECODE_SCALES if need(*decoded_size(s.width, s.height, r))), 1)
-        out.append(scale)
+        out.append(largest_scale(s.width, s.height, need) if s.format == "JPEG" else 1)
     return out
 
 

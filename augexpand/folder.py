@@ -34,6 +34,7 @@ import numpy as np
 from augexpand.errors import DestinationError, ImageReadError, SourceError
 
 __all__ = [
+    "DECODE_SCALES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "NAME_MAX",
@@ -47,6 +48,7 @@ __all__ = [
     "encode_image",
     "is_temp_file",
     "jpeg_scale",
+    "largest_scale",
     "limit_opencv_pixels",
     "open_regular",
     "pixel_limit",
@@ -477,6 +479,9 @@ def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tupl
     return mode, width, height, fmt
 
 
+DECODE_SCALES = (8, 4, 2)  # the JPEG scales libjpeg-turbo decodes fast, largest first (1 otherwise)
+
+
 def decoded_size(width: int, height: int, scale: int) -> tuple[int, int]:
     """(height, width) of an image decoded at 1/``scale``: libjpeg rounds each side up."""
     return -(-height // scale), -(-width // scale)
@@ -605,9 +610,14 @@ def _decode_jpeg(data: np.ndarray, scale: int) -> np.ndarray | None:
     return _orient(image, _exif_orientation(data))
 
 
+def largest_scale(width: int, height: int, need: Callable[[int, int], bool]) -> int:
+    """The largest JPEG decode scale (``DECODE_SCALES``, else 1) whose decoded (height, width) satisfies ``need``."""
+    return next((r for r in DECODE_SCALES if need(*decoded_size(width, height, r))), 1)
+
+
 def jpeg_scale(height: int, width: int, min_side: int) -> int:
     """The largest JPEG decode scale (8, 4, 2, else 1) whose decoded short side keeps at least ``min_side``."""
-    return next((r for r in (8, 4, 2) if min(-(-height // r), -(-width // r)) >= min_side), 1)
+    return largest_scale(width, height, lambda h, w: min(h, w) >= min_side)
 
 
 def _over_decoder_limit(height: int, width: int) -> bool:
