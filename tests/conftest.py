@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -13,6 +14,31 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images, in dB (99 when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+@contextlib.contextmanager
+def jpeg_decodes():
+    """The shapes of the images simplejpeg decodes in this process while the block runs (a list, filled as it goes)."""
+    import simplejpeg
+
+    shapes, decode = [], simplejpeg.decode_jpeg
+
+    def recording(*args, **kwargs):
+        image = decode(*args, **kwargs)
+        shapes.append(image.shape)
+        return image
+
+    simplejpeg.decode_jpeg = recording
+    try:
+        yield shapes
+    finally:
+        simplejpeg.decode_jpeg = decode
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -18,15 +18,10 @@ from augexpand.folder import Source, decode_image
 from augexpand.manifest import read_metadata
 from augexpand.recipe import load_recipe, resolve_output
 from augexpand.rows import RowContext, RowMaker
-from tests.conftest import tree_digest
+from tests.conftest import psnr, tree_digest
 
 REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
            8: cv2.IMREAD_REDUCED_COLOR_8}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def jpeg_bytes(image: np.ndarray, orientation: int = 1, quality: int = 92, mode: str = "RGB") -> bytes:

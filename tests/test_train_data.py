@@ -279,12 +279,12 @@ def test_an_oversized_card_or_metadata_line_is_not_read_whole(tmp_path, monkeypa
         D.read_split(dst / "train", ["d0", "d1"])
 
 
-def test_the_cache_of_large_jpegs_decodes_them_reduced_at_full_quality(tmp_path, monkeypatch):
+def test_the_cache_of_large_jpegs_decodes_them_reduced_at_full_quality(tmp_path):
     import cv2
-    import simplejpeg
     from skimage import data
 
     from augexpand.folder import decode_image
+    from tests.conftest import jpeg_decodes, psnr
 
     root = tmp_path / "photos"
     for cls, photo in (("cat", data.chelsea()), ("coffee", data.coffee())):
@@ -292,17 +292,14 @@ def test_the_cache_of_large_jpegs_decodes_them_reduced_at_full_quality(tmp_path,
         big = cv2.resize(photo, (1800, 1200), interpolation=cv2.INTER_LINEAR)  # a real photo at 1/8 is 225x150
         assert cv2.imwrite(str(root / cls / "a.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     split = D.read_split(root, ["cat", "coffee"])
-    decoded, decode = [], simplejpeg.decode_jpeg
-    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: decoded.append(decode(*a, **k).shape) or decode(*a, **k))
-    path, used = D.build_cache(split, 64, tmp_path / "c.npy")
+    with jpeg_decodes() as decoded:
+        path, used = D.build_cache(split, 64, tmp_path / "c.npy")
     assert decoded == [(150, 225, 3)] * 2  # 1/8 of 1800x1200 still has a short side over 64
-    monkeypatch.undo()
     cache = np.load(path)
     assert len(used) == 2 and used.rows is None  # both decoded: cache rows are the files' order
     for row, name in enumerate(used.files):
         full = D.fit_image(decode_image(root / name), 64)  # the whole 1800x1200 decode, area-averaged to 64
-        mse = np.mean((cache[row].astype(float) - full.astype(float)) ** 2)
-        assert 10 * np.log10(255 ** 2 / mse) > 35
+        assert psnr(cache[row], full) > 35
     assert not np.array_equal(cache[0], cache[1])
 
 

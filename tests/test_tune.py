@@ -386,23 +386,19 @@ def test_large_photos_are_reduced_for_the_proxy_and_held_out_ones_kept(tmp_path,
     assert all(name.endswith(".jpg.png") for part, name, _ in seen if part == "train")
 
 
-def test_a_large_jpeg_is_decoded_reduced_for_the_proxy(tmp_path, photos, monkeypatch):
-    import simplejpeg
-
+def test_a_large_jpeg_is_decoded_reduced_for_the_proxy(tmp_path, photos):
     from augexpand.folder import decode_image
-    from tests.conftest import save_rgb
+    from tests.conftest import jpeg_decodes, psnr, save_rgb
 
     src = tmp_path / "big.jpg"
     save_rgb(src, cv2.resize(photos["chelsea"], (1200, 900), interpolation=cv2.INTER_LINEAR), quality=90)
-    shapes, decode = [], simplejpeg.decode_jpeg
-    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: shapes.append(decode(*a, **k).shape) or decode(*a, **k))
-    T._place(src, tmp_path / "out" / "big.jpg", 128)
+    with jpeg_decodes() as shapes:
+        T._place(src, tmp_path / "out" / "big.jpg", 128)
     assert shapes == [(225, 300, 3)]  # 1/4: the largest JPEG scale whose short side still holds 128
-    monkeypatch.undo()
     placed = decode_image(tmp_path / "out" / "big.jpg.png")
     assert placed.shape == (128, 171, 3)
     full = cv2.resize(decode_image(src), (171, 128), interpolation=cv2.INTER_AREA)
-    assert 10 * np.log10(255 ** 2 / np.mean((placed.astype(float) - full) ** 2)) > 35  # as the full decode makes it
+    assert psnr(placed, full) > 35  # as the full decode makes it
 
 
 def test_one_plural_for_tune_and_train_and_tune_imports_no_torch_for_it():
