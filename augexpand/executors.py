@@ -32,6 +32,7 @@ __all__ = [
     "make_executor",
     "probe_here",
     "probe_map",
+    "stop_pool",
 ]
 
 EXECUTORS = ("local", "ray")
@@ -174,6 +175,34 @@ class _Watched:
         return result.get()
 
 
+STOP_GRACE_S = 2.0  # how long a terminated pool's workers get to end on SIGTERM before they are SIGKILLed
+
+
+def stop_pool(pool, terminate: bool = False) -> None:
+    """Close a pool (its workers finish what they hold) or terminate it (SIGTERM), and wait for its workers.
+
+    A SIGTERM can be lost: a worker forked (to replace one that died) while the parent has a Python SIGTERM
+    handler of its own drops a signal that lands before the child's interpreter has re-initialised its signal
+    state, then waits on the task queue's lock, which ``Pool.terminate`` holds, for ever; and so did the parent,
+    joining it. So the terminate runs in a thread, and every worker still alive after STOP_GRACE_S is SIGKILLed,
+    which no process can drop."""
+    if not terminate:
+        pool.close()
+        pool.join()
+        return
+    import threading
+
+    stopper = threading.Thread(target=pool.terminate, name="augexpand-pool-stop", daemon=True)
+    stopper.start()
+    stopper.join(STOP_GRACE_S)
+    while stopper.is_alive():
+        for proc in list(pool._pool):  # CPython's Pool keeps its Process objects there
+            if proc.exitcode is None:
+                proc.kill()
+        stopper.join(0.2)
+    pool.join()
+
+
 def _run_task(task: Task) -> list[dict[str, Any]]:
     assert _MAKER is not None
     key, rows = task
@@ -217,8 +246,7 @@ class LocalExecutor:
 
     def close(self, terminate: bool = False) -> None:
         if self.pool is not None:
-            (self.pool.terminate if terminate else self.pool.close)()
-            self.pool.join()
+            stop_pool(self.pool, terminate)
 
 
 def probe_here(workers: int, items: int, min_items: int = PARALLEL_SCAN_FILES) -> bool:
@@ -238,8 +266,10 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
 
         with fork_safe_opencv():
             pool = mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent)
-        with pool:
+        try:
             return _Watched(pool).map(fn, paths, chunksize=64)
+        finally:
+            stop_pool(pool, terminate=True)  # as `with pool:` does, but never waiting for ever
 
     return run
 

@@ -176,6 +176,38 @@ def test_a_worker_killed_mid_run_is_one_error_and_resume_finishes(small_src, tmp
     assert cut_files == whole_files
 
 
+def test_terminating_workers_that_lost_their_sigterm_does_not_wait_for_ever(small_src, tmp_path, monkeypatch):
+    """A worker forked to replace a dead one can lose the SIGTERM that Pool.terminate sends (it lands before the
+    child's interpreter has set up its signals), then waits for ever on the task queue's lock that terminate holds;
+    so did the run, joining it (seen once in a full test run). Workers that ignore SIGTERM stand in for it: the
+    pool must still be gone within seconds, its workers killed."""
+    import signal
+    import threading
+
+    from augexpand.recipe import load_recipe
+    from augexpand.rows import RowContext
+
+    def deaf_worker(ctx, decoded=None):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        augexpand.executors._init_worker(ctx, decoded)
+
+    monkeypatch.setattr(augexpand.executors, "_init_pool_worker", deaf_worker)
+    monkeypatch.setattr(augexpand.executors, "STOP_GRACE_S", 0.5)
+    ctx = RowContext(str(small_src), str(tmp_path), [], [], ["a"], load_recipe({}))
+    executor = augexpand.executors.LocalExecutor(2, ctx)
+    workers = list(executor.pool._pool)
+    assert executor.map(abs, [-1, -2, -3]) == [1, 2, 3]  # the workers run
+    import time
+
+    busy = [executor.pool.apply_async(time.sleep, (120,)) for _ in workers]  # each worker holds a task
+    time.sleep(0.5)
+    stopping = threading.Thread(target=executor.close, kwargs={"terminate": True}, daemon=True)
+    stopping.start()
+    stopping.join(20)
+    assert not stopping.is_alive(), "terminating the pool waited for workers that ignore SIGTERM"
+    assert [w.exitcode for w in workers] == [-signal.SIGKILL] * 2 and not any(b.ready() for b in busy)
+
+
 def test_resume_into_an_empty_folder_is_a_fresh_run(small_src, tmp_path, tiny_recipe):
     summary = run(small_src, tmp_path / "new", tiny_recipe, resume=True)
     assert summary["resumed_rows"] == 0 and summary["images_out"] == 45
