@@ -315,6 +315,7 @@ def validate_command(recipe: str, as_json: bool) -> None:
         "policy": r.policy.model_dump(mode="json") if r.policy else None,
         "output": r.output.model_dump(mode="json"),
         "orientation": r.orientation,
+        "zoom": r.zoom,
         "seed": r.seed,
     }
     if as_json:
@@ -336,8 +337,9 @@ def validate_command(recipe: str, as_json: bool) -> None:
                     "like their class)", "keep": "keep (no flips, rotations within 10 deg)",
             "free": "free (flips and rotations as written)"}[r.orientation]
     fmt = ", format auto (png for lossless sources, jpg otherwise)" if out.format == "auto" else f" {out.format}"
+    zoom = "; zoom: auto (crops never magnify the sources)" if r.zoom == "auto" else ""
     click.echo(f"ok: {r.source}: {n} transform(s){extras}; output {size}{fmt}, seed {r.seed}; "
-               f"orientation: {turn}")
+               f"orientation: {turn}{zoom}")
 
 
 def _count_transforms(node: dict) -> int:

@@ -42,7 +42,7 @@ from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, decoded_size, limit
 from augexpand.manifest import METADATA_NAME, RecordStore, write_card, write_metadata
 from augexpand.orientation import MAX_IMAGES, needs_decision, orientation_note, resolve_orientation
 from augexpand.plan import OPS, Plan, Row, Rows, RowSelection, check_plan_size, folder_counts, make_plan
-from augexpand.recipe import AutoSize, Recipe, load_recipe, resolve_output, source_sizes
+from augexpand.recipe import AutoSize, Recipe, has_crop, least_crop_area, load_recipe, resolve_output, source_sizes
 from augexpand.rows import RowContext
 
 __all__ = ["TASKS_PER_WORKER", "ExpandError", "ExpansionPlan", "default_workers", "expand", "plan_expansion"]
@@ -147,7 +147,7 @@ def plan_expansion(
     t_scan = time.perf_counter()
     written, written_format = recipe.output.size, recipe.output.format
     recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto`, `format: auto` and `output` sizes follow the sources
-    size_note = _size_note(written, written_format, recipe)
+    size_note = _size_note(written, written_format, recipe, scan, val_fraction)
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
@@ -545,8 +545,9 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
     }
 
 
-def _size_note(written: Any, written_format: str, recipe: Recipe) -> str | None:
-    """What ``size: auto`` and ``format: auto`` became, and why."""
+def _size_note(written: Any, written_format: str, recipe: Recipe, scan: ScanResult | None = None,
+               val_fraction: float = 0.0) -> str | None:
+    """What ``size: auto``, ``format: auto`` and ``zoom: auto`` became, and why."""
     notes = []
     if isinstance(written, AutoSize):
         (h, w), (nh, nw) = recipe.output.size, written.auto
@@ -557,6 +558,16 @@ def _size_note(written: Any, written_format: str, recipe: Recipe) -> str | None:
         why = "most training sources are lossless: no JPEG artefacts added" if recipe.output.format == "png" else \
             "the sources are photos"
         notes.append(f"format auto: {recipe.output.format} ({why})")
+    if recipe.zoom == "auto" and scan is not None and scan.sources and has_crop(recipe.pipeline):
+        from augexpand.plan import _split_val
+
+        size = recipe.output.size
+        median = source_sizes(scan, _split_val(scan, val_fraction, recipe.seed)[0])["short_side"]["median"]
+        least = least_crop_area(size, median)
+        why = (f"a smaller one would magnify the {median}-px sources to {min(size)} px" if size is not None else
+               "native sizes: a smaller one would be magnified")
+        notes.append(f"zoom auto: crops keep the whole image ({why})" if least >= 1 else
+                     f"zoom auto: no crop smaller than {least:.0%} of the area ({why})")
     return "; ".join(notes) or None
 
 

@@ -36,6 +36,7 @@ from augexpand.policies import POLICIES
 
 __all__ = [
     "NOMINAL_SIZE",
+    "ZOOMS",
     "AutoSize",
     "MixSection",
     "OutputSpec",
@@ -45,8 +46,11 @@ __all__ = [
     "build_pipeline",
     "builtin_recipes",
     "duplicate_key",
+    "has_crop",
     "has_size_refs",
     "import_albumentations",
+    "least_crop_area",
+    "limit_zoom",
     "load_recipe",
     "native_limit",
     "recipes_dir",
@@ -316,6 +320,8 @@ class Recipe(_Strict):
     # free: the pipeline as written; keep: no flips, rotations and shears within 10 degrees, an upright policy;
     # auto: one of the two, decided from the training images at plan time (orientation.py)
     orientation: Literal["auto", "free", "keep"] = "free"
+    # free: crops as written; auto: a RandomResizedCrop never magnifies the sources (resolve_output, ZOOMS)
+    zoom: Literal["auto", "free"] = "free"
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     # Not part of the schema: where the recipe came from, and the pipeline in albumentations' serialized form.
@@ -328,6 +334,13 @@ class Recipe(_Strict):
             return v.strip().lower()
         raise ValueError(f"unknown orientation {v!r}{_closest(str(v), list(ORIENTATIONS))} (expected one of: "
                          f"{', '.join(ORIENTATIONS)})")
+
+    @field_validator("zoom", mode="before")
+    @classmethod
+    def _zoom(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ZOOMS:
+            return v.strip().lower()
+        raise ValueError(f"unknown zoom {v!r}{_closest(str(v), list(ZOOMS))} (expected one of: {', '.join(ZOOMS)})")
 
     @cached_property
     def pipeline_dict(self) -> dict[str, Any]:
@@ -767,6 +780,66 @@ def auto_size(nominal: tuple[int, int], median_short_side: int | None) -> tuple[
     return max(1, int(round(nominal[0] * scale))), max(1, int(round(nominal[1] * scale)))
 
 
+ZOOMS = ("auto", "free")
+CROP_DEFAULT_SCALE = (0.08, 1.0)  # albumentations' RandomResizedCrop scale when a recipe leaves it out
+
+
+def least_crop_area(output: tuple[int, int] | None, median_short_side: int | None) -> float:
+    """``zoom: auto``: the least share of a source's area a crop may keep so that it is not magnified: the output's
+    short side over the sources' median short side, squared, at most 1 (native sizes: 1, any smaller crop is
+    magnified). 0 when there is nothing to go by."""
+    if output is None:
+        return 1.0
+    if not median_short_side:
+        return 0.0
+    return min(1.0, (min(output) / median_short_side) ** 2)
+
+
+def has_crop(pipeline: Any) -> bool:
+    """Whether a pipeline (either form) has a RandomResizedCrop, at any depth."""
+    if isinstance(pipeline, dict):
+        return (str(pipeline.get("__class_fullname__", "")).rsplit(".", 1)[-1] == "RandomResizedCrop"
+                or "RandomResizedCrop" in pipeline or any(has_crop(v) for v in pipeline.values()))
+    if isinstance(pipeline, list):
+        return any(has_crop(v) for v in pipeline)
+    return False
+
+
+def limit_zoom(pipeline: Any, least: float) -> Any:
+    """The pipeline (compact list or albumentations' serialized form) with every RandomResizedCrop's ``scale``
+    raised to at least ``least`` of the area, at any depth; everything else as it was (the input is not changed)."""
+
+    def scale(value: Any) -> list[float]:
+        lo, hi = value if isinstance(value, (list, tuple)) and len(value) == 2 else CROP_DEFAULT_SCALE
+        lo = max(float(lo), round(least, 4))
+        return [lo, max(float(hi), lo)]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "__class_fullname__" in node:  # serialized form
+            out = {k: walk(v) if k in ("transforms", "transform") else v for k, v in node.items()}
+            if str(node["__class_fullname__"]).rsplit(".", 1)[-1] == "RandomResizedCrop":
+                out["scale"] = scale(node.get("scale"))
+            return out
+        if "transform" in node and isinstance(node["transform"], dict):  # A.to_dict's wrapper
+            return {**node, "transform": walk(node["transform"])}
+        if len(node) == 1:  # compact form: {Name: params}
+            (name, params), = node.items()
+            if isinstance(params, dict):
+                params = {k: walk(v) if k == "transforms" else v for k, v in params.items()}
+                if name == "RandomResizedCrop":
+                    params["scale"] = scale(params.get("scale"))
+            elif name == "RandomResizedCrop":  # `- RandomResizedCrop` with no parameters: it needs a size anyway
+                return node
+            return {name: params}
+        return node
+
+    return walk(pipeline)
+
+
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})  # as the scan names them (Pillow's formats)
 
 
@@ -786,20 +859,26 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) 
     ``val_fraction`` and the recipe's seed), from the sizes the scan read from the headers (no decoding); with no
     scan (``validate``) it is the nominal size. An explicit size is kept as written. With native sizes
     (``size: null``) `output` sizes stay: they follow each image (``rows.RowMaker``). ``format: auto`` follows
-    the same training sources (:func:`auto_format`). Resolving twice is harmless.
+    the same training sources (:func:`auto_format`), and so does ``zoom: auto``: every RandomResizedCrop keeps at
+    least :func:`least_crop_area` of a source, so that no crop magnifies it (on 16-pixel textures, crops that did
+    cost 1-2 points against raw training: bench/accuracy_tune.py). Resolving twice is harmless.
     """
     size, train = recipe.output.size, []
-    if scan is not None and scan.sources and (isinstance(size, AutoSize) or recipe.output.format == "auto"):
+    follows = isinstance(size, AutoSize) or recipe.output.format == "auto" or recipe.zoom == "auto"
+    if scan is not None and scan.sources and follows:
         from augexpand.plan import _split_val
 
         train, _ = _split_val(scan, val_fraction, recipe.seed)
+    median = source_sizes(scan, train)["short_side"]["median"] if train else None
     if isinstance(size, AutoSize):
-        size = auto_size(size.auto, source_sizes(scan, train)["short_side"]["median"] if train else None)
+        size = auto_size(size.auto, median)
     data = recipe.model_dump()
     data["output"]["size"] = size
     if recipe.output.format == "auto":
         data["output"]["format"] = auto_format(scan, train)
     data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source) if size is not None else recipe.pipeline
+    if recipe.zoom == "auto" and (median or size is None):
+        data["pipeline"] = limit_zoom(data["pipeline"], least_crop_area(size, median))
     return Recipe.model_validate({**data, "source": recipe.source})
 
 

@@ -239,3 +239,102 @@ def test_format_auto_follows_the_majority_and_an_explicit_format_wins(digits_src
     expand(digits_src, tmp_path / "webp", "light", workers=1, overrides={"output.format": "webp"})
     assert _suffixes(tmp_path / "webp") == {".webp"}
     assert resolve_output(load_recipe("light")).output.format == "jpg"  # nothing to look at (validate): photos
+
+
+def _crops(card: dict) -> list[dict]:
+    return [t for t in card["recipe"]["pipeline"]["transform"]["transforms"]
+            if t["__class_fullname__"] == "RandomResizedCrop"]
+
+
+def _spread(made: np.ndarray, source: np.ndarray) -> int:
+    """How far ``made`` is from a pixel-wise function of ``source`` (a change of intensity, such as brightness or
+    contrast, with clipping): the largest range of the values made from one source value. 0 or 1 (rounding): the
+    geometry is the source's."""
+    made, source = made.reshape(-1), source.reshape(-1)
+    return max(int(np.ptp(made[source == v])) for v in np.unique(source))
+
+
+@pytest.mark.parametrize("zoom, magnified", [("auto", False), ("free", True)])
+def test_zoom_auto_never_magnifies_sources_as_small_as_the_output(digits_src: Path, tmp_path: Path, zoom: str,
+                                                                   magnified: bool):
+    # 32x32 digits made 32x32: any crop smaller than the whole image would be blown up (resampled); with
+    # `zoom: auto` the crop keeps all of it, so every copy is its source, pixel for pixel, but for light's
+    # occasional brightness/contrast (a change of intensity, not of geometry).
+    from augexpand.manifest import read_metadata
+
+    summary = expand(digits_src, tmp_path / "out", "light", overrides={"zoom": zoom, "copies": 4}, workers=1)
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert card["recipe"]["zoom"] == zoom
+    assert _crops(card)[0]["scale"] == ([1.0, 1.0] if zoom == "auto" else [0.7, 1.0])
+    copies = [r for r in read_metadata(tmp_path / "out" / "train" / "metadata.jsonl") if r["op"] == "augment"]
+    assert len(copies) == 48
+    exact, spreads = 0, []
+    for record in copies:
+        made = decode_image(tmp_path / "out" / "train" / record["file_name"])
+        source = decode_image(digits_src / record["sources"][0])
+        best = min((source, source[:, ::-1]), key=lambda s: _spread(made, s))  # a flip, if the recipe flips
+        exact += bool(np.array_equal(made, best))
+        spreads.append(_spread(made, best))
+    if magnified:
+        assert sum(s > 8 for s in spreads) >= 24 and exact < 24  # crops zoomed into most copies
+    else:
+        assert max(spreads) <= 1 and exact >= 24  # three in four have no brightness/contrast change: untouched
+        assert any(n == "zoom auto: crops keep the whole image (a smaller one would magnify the 32-px sources to 32 px)"
+                   for note in summary["notes"] for n in note.split("; "))
+
+
+def test_zoom_auto_keeps_the_crops_of_photos_larger_than_the_output(photo_src: Path, tmp_path: Path):
+    # 375-px photos made 224: a crop of (224/375)^2 = 36 % of the area still is not magnified, so light's 70 %
+    # and heavy's 50 % stand; from 300-px photos heavy's smallest crop becomes (224/300)^2 = 56 %.
+    import cv2
+
+    summary = expand(photo_src, tmp_path / "light", "light", overrides={"copies": 1}, workers=1)
+    assert _crops(json.loads((tmp_path / "light" / "dataset.json").read_text()))[0]["scale"] == [0.7, 1.0]
+    assert any("zoom auto: no crop smaller than 36% of the area (a smaller one would magnify the 375-px sources to 224 px)"
+               in note
+               for note in summary["notes"])
+    for path in photo_src.rglob("*.jpg"):
+        image = decode_image(path)
+        save_rgb(path, cv2.resize(image, (400, 300), interpolation=cv2.INTER_AREA), quality=90)
+    expand(photo_src, tmp_path / "heavy", "heavy", overrides={"copies": 1}, workers=1)
+    card = json.loads((tmp_path / "heavy" / "dataset.json").read_text())
+    assert _crops(card)[0]["scale"] == [pytest.approx((224 / 300) ** 2, abs=1e-4), 1.0]
+    assert _shapes(tmp_path / "heavy") == {(224, 224, 3)}
+
+
+def test_limit_zoom_reaches_every_crop_in_either_pipeline_form():
+    from augexpand.recipe import build_pipeline, limit_zoom
+
+    compact = [{"OneOf": {"p": 1, "transforms": [{"RandomResizedCrop": {"size": [16, 16]}},
+                                                   {"RandomResizedCrop": {"size": [16, 16], "scale": [0.9, 1.0]}}]}},
+               {"HorizontalFlip": {"p": 0.5}}]
+    limited = limit_zoom(compact, 0.75)
+    inner = limited[0]["OneOf"]["transforms"]
+    assert inner[0]["RandomResizedCrop"]["scale"] == [0.75, 1.0]  # albumentations' default (0.08, 1) raised
+    assert inner[1]["RandomResizedCrop"]["scale"] == [0.9, 1.0]  # already keeps more: as written
+    assert limited[1] == compact[1] and "scale" not in compact[0]["OneOf"]["transforms"][0]["RandomResizedCrop"]
+    import albumentations as A
+
+    serialized = A.to_dict(build_pipeline(compact))
+    crops = limit_zoom(serialized, 1.0)["transform"]["transforms"][0]["transforms"]
+    assert [c["scale"] for c in crops] == [[1.0, 1.0], [1.0, 1.0]]
+    assert build_pipeline(limit_zoom(serialized, 1.0)) is not None
+
+
+def test_zoom_must_be_auto_or_free():
+    with pytest.raises(RecipeError, match=r"unknown zoom 'atuo'; did you mean 'auto'\? \(expected one of: auto, free\)"):
+        load_recipe({"zoom": "atuo"})
+    assert load_recipe({}).zoom == "free" and load_recipe("light").zoom == "auto"
+
+
+def test_validate_says_zoom_auto(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    result = CliRunner().invoke(cli, ["validate", "heavy"])
+    assert result.exit_code == 0 and result.output.rstrip().endswith("; zoom: auto (crops never magnify the sources)")
+    (tmp_path / "mine.yaml").write_text("pipeline:\n  - RandomResizedCrop: {size: output}\n")
+    assert "; zoom:" not in CliRunner().invoke(cli, ["validate", str(tmp_path / "mine.yaml")]).output  # free
+    info = json.loads(CliRunner().invoke(cli, ["validate", "light", "--json"]).output)
+    assert info["zoom"] == "auto"
