@@ -562,10 +562,11 @@ def _size_note(written: Any, written_format: str, recipe: Recipe, scan: ScanResu
         from augexpand.plan import _split_val
 
         size = recipe.output.size
-        median = source_sizes(scan, _split_val(scan, val_fraction, recipe.seed)[0])["short_side"]["median"]
+        sizes = source_sizes(scan, _split_val(scan, val_fraction, recipe.seed)[0])
+        median = sizes["height"]["median"], sizes["width"]["median"]
         least = least_crop_area(size, median)
-        why = (f"a smaller one would magnify the {median}-px sources to {min(size)} px" if size is not None else
-               "native sizes: a smaller one would be magnified")
+        why = (f"a smaller one would magnify the {median[1]}x{median[0]} sources to {size[1]}x{size[0]}"
+               if size is not None else "native sizes: a smaller one would be magnified")
         notes.append(f"zoom auto: crops keep the whole image ({why})" if least >= 1 else
                      f"zoom auto: no crop smaller than {least:.0%} of the area ({why})")
     return "; ".join(notes) or None

@@ -784,15 +784,15 @@ ZOOMS = ("auto", "free")
 CROP_DEFAULT_SCALE = (0.08, 1.0)  # albumentations' RandomResizedCrop scale when a recipe leaves it out
 
 
-def least_crop_area(output: tuple[int, int] | None, median_short_side: int | None) -> float:
-    """``zoom: auto``: the least share of a source's area a crop may keep so that it is not magnified: the output's
-    short side over the sources' median short side, squared, at most 1 (native sizes: 1, any smaller crop is
-    magnified). 0 when there is nothing to go by."""
+def least_crop_area(output: tuple[int, int] | None, source: tuple[int, int] | None) -> float:
+    """``zoom: auto``: the least share of a source's area that a crop may keep and still not be magnified: the
+    output's pixels over the source's (``source``: the training sources' median (height, width)), at most 1
+    (native sizes: 1, any smaller crop is magnified). 0 when there is nothing to go by."""
     if output is None:
         return 1.0
-    if not median_short_side:
+    if not source or not all(source):
         return 0.0
-    return min(1.0, (min(output) / median_short_side) ** 2)
+    return min(1.0, output[0] * output[1] / (source[0] * source[1]))
 
 
 def has_crop(pipeline: Any) -> bool:
@@ -869,15 +869,16 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) 
         from augexpand.plan import _split_val
 
         train, _ = _split_val(scan, val_fraction, recipe.seed)
-    median = source_sizes(scan, train)["short_side"]["median"] if train else None
+    sizes = source_sizes(scan, train) if train else None
     if isinstance(size, AutoSize):
-        size = auto_size(size.auto, median)
+        size = auto_size(size.auto, sizes["short_side"]["median"] if sizes else None)
     data = recipe.model_dump()
     data["output"]["size"] = size
     if recipe.output.format == "auto":
         data["output"]["format"] = auto_format(scan, train)
     data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source) if size is not None else recipe.pipeline
-    if recipe.zoom == "auto" and (median or size is None):
+    if recipe.zoom == "auto" and (sizes or size is None):
+        median = (sizes["height"]["median"], sizes["width"]["median"]) if sizes else None
         data["pipeline"] = limit_zoom(data["pipeline"], least_crop_area(size, median))
     return Recipe.model_validate({**data, "source": recipe.source})
 

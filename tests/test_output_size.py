@@ -279,26 +279,26 @@ def test_zoom_auto_never_magnifies_sources_as_small_as_the_output(digits_src: Pa
         assert sum(s > 8 for s in spreads) >= 24 and exact < 24  # crops zoomed into most copies
     else:
         assert max(spreads) <= 1 and exact >= 24  # three in four have no brightness/contrast change: untouched
-        assert any(n == "zoom auto: crops keep the whole image (a smaller one would magnify the 32-px sources to 32 px)"
+        assert any(n == "zoom auto: crops keep the whole image (a smaller one would magnify the 32x32 sources to 32x32)"
                    for note in summary["notes"] for n in note.split("; "))
 
 
 def test_zoom_auto_keeps_the_crops_of_photos_larger_than_the_output(photo_src: Path, tmp_path: Path):
-    # 375-px photos made 224: a crop of (224/375)^2 = 36 % of the area still is not magnified, so light's 70 %
-    # and heavy's 50 % stand; from 300-px photos heavy's smallest crop becomes (224/300)^2 = 56 %.
+    # 500x375 photos made 224x224: a crop of 224*224/(500*375) = 27 % of the area still is not magnified, so
+    # light's 70 % and heavy's 50 % stand; from 300x225 photos their smallest crop becomes 224*224/(300*225) = 74 %.
     import cv2
 
     summary = expand(photo_src, tmp_path / "light", "light", overrides={"copies": 1}, workers=1)
     assert _crops(json.loads((tmp_path / "light" / "dataset.json").read_text()))[0]["scale"] == [0.7, 1.0]
-    assert any("zoom auto: no crop smaller than 36% of the area (a smaller one would magnify the 375-px sources to 224 px)"
-               in note
+    assert any("zoom auto: no crop smaller than 27% of the area (a smaller one would magnify the 500x375 sources to "
+               "224x224)" in note
                for note in summary["notes"])
     for path in photo_src.rglob("*.jpg"):
         image = decode_image(path)
-        save_rgb(path, cv2.resize(image, (400, 300), interpolation=cv2.INTER_AREA), quality=90)
+        save_rgb(path, cv2.resize(image, (300, 225), interpolation=cv2.INTER_AREA), quality=90)
     expand(photo_src, tmp_path / "heavy", "heavy", overrides={"copies": 1}, workers=1)
     card = json.loads((tmp_path / "heavy" / "dataset.json").read_text())
-    assert _crops(card)[0]["scale"] == [pytest.approx((224 / 300) ** 2, abs=1e-4), 1.0]
+    assert _crops(card)[0]["scale"] == [pytest.approx(224 * 224 / (300 * 225), abs=1e-4), 1.0]
     assert _shapes(tmp_path / "heavy") == {(224, 224, 3)}
 
 
