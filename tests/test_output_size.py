@@ -338,3 +338,20 @@ def test_validate_says_zoom_auto(tmp_path: Path):
     assert "; zoom:" not in CliRunner().invoke(cli, ["validate", str(tmp_path / "mine.yaml")]).output  # free
     info = json.loads(CliRunner().invoke(cli, ["validate", "light", "--json"]).output)
     assert info["zoom"] == "auto"
+
+
+def test_the_zoom_line_shows_alone_too(digits_src: Path, tmp_path: Path):
+    # An explicit size and format: `zoom: auto` is the only thing resolved from the images, and still said.
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    (tmp_path / "mine.yaml").write_text("zoom: auto\ncopies: 1\npipeline:\n  - RandomResizedCrop: {size: output}\n"
+                                       "output: {size: 64, format: png}\n")
+    result = CliRunner().invoke(cli, ["expand", "-r", str(tmp_path / "mine.yaml"), str(digits_src),
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "zoom auto: crops keep the whole image (a smaller one would magnify the 32x32 sources to 64x64)\n" \
+        in result.output
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert _crops(card)[0]["scale"] == [1.0, 1.0]  # albumentations' default (0.08, 1) raised
