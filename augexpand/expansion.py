@@ -42,7 +42,17 @@ from augexpand.folder import DEFAULT_MAX_PIXELS, ScanResult, decoded_size, limit
 from augexpand.manifest import METADATA_NAME, RecordStore, write_card, write_metadata
 from augexpand.orientation import MAX_IMAGES, needs_decision, orientation_note, resolve_orientation
 from augexpand.plan import OPS, Plan, Row, Rows, RowSelection, check_plan_size, folder_counts, make_plan
-from augexpand.recipe import AutoSize, Recipe, has_crop, least_crop_area, load_recipe, resolve_output, source_sizes
+from augexpand.recipe import (
+    AutoSize,
+    Recipe,
+    follows_sources,
+    has_crop,
+    least_crop_area,
+    load_recipe,
+    resolve_output,
+    source_sizes,
+    training_sources,
+)
 from augexpand.rows import RowContext
 
 __all__ = ["TASKS_PER_WORKER", "ExpandError", "ExpansionPlan", "default_workers", "expand", "plan_expansion"]
@@ -146,8 +156,10 @@ def plan_expansion(
         log.warning("class folder %r has no readable image: left out", name)
     t_scan = time.perf_counter()
     written, written_format = recipe.output.size, recipe.output.format
-    recipe = resolve_output(recipe, scan, val_fraction)  # `size: auto`, `format: auto` and `output` sizes follow the sources
-    size_note = _size_note(written, written_format, recipe, scan, val_fraction)
+    # `size: auto`, `format: auto`, `zoom: auto` and `output` sizes follow the training sources (read once here)
+    training = training_sources(scan, val_fraction, recipe.seed) if follows_sources(recipe) else ([], None)
+    recipe = resolve_output(recipe, scan, val_fraction, training)
+    size_note = _size_note(written, written_format, recipe, training[1])
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
@@ -545,9 +557,9 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
     }
 
 
-def _size_note(written: Any, written_format: str, recipe: Recipe, scan: ScanResult | None = None,
-               val_fraction: float = 0.0) -> str | None:
-    """What ``size: auto``, ``format: auto`` and ``zoom: auto`` became, and why."""
+def _size_note(written: Any, written_format: str, recipe: Recipe, sizes: dict[str, Any] | None = None) -> str | None:
+    """What ``size: auto``, ``format: auto`` and ``zoom: auto`` became, and why (``sizes``: the training sources'
+    :func:`~augexpand.recipe.source_sizes`)."""
     notes = []
     if isinstance(written, AutoSize):
         (h, w), (nh, nw) = recipe.output.size, written.auto
@@ -558,11 +570,8 @@ def _size_note(written: Any, written_format: str, recipe: Recipe, scan: ScanResu
         why = "most training sources are lossless: no JPEG artefacts added" if recipe.output.format == "png" else \
             "the sources are photos"
         notes.append(f"format auto: {recipe.output.format} ({why})")
-    if recipe.zoom == "auto" and scan is not None and scan.sources and has_crop(recipe.pipeline):
-        from augexpand.plan import _split_val
-
+    if recipe.zoom == "auto" and sizes and has_crop(recipe.pipeline):
         size = recipe.output.size
-        sizes = source_sizes(scan, _split_val(scan, val_fraction, recipe.seed)[0])
         median = sizes["height"]["median"], sizes["width"]["median"]
         least = least_crop_area(size, median)
         why = (f"a smaller one would magnify the {median[1]}x{median[0]} sources to {size[1]}x{size[0]}"

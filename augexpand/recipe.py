@@ -46,6 +46,7 @@ __all__ = [
     "build_pipeline",
     "builtin_recipes",
     "duplicate_key",
+    "follows_sources",
     "has_crop",
     "has_size_refs",
     "import_albumentations",
@@ -57,6 +58,7 @@ __all__ = [
     "resolve_output",
     "resolve_sizes",
     "source_sizes",
+    "training_sources",
 ]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -832,8 +834,6 @@ def limit_zoom(pipeline: Any, least: float) -> Any:
                 params = {k: walk(v) if k == "transforms" else v for k, v in params.items()}
                 if name == "RandomResizedCrop":
                     params["scale"] = scale(params.get("scale"))
-            elif name == "RandomResizedCrop":  # `- RandomResizedCrop` with no parameters: it needs a size anyway
-                return node
             return {name: params}
         return node
 
@@ -852,7 +852,24 @@ def auto_format(scan: Any, train: list[int]) -> str:
     return "png" if 2 * lossless > len(train) else "jpg"
 
 
-def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) -> Recipe:
+def follows_sources(recipe: Recipe) -> bool:
+    """Whether resolving the recipe reads the training sources: ``size: auto``, ``format: auto`` or ``zoom: auto``."""
+    return isinstance(recipe.output.size, AutoSize) or recipe.output.format == "auto" or recipe.zoom == "auto"
+
+
+def training_sources(scan: Any, val_fraction: float, seed: int) -> tuple[list[int], dict[str, Any] | None]:
+    """The training sources of ``scan`` (indices: those ``make_plan`` keeps for training with this ``val_fraction``
+    and ``seed``) and their :func:`source_sizes`; ``([], None)`` with no scan or no sources."""
+    if scan is None or not scan.sources:
+        return [], None
+    from augexpand.plan import _split_val
+
+    train, _ = _split_val(scan, val_fraction, seed)
+    return train, source_sizes(scan, train) if train else None
+
+
+def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0,
+                   training: tuple[list[int], dict[str, Any] | None] | None = None) -> Recipe:
     """The recipe with a concrete output size and format, and numbers for every `output` size in its pipeline.
 
     ``size: auto`` follows the training sources of ``scan`` (those ``make_plan`` keeps for training with this
@@ -861,15 +878,12 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0) 
     (``size: null``) `output` sizes stay: they follow each image (``rows.RowMaker``). ``format: auto`` follows
     the same training sources (:func:`auto_format`), and so does ``zoom: auto``: every RandomResizedCrop keeps at
     least :func:`least_crop_area` of a source, so that no crop magnifies it (on 16-pixel textures, crops that did
-    cost 1-2 points against raw training: bench/accuracy_tune.py). Resolving twice is harmless.
+    cost 1-2 points against raw training: bench/accuracy_tune.py). ``training``: :func:`training_sources` of the
+    same scan, when the caller has it already. Resolving twice is harmless.
     """
-    size, train = recipe.output.size, []
-    follows = isinstance(size, AutoSize) or recipe.output.format == "auto" or recipe.zoom == "auto"
-    if scan is not None and scan.sources and follows:
-        from augexpand.plan import _split_val
-
-        train, _ = _split_val(scan, val_fraction, recipe.seed)
-    sizes = source_sizes(scan, train) if train else None
+    size, train, sizes = recipe.output.size, [], None
+    if follows_sources(recipe):
+        train, sizes = training if training is not None else training_sources(scan, val_fraction, recipe.seed)
     if isinstance(size, AutoSize):
         size = auto_size(size.auto, sizes["short_side"]["median"] if sizes else None)
     data = recipe.model_dump()
