@@ -464,9 +464,11 @@ class Destination:
         try:
             self.dst.mkdir(parents=True, exist_ok=True)
             self.created += reversed(missing)
-            if not os.path.lexists(self.state):
+            try:
                 self.state.mkdir()
                 self.created.append(self.state)
+            except FileExistsError:  # an earlier run's, or a shard's that starts at the same time
+                pass
         except OSError as exc:
             where = exc.filename or self.dst
             raise DestinationError(f"cannot create destination {where}: {exc.strerror or exc}") from None

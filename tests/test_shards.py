@@ -110,6 +110,23 @@ def test_two_shards_at_once_as_processes_then_resume(many_src, tmp_path, recipe)
     same_as_one_run(dst, tmp_path / "whole")
 
 
+def test_a_shard_that_starts_while_another_creates_the_state_folder(many_src, tmp_path, recipe, monkeypatch):
+    """Two shards started at once: the other one makes dst/.augexpand just after this one looked for it."""
+    dst = tmp_path / "out"
+    real = Path.mkdir
+
+    def racing(self, *args, **kwargs):
+        if self == dst / ".augexpand" and not os.path.lexists(self):
+            os.mkdir(self)  # the other shard's mkdir lands first
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    made = run(many_src, dst, recipe, shard=(1, 2))
+    monkeypatch.undo()
+    assert made["shard"]["made"] == made["shard"]["rows"] > 0
+    assert (dst / ".augexpand").is_dir()
+
+
 def test_a_shard_runs_again_without_redoing_its_work(many_src, tmp_path, recipe):
     dst = tmp_path / "out"
     first = run(many_src, dst, recipe, shard=(1, 2))
