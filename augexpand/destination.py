@@ -117,8 +117,12 @@ def fingerprint(scan: ScanResult, recipe: Recipe, val_fraction: float) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([__version__, recipe.resolved(), val_fraction], sort_keys=True, default=str).encode())
     for s in scan.sources:
-        st = (scan.root / s.rel).stat()
-        h.update(f"{s.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any bytes a name holds
+        try:
+            st = (scan.root / s.rel).stat()
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # gone (or unreadable) since the scan: its rows name it when they fail to decode it
+            stamp = "gone"
+        h.update(f"{s.rel}\0{stamp}\n".encode("utf-8", "surrogateescape"))  # any bytes a name holds
     return h.hexdigest()[:32]
 
 

@@ -166,6 +166,14 @@ class _Names:
         return name
 
 
+def _size_of(path: Path) -> int:
+    """A source file's size in bytes; 0 for one gone since the scan (its row names it when it fails to copy)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def planned_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0) -> tuple[int, int, int]:
     """How many training images and val copies a plan of this recipe makes, and about how many bytes they take,
     by arithmetic alone (no row is built, no image read): what ``make_plan`` makes, counted as it counts."""
@@ -189,7 +197,7 @@ def planned_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0) ->
     estimate = rows * pixels * _BYTES_PER_PIXEL[recipe.output.format]
     val_rows = sum(n_val.values())
     if val_rows:  # untouched copies of the sources: their own size, on average
-        estimate += val_rows * sum((scan.root / s.rel).stat().st_size for s in scan.sources[:1000]) \
+        estimate += val_rows * sum(_size_of(scan.root / s.rel) for s in scan.sources[:1000]) \
             / min(len(scan.sources), 1000)
     return rows, val_rows, int(estimate)
 
