@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
 from augexpand.formatting import json_text  # the --json output (NaN as null), shared with the files train writes
 
-__all__ = ["CONTEXT", "EchoHandler", "Interrupted", "json_text", "max_pixels_option", "printable", "require_output_file",
-           "require_path", "setup_logging"]
+__all__ = ["CONTEXT", "EchoHandler", "Interrupted", "json_text", "max_pixels_option", "printable", "printable_strings",
+           "require_output_file", "require_path", "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -38,15 +40,33 @@ class EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         level = {"INFO": "note"}.get(record.levelname, record.levelname.lower())
-        click.echo(printable(f"{level}: {record.getMessage()}"), err=True)
+        click.echo(printable(f"{level}: {record.getMessage()}", one_line=True), err=True)
 
 
-def printable(text: str) -> str:
+# Control characters a file or folder name may hold: on a terminal an escape sequence in a hostile name would
+# retitle the window or clear the screen, a carriage return would overwrite the line, a newline split a message.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+_CONTROL_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, one_line: bool = False) -> str:
     """Text for the terminal: non-ASCII as is (like the manifest), a byte of a non-UTF-8 path as %XX (never a
-    UnicodeEncodeError)."""
+    UnicodeEncodeError), a control character as %XX too (``one_line``: a newline and a tab as well)."""
     from augexpand.folder import display_name
 
-    return display_name(text)
+    control = _CONTROL_ONE_LINE if one_line else _CONTROL
+    return control.sub(lambda m: f"%{ord(m.group()):02X}", display_name(text))
+
+
+def printable_strings(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string ``printable(..., one_line=True)``."""
+    if isinstance(value, str):
+        return printable(value, one_line=True)
+    if isinstance(value, dict):
+        return {printable_strings(k): printable_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable_strings(v) for v in value]
+    return value
 
 
 def setup_logging(quiet: bool) -> None:

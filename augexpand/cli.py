@@ -16,6 +16,7 @@ from augexpand._cliutil import (
     json_text,
     max_pixels_option,
     printable,
+    printable_strings,
     require_output_file,
     require_path,
     setup_logging,
@@ -38,7 +39,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AugexpandError as exc:
-            raise click.ClickException(_one_line(str(exc))) from None
+            raise click.ClickException(printable(_one_line(str(exc)), one_line=True)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
 
@@ -183,7 +184,7 @@ def expand_command(paths, recipe, example, seed, copies, target_per_class, origi
     if as_json:
         click.echo(printable(json.dumps(summary, indent=2, ensure_ascii=False)))
     elif not quiet:
-        _print_expand_summary(json.loads(printable(json.dumps(summary, ensure_ascii=False))))  # paths of any bytes
+        _print_expand_summary(printable_strings(summary))  # paths and class names of any bytes
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:

@@ -45,3 +45,27 @@ def test_a_source_that_vanishes_after_the_scan_is_a_named_skip(small_src: Path, 
             record = json.loads(line)
             assert not lost & set(record["sources"])
             assert cv2.imread(str(dst / split / record["file_name"])) is not None
+
+
+def test_control_characters_in_names_reach_the_terminal_as_percent_codes_one_line_each(small_src: Path,
+                                                                                       tmp_path: Path):
+    # a name holding an escape sequence retitled the terminal or cleared it when its warning was printed, a
+    # carriage return overwrote the line, and a newline split the one-line warning (and the Error line) in two
+    (small_src / "cat" / "a\x1b]0;owned\x07\rb\nc.jpg").write_bytes(b"not an image")
+    (small_src / "rocket").rename(small_src / "roc\x1b[2Jket")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", str(small_src),
+                                 str(tmp_path / "dst")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: skipped")]
+    assert warnings == ["warning: skipped cat/a%1B]0;owned%07%0Db%0Ac.jpg: not an image Pillow or OpenCV can "
+                        "identify"]
+    assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
+    assert any(line.split() == ["roc%1B[2Jket", "2", "2", "2", "4"] for line in result.output.splitlines())
+    # the data keeps the name as it is: the class folder and its label
+    card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
+    assert "roc\x1b[2Jket" in card["classes"] and (tmp_path / "dst" / "train" / "roc\x1b[2Jket").is_dir()
+    result = runner.invoke(cli, ["expand", "--strict", "--size", "16", str(small_src), str(tmp_path / "d2")])
+    assert result.exit_code == 1
+    assert result.output == "Error: cat/a%1B]0;owned%07%0Db%0Ac.jpg: not an image Pillow or OpenCV can identify " \
+                            "(--strict)\n"
