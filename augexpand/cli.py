@@ -22,6 +22,7 @@ from augexpand._cliutil import (
     setup_logging,
 )
 from augexpand.errors import AugexpandError
+from augexpand.formatting import plural
 
 __all__ = ["cli", "main"]
 
@@ -242,6 +243,13 @@ def _print_expand_summary(s: dict) -> None:
     if s["skipped"]:
         click.echo(f"skipped {len(s['skipped'])} file(s) or folder link(s), each named above with its reason (and in "
                    f"dataset.json)")
+    copies = (s.get("duplicate_sources") or {}).get("copies")
+    if copies:
+        groups = s["duplicate_sources"]["groups"]
+        click.echo(("duplicates: 1 source image is a byte-identical copy of another" if copies == 1 else
+                    f"duplicates: {copies} source images are byte-identical copies of others")
+                   + f" ({plural(groups, 'group')}, listed in dataset.json)"
+                   + ("; each group is held out or trained on whole, never split" if s["val_images"] else ""))
     if s["converted_to_rgb8"]:
         kinds = ", ".join(f"{n} {k}" for k, n in s["converted_to_rgb8"].items())
         click.echo(f"converted to 8-bit RGB: {kinds}")

@@ -546,6 +546,7 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "skipped": skipped,
         "ignored_non_image_files": scan.ignored,
         "empty_classes": scan.empty_classes,
+        "duplicate_sources": _duplicates(scan),
         "converted_to_rgb8": scan.converted(excluding=bad),
         "decode_scales": scale_counts(plan.decode_scale),  # sources decoded at 1/1, 1/2, 1/4, 1/8 of their size
         "notes": plan.notes,
@@ -555,6 +556,16 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "images_per_second": round((made - reused) / timings["write"], 1) if timings.get("write") else None,
     }
+
+
+MAX_DUPLICATE_GROUPS = 100  # listed in the summary and the card; all are counted
+
+
+def _duplicates(scan: ScanResult) -> dict[str, Any]:
+    """Byte-identical source files: how many images are copies of another, and the groups (the first ones)."""
+    groups = scan.duplicates()
+    return {"copies": sum(len(g) - 1 for g in groups), "groups": len(groups),
+            "listed": [[scan.sources[i].rel for i in g] for g in groups[:MAX_DUPLICATE_GROUPS]]}
 
 
 def _size_note(written: Any, written_format: str, recipe: Recipe, sizes: dict[str, Any] | None = None) -> str | None:

@@ -117,18 +117,42 @@ class Plan:
 
 
 def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified hold-out of source images: round(fraction * n) per class, keeping at least one for training."""
+    """Stratified hold-out of source images: round(fraction * n) per class, keeping at least one for training.
+
+    Byte-identical sources (``scan.duplicates()``) are never split apart, so no held-out image is also a training
+    image under another name: in a class holding some, its copies are held out together or not at all (as many
+    images as fit in the class's share), and copies in several classes that the draw split go to training."""
     rng = np.random.default_rng([seed, _VAL_STREAM])
     by_class: dict[int, list[int]] = {}
     for i, s in enumerate(scan.sources):
         by_class.setdefault(s.label, []).append(i)
+    if fraction <= 0:
+        return list(range(len(scan.sources))), []
+    duplicates = scan.duplicates()
+    group_of = {i: g for g, members in enumerate(duplicates) for i in members}
     train, val = [], []
     for label in sorted(by_class):
         members = by_class[label]
-        n_val = min(int(np.floor(fraction * len(members) + 0.5)), len(members) - 1) if fraction > 0 else 0
-        chosen = set(rng.choice(len(members), size=n_val, replace=False).tolist()) if n_val else set()
-        for j, i in enumerate(members):
-            (val if j in chosen else train).append(i)
+        n_val = min(int(np.floor(fraction * len(members) + 0.5)), len(members) - 1)
+        if not any(i in group_of for i in members):
+            chosen = set(rng.choice(len(members), size=n_val, replace=False).tolist()) if n_val else set()
+            for j, i in enumerate(members):
+                (val if j in chosen else train).append(i)
+            continue
+        units: dict[int, list[int]] = {}  # a group's copies in this class (its number), or one image (-1 - i)
+        for i in members:
+            units.setdefault(group_of.get(i, -1 - i), []).append(i)
+        held = 0
+        for unit in (list(units.values())[u] for u in rng.permutation(len(units)).tolist()):
+            side = val if held + len(unit) <= n_val else train
+            held += len(unit) if side is val else 0
+            side.extend(unit)
+    held_out = set(val)
+    for members in duplicates:  # copies in several classes, some held out and some not: all to training
+        if any(i in held_out for i in members) and not all(i in held_out for i in members):
+            held_out.difference_update(members)
+    if len(held_out) < len(val):
+        train, val = list(set(range(len(scan.sources))) - held_out), list(held_out)
     return sorted(train), sorted(val)
 
 

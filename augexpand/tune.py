@@ -37,6 +37,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,19 +205,31 @@ def resolve_candidate(spec: str | Path, taken: set[str] | None = None) -> Candid
 # ------------------------------------------------------------------------------------------------------- splits
 
 
-def make_splits(labels: list[int] | np.ndarray, folds: int, seed: int, count: int) -> list[np.ndarray]:
+def make_splits(labels: list[int] | np.ndarray, folds: int, seed: int, count: int,
+                duplicates: list[list[int]] | None = None) -> list[np.ndarray]:
     """The held-out indices of ``count`` splits: split ``s`` holds out fold ``s % folds`` of repeat
     ``s // folds``, where each repeat deals every class's images, freshly shuffled from (seed, repeat, class),
-    round-robin into ``folds`` folds (stratified: each class is held out in proportion, never whole)."""
+    round-robin into ``folds`` folds (stratified: each class is held out in proportion, never whole).
+
+    ``duplicates``: groups of byte-identical images (``ScanResult.duplicates()``), dealt as one image (of its
+    first member's class), so that no held-out image is also a training image under another name."""
     labels = np.asarray(labels)
+    lead = np.arange(len(labels))  # the image each one is dealt with: itself, or its group's first member
+    for members in duplicates or []:
+        lead[members] = members[0]
+    leads = np.flatnonzero(lead == np.arange(len(labels)))
+    followers: dict[int, list[int]] = {}
+    for i in np.flatnonzero(lead != np.arange(len(labels))).tolist():
+        followers.setdefault(int(lead[i]), []).append(i)
     out = []
     for s in range(count):
         repeat, fold = divmod(s, folds)
         held = []
         for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
+            members = leads[labels[leads] == c]
             order = np.random.default_rng([seed, repeat, int(c), 0x7E5]).permutation(members)
-            held.extend(order[fold::folds].tolist())
+            for i in order[fold::folds].tolist():
+                held += [i, *followers.get(i, [])]
         out.append(np.array(sorted(held), dtype=int))
     return out
 
@@ -451,6 +464,17 @@ def tune(
     if small:
         raise TuneError(f"class {small[0]!r} has {counts[small[0]]} image: too small to split (tune holds out "
                         f"part of every class and needs at least 2 images per class)")
+    duplicates = scan.duplicates()
+    distinct = Counter(scan.classes[s.label] for s in scan.sources)
+    for members in duplicates:
+        for i in members[1:]:
+            distinct[scan.classes[scan.sources[i].label]] -= 1
+    small = [name for name, n in distinct.items() if n < 2]
+    if small:
+        raise TuneError(f"class {small[0]!r} has {counts[small[0]]} images but {distinct[small[0]]} different from "
+                        f"each other and from other classes' images (the rest are byte-identical copies): too small "
+                        f"to split (tune holds out part of every class and needs at least 2 different images per "
+                        f"class)")
     imbalance = max(counts.values()) / min(counts.values())
     pool = list(candidates) if candidates is not None else default_candidates(imbalance)
     names = {c.name for c in pool}
@@ -472,7 +496,7 @@ def tune(
     # the held-out images must carry the labels every candidate's training data has
     folders = class_output_names(scan.classes)
     max_splits = max(1, max_splits)
-    splits = make_splits(labels, folds, seed, max_splits)
+    splits = make_splits(labels, folds, seed, max_splits, duplicates)
     records = {c.name: _Score(c) for c in pool}
     rungs: list[dict[str, Any]] = []
     interrupted = stopped_by_budget = False
