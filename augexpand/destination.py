@@ -296,7 +296,7 @@ def _iter_lines(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
                 continue
             try:
                 yield json.loads(raw.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a line of thousands of nested brackets
                 if bad is not None:
                     bad[0] += 1
 
@@ -636,7 +636,7 @@ class Destination:
         try:
             with open_regular(run_file, follow=False) as f:
                 previous = json.loads(f.read(1 << 20).decode("utf-8")).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             previous = None
         if not isinstance(previous, str):
             raise DestinationError(f"{run_file} is damaged: cannot tell which plan {self.dst} holds",

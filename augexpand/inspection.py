@@ -70,7 +70,7 @@ def _read_records(manifest: Path) -> tuple[list[dict[str, Any]], int]:
                     continue
                 try:
                     r = json.loads(raw.decode("utf-8"))
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: a line of thousands of nested brackets
                     r = None
                 if _is_record(r):
                     records.append(r)

@@ -65,7 +65,7 @@ def read_card(dst: Path) -> dict[str, Any] | None:
         if len(text) > CARD_BYTES:
             return None
         card = json.loads(text.decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: thousands of nested brackets
         return None
     return card if is_our_card(card) else None
 

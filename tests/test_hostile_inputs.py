@@ -69,3 +69,48 @@ def test_control_characters_in_names_reach_the_terminal_as_percent_codes_one_lin
     assert result.exit_code == 1
     assert result.output == "Error: cat/a%1B]0;owned%07%0Db%0Ac.jpg: not an image Pillow or OpenCV can identify " \
                             "(--strict)\n"
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read: a RecursionError, not a ValueError
+
+
+def _expand(src: Path, dst: Path, *extra: str):
+    return CliRunner().invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", *extra, str(src), str(dst)])
+
+
+@pytest.mark.parametrize("where, then, words", [
+    # (file given a line of 100,000 nested brackets, the command that reads it, its one line)
+    ("journal", "--resume", "warning: 1 unreadable line(s) in the manifest or journal of"),
+    ("run.json", "--resume", "run.json is damaged: cannot tell which plan"),
+    ("train/metadata.jsonl", "--overwrite", "warning: 1 line(s) of the earlier run's manifest or journal could not"),
+    ("train/metadata.jsonl", "inspect", "1 line(s) of train/metadata.jsonl are not records of augexpand"),
+    ("dataset.json", "inspect", "20 training images in 3 classes"),  # no card: counted from the manifest
+])
+def test_json_nested_too_deep_for_python_is_a_damaged_line_not_a_traceback(small_src: Path, tmp_path: Path, where: str,
+                                                                          then: str, words: str):
+    # json.loads raises RecursionError, which the readers of our own files did not catch (only ValueError)
+    dst = tmp_path / "dst"
+    assert _expand(small_src, dst, *(["--shard", "1/2"] if then == "--resume" else [])).exit_code == 0
+    path = next((dst / ".augexpand").glob("journal*.jsonl")) if where == "journal" else \
+        dst / ".augexpand" / where if where == "run.json" else dst / where
+    with open(path, "a" if where.endswith("l") else "w", encoding="utf-8") as f:
+        f.write(DEEP + "\n")
+    result = CliRunner().invoke(cli, ["inspect", str(dst)]) if then == "inspect" else _expand(small_src, dst, then)
+    assert "Traceback" not in result.output and not isinstance(result.exception, RecursionError), result.output
+    assert words in result.output
+    assert result.exit_code == (1 if where == "run.json" else 0), result.output
+
+
+def test_a_training_cache_index_nested_too_deep_is_rebuilt(tmp_path: Path):
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    runner = CliRunner()
+    assert runner.invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    (index,) = (run / "cache").glob("*.json")
+    index.write_text(DEEP, encoding="utf-8")
+    result = runner.invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", *fast])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert json.loads(index.read_text(encoding="utf-8"))["complete"]  # decoded again and written anew

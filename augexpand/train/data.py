@@ -688,7 +688,7 @@ def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress:
     if path.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             meta = None
     if meta and meta.get("key") == key and meta.get("complete"):
         failed = {int(k): v for k, v in meta.get("failed", {}).items()}
