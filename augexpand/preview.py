@@ -105,7 +105,9 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
             try:
                 image, target, params = worker.make_image(row)
             except Exception as exc:  # noqa: BLE001  (an unreadable source, a transform that fails on this image)
-                errors.append(f"{scan.sources[row.sources[0]].rel}: {type(exc).__name__}: {exc}".splitlines()[0])
+                # an unreadable partner is named, not the first image (which may be fine)
+                bad = next((i for i in row.sources if i in worker.failed), row.sources[0])
+                errors.append(f"{scan.sources[bad].rel}: {type(exc).__name__}: {exc}".splitlines()[0])
                 continue
             sources = [scan.sources[i].rel for i in row.sources]
             shown.append({"row": row.index, "sources": sources, "soft_label": target, "params": params,

@@ -114,3 +114,20 @@ def test_a_training_cache_index_nested_too_deep_is_rebuilt(tmp_path: Path):
     result = runner.invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", *fast])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert json.loads(index.read_text(encoding="utf-8"))["complete"]  # decoded again and written anew
+
+
+def test_preview_names_the_partner_that_does_not_decode_not_the_first_image(small_src: Path, tmp_path: Path):
+    # a 32-bit float TIFF: its header reads (the scan keeps it), OpenCV cannot decode it. A mixup whose partner it
+    # was said "could not make a mixup sample from cat/cat_0.jpg": a good photo, blamed
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(40, 48)).save(small_src / "rocket" / "f.tif")
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text("copies: 0\nkeep_originals: false\nmix: {mixup: {count: 3}}\noutput: {size: 32}\n")
+    result = CliRunner().invoke(cli, ["preview", "-r", str(recipe), "-n", "8", "--tile", "32", str(small_src), "-o",
+                                      str(tmp_path / "sheet.png")])
+    assert result.exit_code == 0, result.output
+    blamed = [line for line in result.output.splitlines() if line.startswith("warning: preview: could not make")]
+    assert blamed and all(line.startswith("warning: preview: could not make a mixup sample from rocket/f.tif: "
+                                          "ImageReadError: OpenCV cannot decode it") for line in blamed), blamed
