@@ -38,6 +38,7 @@ __all__ = [
     "DECODE_SCALES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "MAX_JPEG_SCANS",
     "NAME_MAX",
     "ScanResult",
     "Skipped",
@@ -672,6 +673,41 @@ def _header_scale(data: np.ndarray, min_side: int) -> int:
     return 1 if _over_decoder_limit(height, width) else jpeg_scale(height, width, min_side)
 
 
+# A progressive JPEG is decoded one scan at a time, each a pass over the whole image: a small file can hold
+# thousands of scans (a "scan bomb": 125 KB, 16 megapixels, 1,000 scans took 36 s to decode here; 10,000 would take
+# six minutes, for each row that reads it). libjpeg's progressive script makes 10 scans (6 for grey), optimised
+# encoders a few dozen.
+MAX_JPEG_SCANS = 100
+
+
+def _progressive(raw: bytes) -> bool:
+    """Whether a JPEG's frame is progressive (SOF2, 6, 10, 14), from the markers before its first scan. (A baseline
+    JPEG decodes one scan per component: further scans are refused or passed over at once.)"""
+    i, n = 2, len(raw)
+    while i + 4 <= n and raw[i] == 0xFF:
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return marker in (0xC2, 0xC6, 0xCA, 0xCE)
+        if marker in (0xDA, 0xD9):
+            return False
+        i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+    return False
+
+
+def _check_scans(raw: bytes) -> None:
+    """Refuse a progressive JPEG of more than MAX_JPEG_SCANS scans, counted by their start-of-scan markers (FF DA;
+    entropy-coded data never holds one: an FF there is followed by 00 or a restart marker), at memory speed."""
+    if not _progressive(raw):
+        return
+    scans = raw.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageReadError(f"a JPEG of {scans:,} scans: at most {MAX_JPEG_SCANS} are decoded (a progressive JPEG "
+                             f"has about 10; each scan is a pass over the whole image: a decoding bomb?)")
+
+
 def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> np.ndarray:
     """Decode an image file (or its bytes) to an (H, W, 3) uint8 RGB array, honouring EXIF orientation.
 
@@ -683,17 +719,20 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
     cv2 = _cv2()
 
     if isinstance(source, bytes):
-        data = np.frombuffer(source, np.uint8)
+        raw = source
     else:
         f, _ = _open_regular(source)
         try:
             with f:
-                data = np.frombuffer(f.read(), np.uint8)
+                raw = f.read()
         except OSError as exc:
             raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None
+    data = np.frombuffer(raw, np.uint8)
     if data.size == 0:
         raise ImageReadError("empty file (0 bytes)")
     jpeg = data.size > 2 and data[0] == 0xFF and data[1] == 0xD8
+    if jpeg:
+        _check_scans(raw)
     if jpeg and min_side > 0 and reduced == 1:
         reduced = _header_scale(data, min_side)
     flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

@@ -131,3 +131,36 @@ def test_preview_names_the_partner_that_does_not_decode_not_the_first_image(smal
     blamed = [line for line in result.output.splitlines() if line.startswith("warning: preview: could not make")]
     assert blamed and all(line.startswith("warning: preview: could not make a mixup sample from rocket/f.tif: "
                                           "ImageReadError: OpenCV cannot decode it") for line in blamed), blamed
+
+
+def _scan_bomb(image, scans: int) -> bytes:
+    """A progressive JPEG of ``image`` whose last scan is repeated until the file holds ``scans`` scans (libjpeg
+    decodes each one: a pass over the whole image; it only warns that the progression is inconsistent)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    have = data.count(b"\xff\xda")
+    return data[:end] + data[last:end] * (scans - have) + data[end:]
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_a_named_skip(small_src: Path, tmp_path: Path, photos):
+    # 125 KB, 16 megapixels and 1,000 scans took 36 s to decode, and each row that used it decoded it again: a few
+    # such files made a run of hours. Here a small one, so that the test is fast either way
+    from augexpand.folder import decode_image
+
+    image = photos["astronaut"]
+    (small_src / "cat" / "bomb.jpg").write_bytes(_scan_bomb(image, 101))
+    (small_src / "cat" / "many.jpg").write_bytes(_scan_bomb(image, 100))  # at the limit (MAX_JPEG_SCANS): decoded
+    assert decode_image(small_src / "cat" / "many.jpg").shape == image.shape
+    result = CliRunner().invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", "--json",
+                                      str(small_src), str(tmp_path / "dst")])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped cat/bomb.jpg: a JPEG of 101 scans: at most 100 are decoded" in result.output
+    card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
+    assert [s["file"] for s in card["skipped"]] == ["cat/bomb.jpg"]
+    assert card["counts"]["source"]["cat"] == 6  # the 5 photos and many.jpg
