@@ -594,7 +594,7 @@ def _run_one(rec: _Score, split_dir: Path, work: Path, split: int, seed: int, pr
     except AugexpandError as exc:
         if rec.candidate.name == NONE:
             raise
-        rec.skipped = str(exc).splitlines()[0]
+        rec.skipped = exc.message.splitlines()[0]  # without its hint: an expand hint ("--overwrite") is not for tune
     except Exception as exc:  # any failure of a recipe on these images is a named skip, never a traceback
         if rec.candidate.name == NONE:
             raise

@@ -4,6 +4,7 @@ named skips or one ``Error:`` line, never a traceback."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -164,3 +165,19 @@ def test_a_progressive_jpeg_of_too_many_scans_is_a_named_skip(small_src: Path, t
     card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
     assert [s["file"] for s in card["skipped"]] == ["cat/bomb.jpg"]
     assert card["counts"]["source"]["cat"] == 6  # the 5 photos and many.jpg
+
+
+def test_tune_names_a_recipe_that_fails_without_expands_hint(tmp_path: Path):
+    # the skip said "...; fix the recipe (or the images), then run again with --overwrite": expand's hint, and tune
+    # has no --overwrite
+    pytest.importorskip("torch")
+    from augexpand import tune as T
+    from tests.test_tune import write_digits
+
+    src = write_digits(tmp_path / "digits", {0: 6, 1: 6})
+    broken = {"copies": 1, "pipeline": [{"RandomCrop": {"height": 40, "width": 40}}], "output": {"size": 12}}
+    s = T.tune(src, candidates=[T.Candidate(T.NONE, None, "baseline"), T.Candidate("broken", broken, "test")],
+               steps=2, max_splits=2)
+    skipped = {r["name"]: r["skipped"] for r in s["candidates"]}["broken"]
+    assert re.match(r"\d+ of \d+ images could not be made; first: row \d+ from d\d/\d+\.png: CropSizeError: ", skipped)
+    assert "--overwrite" not in skipped
