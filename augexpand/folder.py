@@ -17,11 +17,13 @@ unique output name of at most 255 bytes (``safe_stem``, ``class_output_names``).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import os
 import re
 import stat
 import struct
+import sys
 import unicodedata
 import zlib
 from collections import Counter
@@ -144,8 +146,6 @@ def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Set OpenCV's own decoder limit (``OPENCV_IO_MAX_IMAGE_PIXELS``) to ``max_pixels`` for a process that has not
     imported cv2 yet (OpenCV reads it once, when it loads; a value the user set in the environment wins). It is
     the second guard: images over the limit are already skipped at scan time from their headers."""
-    import sys
-
     if "cv2" not in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
         # OpenCV reads it as an unsigned 64-bit number and aborts the process on a larger one
         os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(min(int(max_pixels), (1 << 63) - 1))
@@ -673,6 +673,28 @@ def _header_scale(data: np.ndarray, min_side: int) -> int:
     return 1 if _over_decoder_limit(height, width) else jpeg_scale(height, width, min_side)
 
 
+_DEVNULL: int | None = None
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null while the block runs: OpenCV's libpng and libjpeg write a damaged
+    file's complaint there themselves ("libpng error: IDAT: incorrect data check", "Inconsistent progression
+    sequence"), whatever OpenCV's log level. The file is named once, by augexpand, with its reason. (About 7 us.)"""
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(_DEVNULL, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 # A progressive JPEG is decoded one scan at a time, each a pass over the whole image: a small file can hold
 # thousands of scans (a "scan bomb": 125 KB, 16 megapixels, 1,000 scans took 36 s to decode here; 10,000 would take
 # six minutes, for each row that reads it). libjpeg's progressive script makes 10 scans (6 for grey), optimised
@@ -742,7 +764,11 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
         if image is not None:
             return image
     try:
-        image = cv2.imdecode(data, flag)
+        if jpeg or raw[:8] == b"\x89PNG\r\n\x1a\n":
+            with _native_stderr_quiet():
+                image = cv2.imdecode(data, flag)
+        else:
+            image = cv2.imdecode(data, flag)
     except cv2.error as exc:  # e.g. a header over OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
             limit = pixel_limit()

@@ -181,3 +181,25 @@ def test_tune_names_a_recipe_that_fails_without_expands_hint(tmp_path: Path):
     skipped = {r["name"]: r["skipped"] for r in s["candidates"]}["broken"]
     assert re.match(r"\d+ of \d+ images could not be made; first: row \d+ from d\d/\d+\.png: CropSizeError: ", skipped)
     assert "--overwrite" not in skipped
+
+
+def test_libpng_and_libjpeg_keep_their_complaints_off_stderr(small_src: Path, tmp_path: Path, photos):
+    # OpenCV's libpng and libjpeg write to file descriptor 2 themselves, whatever OpenCV's log level: a damaged PNG
+    # added "libpng error: IDAT: invalid literal/lengths set" (twice: the orientation test and the row decoded it),
+    # a progressive JPEG of an odd scan sequence "Inconsistent progression sequence for component 0 coefficient 1"
+    import subprocess
+    import sys
+
+    png = bytearray(cv2.imencode(".png", photos["coffee"][:40, :48])[1].tobytes())
+    at = png.index(b"IDAT") + 40
+    png[at:at + 200] = bytes(200)  # corrupt pixels, an intact end: only decoding finds out
+    (small_src / "coffee" / "bad.png").write_bytes(bytes(png))
+    (small_src / "cat" / "odd.jpg").write_bytes(_scan_bomb(photos["chelsea"][:40, :48], 30))  # decodes
+    done = subprocess.run([sys.executable, "-m", "augexpand", "expand", "--copies", "1", "--size", "16", "-w", "1",
+                           "-q", str(small_src), str(tmp_path / "dst")], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["warning: skipped coffee/bad.png: OpenCV cannot decode it (corrupt, "
+                                        "truncated, or a kind of image it cannot read)"]
+    card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
+    assert card["counts"]["source"] == {"cat": 6, "coffee": 3, "rocket": 2}  # odd.jpg decoded and counted
