@@ -97,6 +97,13 @@ def require_output_file(path: Path | None, hint: str, suffixes: tuple[str, ...] 
         return
     if path.is_dir():
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=hint)
+    from augexpand.errors import DestinationError
+    from augexpand.folder import refuse_special
+
+    try:
+        refuse_special(path)  # a device or a FIFO would be replaced by a regular file
+    except DestinationError as exc:
+        raise click.BadParameter(exc.message, param_hint=hint) from None
     if suffixes and path.suffix.lower() not in suffixes:
         expected = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
         raise click.BadParameter(f"the file name must end in {expected}, got {path.name!r}", param_hint=hint)

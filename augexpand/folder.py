@@ -57,6 +57,7 @@ __all__ = [
     "open_regular",
     "pixel_limit",
     "probe_image",
+    "refuse_special",
     "safe_stem",
     "scan_image_folder",
     "unwritable",
@@ -843,11 +844,24 @@ def write_file(path: Path, data: bytes | str) -> None:
     chart, ...): what the system refuses (a folder of that name, a file where a folder must be, no permission, a
     full disk) is a DestinationError naming the path (``unwritable``), never an OSError."""
     path = Path(path)
+    refuse_special(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
     except OSError as exc:
         raise unwritable(path, exc) from None
+
+
+def refuse_special(path: Path) -> None:
+    """A DestinationError if ``path`` is a device, a FIFO or a socket: a rename onto it would replace it with a
+    regular file (``-o /dev/full`` run as root replaced the device). A regular file, a link (the link is replaced,
+    never what it points to), a folder (``unwritable`` says so) or nothing there pass."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise DestinationError(f"cannot write {path}: it is {_kind(mode)}, not a regular file; it is never replaced")
 
 
 def write_figure(fig, path: Path, dpi: int = 110) -> Path:

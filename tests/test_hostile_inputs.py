@@ -203,3 +203,24 @@ def test_libpng_and_libjpeg_keep_their_complaints_off_stderr(small_src: Path, tm
                                         "truncated, or a kind of image it cannot read)"]
     card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
     assert card["counts"]["source"] == {"cat": 6, "coffee": 3, "rocket": 2}  # odd.jpg decoded and counted
+
+
+@pytest.mark.parametrize("command, name, code", [
+    (["tune", "{src}", "-o", "{out}", "--budget", "1"], "best.yaml", 2),  # refused before the search
+    (["preview", "-r", "light", "{src}", "-o", "{out}"], "sheet.png", 1),
+    (["inspect", "{src}", "--plot", "{out}"], "chart.png", 1),
+])
+def test_an_output_path_that_is_a_fifo_or_a_device_is_never_replaced(small_src: Path, tmp_path: Path, command,
+                                                                     name: str, code: int):
+    # the atomic write renamed its temporary file onto whatever was there: `tune -o /dev/full`, run as root,
+    # replaced the device /dev/full with a regular file holding the recipe (a FIFO here: tests make no devices)
+    import os
+    import stat
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    args = [a.replace("{src}", str(small_src)).replace("{out}", str(fifo)) for a in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert f"cannot write {fifo}: it is a FIFO, not a regular file; it is never replaced" in result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
