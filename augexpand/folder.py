@@ -500,6 +500,21 @@ def _check_jpeg_header(f, size: int) -> None:
                          f"its markers (damaged, or a partial download?)")
 
 
+_PNG_CHUNKS = 10_000  # chunks before a PNG's pixels (IDAT) that Pillow may be left to parse; real files hold < 100
+
+
+def _check_png_chunks(f) -> None:
+    """Refuse a PNG of more than _PNG_CHUNKS chunks before its first IDAT, counted by their lengths alone: Pillow
+    parses and checks each one in Python (a million empty chunks, 12 MB, took 6 s to probe)."""
+    f.seek(8)
+    for _ in range(_PNG_CHUNKS):
+        head = f.read(8)
+        if len(head) < 8 or head[4:] == b"IDAT":
+            return
+        f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+    raise ImageReadError(f"a PNG of more than {_PNG_CHUNKS:,} chunks before its pixels (crafted, or damaged)")
+
+
 def probe_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, int, int, str]:
     """Read only the header (and tail) of an image: its Pillow mode, its size after EXIF orientation, its format.
 
@@ -522,8 +537,11 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         warnings.simplefilter("ignore")  # Pillow's warnings on odd headers (corrupt EXIF, ...): the scan decides
         if size == 0:
             raise ImageReadError("empty file (0 bytes)")
-        if f.read(3) == b"\xff\xd8\xff":
+        magic = f.read(8)
+        if magic[:3] == b"\xff\xd8\xff":
             _check_jpeg_header(f, size)
+        elif magic == b"\x89PNG\r\n\x1a\n":
+            _check_png_chunks(f)
         f.seek(0)
         try:
             with Image.open(f) as im:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -120,7 +121,6 @@ def test_a_training_cache_index_nested_too_deep_is_rebuilt(tmp_path: Path):
 def test_preview_names_the_partner_that_does_not_decode_not_the_first_image(small_src: Path, tmp_path: Path):
     # a 32-bit float TIFF: its header reads (the scan keeps it), OpenCV cannot decode it. A mixup whose partner it
     # was said "could not make a mixup sample from cat/cat_0.jpg": a good photo, blamed
-    import numpy as np
     from PIL import Image
 
     Image.fromarray(np.linspace(0, 1, 48 * 40, dtype=np.float32).reshape(40, 48)).save(small_src / "rocket" / "f.tif")
@@ -246,3 +246,25 @@ def test_a_jpeg_header_padded_with_megabytes_of_junk_is_skipped_at_once(small_sr
                 f"between its markers") in result.output
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["counts"]["source"]["cat"] == 6  # the 5 photos and padded.jpg
+
+
+def test_a_png_of_many_thousand_chunks_before_its_pixels_is_skipped_at_once(small_src: Path, tmp_path: Path):
+    # Pillow parses (and checks the CRC of) each chunk in Python: a million empty chunks, 12 MB, took 6 s to probe
+    import struct
+    import time
+    import zlib
+
+    png = (small_src / "cat" / "cat_0.jpg").read_bytes()
+    png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+    at = png.index(b"IDAT") - 4
+    empty = struct.pack(">I", 0) + b"abCd" + struct.pack(">I", zlib.crc32(b"abCd"))
+    (small_src / "cat" / "chunky.png").write_bytes(png[:at] + empty * 400_000 + png[at:])
+    (small_src / "cat" / "some.png").write_bytes(png[:at] + empty * 100 + png[at:])  # a few are fine
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, ["expand", "--copies", "0", "--size", "16", "-w", "1", "--dry-run", "--json",
+                                      str(small_src), str(tmp_path / "dst")])
+    assert time.perf_counter() - started < 5
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped cat/chunky.png: a PNG of more than 10,000 chunks before its pixels" in result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["counts"]["source"]["cat"] == 6  # the 5 photos and some.png
