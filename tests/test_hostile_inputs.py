@@ -60,8 +60,8 @@ def test_control_characters_in_names_reach_the_terminal_as_percent_codes_one_lin
                                  str(tmp_path / "dst")])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: skipped")]
-    assert warnings == ["warning: skipped cat/a%1B]0;owned%07%0Db%0Ac.jpg: not an image Pillow or OpenCV can "
-                        "identify"]
+    assert warnings == [("warning: skipped cat/a%1B]0;owned%07%0Db%0Ac.jpg: not an image Pillow or OpenCV can "
+                        "identify")]
     assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
     assert any(line.split() == ["roc%1B[2Jket", "2", "2", "2", "4"] for line in result.output.splitlines())
     # the data keeps the name as it is: the class folder and its label
@@ -199,8 +199,8 @@ def test_libpng_and_libjpeg_keep_their_complaints_off_stderr(small_src: Path, tm
                            "-q", str(small_src), str(tmp_path / "dst")], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == ["warning: skipped coffee/bad.png: OpenCV cannot decode it (corrupt, "
-                                        "truncated, or a kind of image it cannot read)"]
+    assert done.stderr.splitlines() == [("warning: skipped coffee/bad.png: OpenCV cannot decode it (corrupt, "
+                                        "truncated, or a kind of image it cannot read)")]
     card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
     assert card["counts"]["source"] == {"cat": 6, "coffee": 3, "rocket": 2}  # odd.jpg decoded and counted
 
