@@ -268,3 +268,24 @@ def test_a_png_of_many_thousand_chunks_before_its_pixels_is_skipped_at_once(smal
     assert "warning: skipped cat/chunky.png: a PNG of more than 10,000 chunks before its pixels" in result.output
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["counts"]["source"]["cat"] == 6  # the 5 photos and some.png
+
+
+def test_a_training_image_that_vanishes_after_the_split_is_read_is_a_named_skip(tmp_path: Path, monkeypatch):
+    # the cache's fingerprint stat()ed every file again: one deleted in between was a FileNotFoundError traceback
+    import augexpand.train.data as D
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    read_split = D.read_split
+
+    def read_then_delete(root, classes):
+        split = read_split(root, classes)
+        (Path(root) / split.files[0]).unlink()
+        return split
+
+    monkeypatch.setattr(D, "read_split", read_then_delete)
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "--epochs", "1"]
+    result = CliRunner().invoke(cli, ["train", str(data), "-o", str(tmp_path / "run"), *fast, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped" in result.output and "d0/0_0.png: cannot read: No such file or directory" in result.output
+    assert json.loads(result.output[result.output.index("{"):])["train_images"] == 11

@@ -666,8 +666,12 @@ def _fingerprint(split: Split, size: int) -> str:
     # names are the file system's bytes (a name that is not UTF-8 holds surrogates): encoded back as they were
     h = hashlib.sha1(f"{split.root.resolve()}|{size}|{len(split)}".encode("utf-8", "surrogateescape"))
     for name in split.files:
-        st = (split.root / name).stat()
-        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        try:
+            st = (split.root / name).stat()
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:  # gone (or unreadable) since the split was read: its decode fails and names it
+            stamp = "gone"
+        h.update(f"{name}|{stamp}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
