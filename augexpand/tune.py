@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from augexpand.errors import AugexpandError
+from augexpand.errors import AugexpandError, ImageReadError
 from augexpand.formatting import plural
 
 __all__ = [
@@ -441,7 +441,7 @@ def tune(
     temporary folder that is removed. Ctrl-C stops the search: the summary then says ``interrupted`` and
     holds the pick from what was scored.
     """
-    from augexpand.folder import class_output_names, scan_image_folder
+    from augexpand.folder import class_output_names, display_name, scan_image_folder
 
     started = clock()
     budget = budget_minutes * 60.0
@@ -519,6 +519,7 @@ def tune(
 
     bar = tqdm(total=len(pool), unit="training", desc="tune", disable=not progress, leave=False, dynamic_ncols=True)
     survivors = [c.name for c in pool]
+    unplaced: dict[str, str] = {}  # sources that could not be put into a split: left out of every split
     try:
         with _Quiet() as quiet:
             done_splits, rung = 0, 0
@@ -536,9 +537,18 @@ def tune(
                     split_dir = work / f"split{s}"
                     held = set(splits[s].tolist())
                     for i, source in enumerate(scan.sources):
+                        if source.rel in unplaced:
+                            continue
                         part = "heldout" if i in held else "train"
                         placed = Path(folders[source.label], *Path(source.rel).parts[1:])
-                        _place(src / source.rel, split_dir / part / placed, reduce_to if part == "train" else None)
+                        try:
+                            _place(src / source.rel, split_dir / part / placed, reduce_to if part == "train" else None)
+                        except (ImageReadError, OSError) as exc:  # gone since the scan, or its pixels do not decode
+                            if isinstance(exc, OSError) and exc.filename != str(src / source.rel):
+                                raise  # the work folder's fault (a full disk), not the image's
+                            unplaced[source.rel] = (exc.message if isinstance(exc, ImageReadError) else
+                                                    f"cannot read: {exc.strerror or exc}")
+                            log.warning("skipped %s: %s", display_name(source.rel), unplaced[source.rel])
                     for name in survivors:
                         rec = records[name]
                         if rec.skipped is not None:

@@ -289,3 +289,44 @@ def test_a_training_image_that_vanishes_after_the_split_is_read_is_a_named_skip(
     assert result.exit_code == 0, result.output
     assert "warning: skipped" in result.output and "d0/0_0.png: cannot read: No such file or directory" in result.output
     assert json.loads(result.output[result.output.index("{"):])["train_images"] == 11
+
+
+def test_tune_leaves_out_a_source_gone_since_the_scan_or_whose_pixels_do_not_decode(tmp_path: Path, photos,
+                                                                                     monkeypatch):
+    # putting the sources into a split copied a file deleted since the scan (a FileNotFoundError traceback), and
+    # decoded a large one for the proxy: a float TIFF, whose header the scan reads, failed the whole search
+    pytest.importorskip("torch")
+    import augexpand.folder
+    from augexpand import tune as T
+    from tests.conftest import crops, save_rgb
+
+    src = tmp_path / "photos"
+    for seed, name in enumerate(("chelsea", "coffee")):
+        for k, image in enumerate(crops(photos[name], 4, seed=seed, size=(200, 150))):  # over 128 px: reduced
+            save_rgb(src / name / f"{name}_{k}.jpg", image, quality=90)
+    floats = np.linspace(0, 1, 200 * 150, dtype=np.float32).reshape(150, 200)
+    for k in range(3):  # in the training part of the split for sure
+        save_rgb(src / "coffee" / f"float{k}.tif", floats)
+    scan = augexpand.folder.scan_image_folder
+
+    def scan_then_delete(root, *args, **kwargs):
+        result = scan(root, *args, **kwargs)
+        if Path(root) == src:
+            (src / "chelsea" / "chelsea_0.jpg").unlink()
+        return result
+
+    monkeypatch.setattr(augexpand.folder, "scan_image_folder", scan_then_delete)
+    placed = []
+
+    def trial(candidate, split_dir, work, split, seed, proxy):
+        placed.extend(p.relative_to(split_dir).as_posix() for p in split_dir.rglob("*.*"))
+        return {"score": 0.5, "accuracy": 0.5, "loss": 1.0, "images": 8}
+
+    monkeypatch.setattr(T, "_trial", trial)
+    light = {"copies": 1, "pipeline": ["HorizontalFlip"], "output": {"size": 32}}
+    s = T.tune(src, candidates=[T.Candidate(T.NONE, None, "baseline"), T.Candidate("light", light, "test")],
+               max_splits=1)
+    assert [r["splits"] for r in s["candidates"]] == [1, 1]
+    assert not any(p.startswith("train/") and "float" in p or "chelsea_0" in p for p in placed)
+    photos_placed = {p.split("/", 2)[2].removesuffix(".png") for p in placed if "float" not in p}
+    assert photos_placed == {*(f"chelsea_{k}.jpg" for k in (1, 2, 3)), *(f"coffee_{k}.jpg" for k in range(4))}
