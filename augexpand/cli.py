@@ -237,8 +237,8 @@ def _print_expand_summary(s: dict) -> None:
     turn = orientation_note(s.get("orientation") or {})
     if turn:
         click.echo(turn)
-    for note in s.get("notes", []):  # what `size: auto`, `format: auto` and `zoom: auto` became, and why
-        if note.startswith(("output size auto", "format auto", "zoom auto")):
+    for note in s.get("notes", []):  # what `size: auto`, `format: auto` and `zoom: auto` became, and why, and gates
+        if note.startswith(("output size auto", "format auto", "zoom auto", "small output")):
             click.echo(note)
     if s["skipped"]:
         click.echo(f"skipped {len(s['skipped'])} file(s) or folder link(s), each named above with its reason (and in "

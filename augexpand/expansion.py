@@ -45,6 +45,7 @@ from augexpand.plan import OPS, Plan, Row, Rows, RowSelection, check_plan_size, 
 from augexpand.recipe import (
     AutoSize,
     Recipe,
+    apply_size_gates,
     follows_sources,
     has_crop,
     least_crop_area,
@@ -158,8 +159,10 @@ def plan_expansion(
     written, written_format = recipe.output.size, recipe.output.format
     # `size: auto`, `format: auto`, `zoom: auto` and `output` sizes follow the training sources (read once here)
     training = training_sources(scan, val_fraction, recipe.seed) if follows_sources(recipe) else ([], None)
+    gated = recipe.pipeline
     recipe = resolve_output(recipe, scan, val_fraction, training)
-    size_note = _size_note(written, written_format, recipe, training[1])
+    size_note = _size_note(written, written_format, recipe, training[1],
+                           apply_size_gates(gated, recipe.output.size)[1])
     # `orientation: auto`: mirror images of the training sources still look like their class, or not. When its
     # thumbnails are read here, in this process, a photo decoded for one at the scale its rows will use (a camera
     # photo made 224 px wide: 1/8) is kept for them, within KEEP_BYTES: otherwise decoded twice, 20 ms each.
@@ -568,9 +571,10 @@ def _duplicates(scan: ScanResult) -> dict[str, Any]:
             "listed": [[scan.sources[i].rel for i in g] for g in groups[:MAX_DUPLICATE_GROUPS]]}
 
 
-def _size_note(written: Any, written_format: str, recipe: Recipe, sizes: dict[str, Any] | None = None) -> str | None:
+def _size_note(written: Any, written_format: str, recipe: Recipe, sizes: dict[str, Any] | None = None,
+               left_out: list[str] | None = None) -> str | None:
     """What ``size: auto``, ``format: auto`` and ``zoom: auto`` became, and why (``sizes``: the training sources'
-    :func:`~augexpand.recipe.source_sizes`)."""
+    :func:`~augexpand.recipe.source_sizes`), and the transforms an ``if_output_at_least`` left out (``left_out``)."""
     notes = []
     if isinstance(written, AutoSize):
         (h, w), (nh, nw) = recipe.output.size, written.auto
@@ -589,6 +593,9 @@ def _size_note(written: Any, written_format: str, recipe: Recipe, sizes: dict[st
                if size is not None else "native sizes: a smaller one would be magnified")
         notes.append(f"zoom auto: crops keep the whole image ({why})" if least >= 1 else
                      f"zoom auto: no crop smaller than {least:.0%} of the area ({why})")
+    if left_out:
+        h, w = recipe.output.size
+        notes.append(f"small output: {h}x{w} leaves out {', '.join(left_out)} (if_output_at_least)")
     return "; ".join(notes) or None
 
 

@@ -36,6 +36,7 @@ from augexpand.policies import POLICIES
 
 __all__ = [
     "NOMINAL_SIZE",
+    "SIZE_GATE",
     "ZOOMS",
     "AutoSize",
     "MixSection",
@@ -43,11 +44,13 @@ __all__ = [
     "OversampleSpec",
     "PolicySpec",
     "Recipe",
+    "apply_size_gates",
     "build_pipeline",
     "builtin_recipes",
     "duplicate_key",
     "follows_sources",
     "has_crop",
+    "has_size_gates",
     "has_size_refs",
     "import_albumentations",
     "least_crop_area",
@@ -840,6 +843,55 @@ def limit_zoom(pipeline: Any, least: float) -> Any:
     return walk(pipeline)
 
 
+SIZE_GATE = "if_output_at_least"  # a compact-form transform's key: it runs only on outputs this large (short side)
+
+
+def _check_gate(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+        raise RecipeError(f"{SIZE_GATE} must be a whole number of pixels from 1 to {MAX_SIDE}, got {value!r} "
+                          f"({where})")
+
+
+def has_size_gates(pipeline: Any) -> bool:
+    """Whether a pipeline has an ``if_output_at_least`` key at any depth."""
+    if isinstance(pipeline, dict):
+        return SIZE_GATE in pipeline or any(has_size_gates(v) for v in pipeline.values())
+    if isinstance(pipeline, list):
+        return any(has_size_gates(v) for v in pipeline)
+    return False
+
+
+def apply_size_gates(pipeline: Any, size: tuple[int, int] | None) -> tuple[Any, list[str]]:
+    """The compact pipeline with every transform whose ``if_output_at_least: N`` exceeds the output's short side
+    left out (a OneOf/SomeOf/Sequential emptied by that too), and the key dropped from the rest; and what was left
+    out, as ``"Name (from N px)"``. With native sizes (``size`` None) every transform stays. The serialized form
+    has no such key and is returned as it is."""
+    short = min(size) if size else None
+    left_out: list[str] = []
+
+    def walk(items: Any) -> Any:
+        if not isinstance(items, list):
+            return items
+        out = []
+        for item in items:
+            if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), dict):
+                (name, params), = item.items()
+                gate = params.get(SIZE_GATE)
+                if isinstance(gate, int) and short is not None and short < gate:
+                    left_out.append(f"{name} (from {gate} px)")
+                    continue
+                params = {k: v for k, v in params.items() if k != SIZE_GATE}
+                if isinstance(params.get("transforms"), list):
+                    params["transforms"] = walk(params["transforms"])
+                    if not params["transforms"]:
+                        continue
+                item = {name: params}
+            out.append(item)
+        return out
+
+    return walk(pipeline), left_out
+
+
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})  # as the scan names them (Pillow's formats)
 
 
@@ -891,6 +943,7 @@ def resolve_output(recipe: Recipe, scan: Any = None, val_fraction: float = 0.0,
     if recipe.output.format == "auto":
         data["output"]["format"] = auto_format(scan, train)
     data["pipeline"] = resolve_sizes(recipe.pipeline, size, recipe.source) if size is not None else recipe.pipeline
+    data["pipeline"] = apply_size_gates(data["pipeline"], size)[0]
     if recipe.zoom == "auto" and (sizes or size is None):
         median = (sizes["height"]["median"], sizes["width"]["median"]) if sizes else None
         data["pipeline"] = limit_zoom(data["pipeline"], least_crop_area(size, median))
@@ -1055,6 +1108,8 @@ def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, pa
             raise RecipeError(f"unknown transform {name!r}{_closest(str(name), names)} "
                               f"({_where(source, lines, here + (name,))})")
         params = dict(params)
+        if SIZE_GATE in params:  # augexpand's, not albumentations': checked here, applied by resolve_output
+            _check_gate(params.pop(SIZE_GATE), _where(source, lines, here + (name, SIZE_GATE)))
         if issubclass(cls, A.BaseCompose):
             if "transforms" not in params:
                 raise RecipeError(f"{name} needs a `transforms:` list ({_where(source, lines, here + (name,))})")

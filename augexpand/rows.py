@@ -22,7 +22,15 @@ from augexpand.folder import decode_image, encode_image
 from augexpand.mixing import MIXERS, smote_interpolate, soft_label
 from augexpand.plan import Row, row_seed
 from augexpand.policies import make_policy
-from augexpand.recipe import AutoSize, Recipe, build_pipeline, native_limit, resolve_output, resolve_sizes
+from augexpand.recipe import (
+    AutoSize,
+    Recipe,
+    build_pipeline,
+    has_size_gates,
+    native_limit,
+    resolve_output,
+    resolve_sizes,
+)
 
 __all__ = ["CACHE_BYTES", "CACHE_CAP", "RowContext", "RowMaker", "fit_to_size"]
 
@@ -88,7 +96,8 @@ class RowMaker:
         self.ctx = ctx
         # A recipe whose sizes still follow the data (not yet resolve_output'ed) gets its nominal sizes.
         recipe = ctx.recipe
-        unresolved = isinstance(recipe.output.size, AutoSize) or recipe.output.format == "auto"
+        unresolved = isinstance(recipe.output.size, AutoSize) or recipe.output.format == "auto" or \
+            has_size_gates(recipe.pipeline)
         self.recipe = resolve_output(recipe) if unresolved else recipe
         self.pipeline = None
         if self.recipe.pipeline and not self.recipe.sizes_per_image:

@@ -355,3 +355,51 @@ def test_the_zoom_line_shows_alone_too(digits_src: Path, tmp_path: Path):
         in result.output
     card = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert _crops(card)[0]["scale"] == [1.0, 1.0]  # albumentations' default (0.08, 1) raised
+
+
+@pytest.mark.parametrize("gate, kept", [(64, False), (32, True)])
+def test_a_transform_gated_above_the_output_size_is_left_out(digits_src: Path, tmp_path: Path, gate: int, kept: bool):
+    # 32x32 digits made 32x32, every copy transposed, the Transpose gated at 64 px (left out: each copy is its source,
+    # pixel for pixel) or at 32 px (kept: each copy is its source transposed).
+    from augexpand.manifest import read_metadata
+
+    recipe = {"seed": 0, "copies": 1, "keep_originals": False, "output": {"size": 32, "format": "png"},
+              "pipeline": [{"Transpose": {"p": 1.0, "if_output_at_least": gate}}]}
+    summary = expand(digits_src, tmp_path / "out", recipe, workers=1)
+    records = read_metadata(tmp_path / "out" / "train" / "metadata.jsonl")
+    assert len(records) == 12
+    for record in records:
+        made = decode_image(tmp_path / "out" / "train" / record["file_name"])
+        source = decode_image(digits_src / record["sources"][0])
+        assert np.array_equal(made, source.transpose(1, 0, 2) if kept else source)
+        assert not np.array_equal(source, source.transpose(1, 0, 2))  # the test can tell them apart
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    names = [t["__class_fullname__"] for t in card["recipe"]["pipeline"]["transform"]["transforms"]]
+    assert names == (["Transpose"] if kept else [])
+    said = [n for note in summary["notes"] for n in note.split("; ") if n.startswith("small output")]
+    assert said == ([] if kept else ["small output: 32x32 leaves out Transpose (from 64 px) (if_output_at_least)"])
+
+
+def test_heavy_leaves_rotation_and_blur_out_of_16px_images_only(digits_src: Path, tmp_path: Path):
+    import cv2
+
+    def transforms(dst: Path) -> list[str]:
+        pipeline = json.loads((dst / "dataset.json").read_text())["recipe"]["pipeline"]["transform"]["transforms"]
+        return [t["__class_fullname__"] for t in pipeline]
+
+    expand(digits_src, tmp_path / "32", "heavy", workers=1)
+    at_32 = transforms(tmp_path / "32")  # (the flip goes or stays as orientation: auto decides)
+    assert "Affine" in at_32 and at_32.count("OneOf") == 2 and at_32[-1] == "CoarseDropout"
+    for path in digits_src.rglob("*.png"):
+        save_rgb(path, cv2.resize(decode_image(path), (16, 16), interpolation=cv2.INTER_AREA))
+    summary = expand(digits_src, tmp_path / "16", "heavy", workers=1)
+    assert transforms(tmp_path / "16") == [t for t in at_32 if t != "Affine"][:-2] + ["CoarseDropout"]
+    assert "small output: 16x16 leaves out Affine (from 32 px), OneOf (from 32 px) (if_output_at_least)" in \
+        summary["notes"][0].split("; ")
+
+
+@pytest.mark.parametrize("value", [0, "32", 1.5, True, 10 ** 6])
+def test_a_gate_is_a_whole_number_of_pixels(value):
+    with pytest.raises(RecipeError, match=r"if_output_at_least must be a whole number of pixels from 1 to 8192, got "
+                                          r".* \(<inline recipe>, pipeline\[0\]\.Affine\.if_output_at_least\)"):
+        load_recipe({"pipeline": [{"Affine": {"rotate": 10, "if_output_at_least": value}}]})
