@@ -563,6 +563,9 @@ _register_train_commands()
 
 
 def main() -> None:
+    from augexpand import folder
+
+    folder.QUIET_NATIVE_STDERR = True  # this process is ours: OpenCV's libpng/libjpeg complaints are kept off fd 2
     cli(prog_name="augexpand")
 
 

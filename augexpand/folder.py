@@ -24,6 +24,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import unicodedata
 import zlib
 from collections import Counter
@@ -738,25 +739,35 @@ def _header_scale(data: np.ndarray, min_side: int) -> int:
 
 
 _DEVNULL: int | None = None
+QUIET_NATIVE_STDERR = False  # set by the command line (``cli.main``): its process, and the workers it forks, are ours
+_STDERR_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _native_stderr_quiet() -> Iterator[None]:
     """File descriptor 2 points at /dev/null while the block runs: OpenCV's libpng and libjpeg write a damaged
     file's complaint there themselves ("libpng error: IDAT: incorrect data check", "Inconsistent progression
-    sequence"), whatever OpenCV's log level. The file is named once, by augexpand, with its reason. (About 7 us.)"""
-    global _DEVNULL
-    if _DEVNULL is None:
-        _DEVNULL = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    if sys.stderr is not None:
-        sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        os.dup2(_DEVNULL, 2)
+    sequence"), whatever OpenCV's log level. The file is named once, by augexpand, with its reason. (About 7 us.)
+
+    Only where the process is augexpand's own (``QUIET_NATIVE_STDERR``: the command line and its workers), and one
+    thread at a time: fd 2 belongs to the whole process, so in someone else's program (the Python API in a service
+    with threads of its own) their stderr would vanish meanwhile. There the complaint is let through."""
+    if not QUIET_NATIVE_STDERR:
         yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        return
+    global _DEVNULL
+    with _STDERR_LOCK:
+        if _DEVNULL is None:
+            _DEVNULL = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(_DEVNULL, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # A progressive JPEG is decoded one scan at a time, each a pass over the whole image: a small file can hold

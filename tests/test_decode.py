@@ -369,3 +369,37 @@ def test_min_side_decodes_a_jpeg_at_the_largest_scale_that_keeps_it(astronaut: n
     # other formats decode at their full size: nothing to reduce in the codec
     png = cv2.imencode(".png", cv2.cvtColor(big[:256, :384], cv2.COLOR_RGB2BGR))[1].tobytes()
     assert decode_image(png, min_side=32).shape[:2] == (256, 384)
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_only_the_command_line_points_stderr_away_while_opencv_decodes(photos, monkeypatch, ours):
+    """fd 2 is the whole process's: the library leaves it alone (another thread of the user's program may be
+    writing to it); the command line (``QUIET_NATIVE_STDERR``) points it at /dev/null for each decode, one thread at
+    a time, and puts it back."""
+    import os
+    import threading
+
+    from augexpand import folder
+    from augexpand.errors import ImageReadError
+
+    monkeypatch.setattr(folder, "QUIET_NATIVE_STDERR", ours)
+    png = bytearray(cv2.imencode(".png", photos["coffee"][:40, :48])[1].tobytes())
+    at = png.index(b"IDAT") + 40
+    png[at:at + 200] = bytes(200)  # damaged pixels: libpng complains on fd 2
+    calls, real = [], os.dup2
+    monkeypatch.setattr(os, "dup2", lambda a, b, *rest: (calls.append(b), real(a, b, *rest))[1])
+    before = os.fstat(2)
+
+    def decode_many():
+        for _ in range(20):
+            with pytest.raises(ImageReadError):
+                decode_image(bytes(png))
+
+    threads = [threading.Thread(target=decode_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(calls) == 2 * 4 * 20) if ours else calls == []
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # stderr is where it was
