@@ -436,6 +436,7 @@ def inspect_command(folder, plot, as_json):
     from augexpand.inspection import format_report, inspect_folder, plot_counts
 
     require_path(folder, "DIR")
+    setup_logging(quiet=False)  # notes (a chart's missing glyphs) as one line each
     report = inspect_folder(folder)
     if plot is not None:
         report["plot"] = str(plot_counts(report, plot))

@@ -40,6 +40,7 @@ from augexpand.errors import DestinationError, ImageReadError, SourceError
 __all__ = [
     "DECODE_SCALES",
     "DEFAULT_MAX_PIXELS",
+    "GLYPH_WARNING",
     "IMAGE_EXTENSIONS",
     "MAX_JPEG_SCANS",
     "NAME_MAX",
@@ -938,13 +939,33 @@ def refuse_special(path: Path) -> None:
         raise DestinationError(f"cannot write {path}: it is {_kind(mode)}, not a regular file; it is never replaced")
 
 
+GLYPH_WARNING = r"Glyph \d+ .* missing from font"  # matplotlib's, for a character its font cannot draw
+
+
 def write_figure(fig, path: Path, dpi: int = 110) -> Path:
     """A matplotlib figure written by ``write_file`` (atomically; a refusal is one DestinationError), in the format
-    of the path's suffix (.png, .svg, .pdf). Returns the path."""
+    of the path's suffix (.png, .svg, .pdf). Returns the path.
+
+    Labels in a script the font lacks (a class named 猫) are drawn as boxes: one note says which characters,
+    where matplotlib warned twice per character, with a line of our source code each."""
     import io
+    import logging
+    import warnings
 
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lower()[1:] or "png", dpi=dpi)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(buf, format=Path(path).suffix.lower()[1:] or "png", dpi=dpi)
+    missing: dict[str, None] = {}
+    for w in caught:
+        glyph = re.match(r"Glyph (\d+) ", str(w.message))
+        if glyph and re.match(GLYPH_WARNING, str(w.message)):
+            missing[chr(int(glyph.group(1)))] = None
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        logging.getLogger(__name__).info("%s: the font has no glyph for %s (drawn as boxes)", Path(path).name,
+                                         " ".join(missing))
     write_file(path, buf.getvalue())
     return Path(path)
 

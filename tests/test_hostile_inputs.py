@@ -330,3 +330,19 @@ def test_tune_leaves_out_a_source_gone_since_the_scan_or_whose_pixels_do_not_dec
     assert not any(p.startswith("train/") and "float" in p or "chelsea_0" in p for p in placed)
     photos_placed = {p.split("/", 2)[2].removesuffix(".png") for p in placed if "float" not in p}
     assert photos_placed == {*(f"chelsea_{k}.jpg" for k in (1, 2, 3)), *(f"coffee_{k}.jpg" for k in range(4))}
+
+
+def test_a_class_name_the_charts_font_cannot_draw_is_one_note_not_matplotlib_warnings(small_src: Path,
+                                                                                     tmp_path: Path):
+    # matplotlib warned twice per missing character, each warning with a line of our source code under it:
+    # "folder.py:936: UserWarning: Glyph 29483 (\N{CJK UNIFIED IDEOGRAPH-732B}) missing from font(s) DejaVu Sans."
+    import warnings
+
+    (small_src / "cat").rename(small_src / "猫")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that reaches the user fails the command here
+        result = CliRunner().invoke(cli, ["inspect", str(small_src), "--plot", str(tmp_path / "counts.png")])
+    assert result.exit_code == 0, result.output
+    assert "note: counts.png: the font has no glyph for 猫 (drawn as boxes)" in result.output
+    assert "UserWarning" not in result.output and "Glyph" not in result.output
+    assert cv2.imread(str(tmp_path / "counts.png")) is not None

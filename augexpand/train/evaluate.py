@@ -173,8 +173,13 @@ def plot_confusion(result: dict[str, Any], path: Path) -> None:
                     ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if fraction[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    fig.tight_layout()
-    from augexpand.folder import write_figure
+    import warnings
+
+    from augexpand.folder import GLYPH_WARNING, write_figure
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", GLYPH_WARNING)  # write_figure says it once
+        fig.tight_layout()
 
     try:
         write_figure(fig, path)
