@@ -346,3 +346,18 @@ def test_a_class_name_the_charts_font_cannot_draw_is_one_note_not_matplotlib_war
     assert "note: counts.png: the font has no glyph for 猫 (drawn as boxes)" in result.output
     assert "UserWarning" not in result.output and "Glyph" not in result.output
     assert cv2.imread(str(tmp_path / "counts.png")) is not None
+
+
+def test_a_manifest_entry_that_is_a_fifo_is_named_as_such_not_as_missing(small_src: Path, tmp_path: Path):
+    # it said "1 file(s) listed in .../metadata.jsonl do not exist": the file is there, a FIFO
+    import os
+
+    dst = tmp_path / "dst"
+    assert _expand(small_src, dst).exit_code == 0
+    first = json.loads((dst / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()[0])["file_name"]
+    (dst / "train" / first).unlink()
+    os.mkfifo(dst / "train" / first)
+    result = CliRunner().invoke(cli, ["train", str(dst), "-o", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (f"Error: 1 file(s) listed in {dst / 'train' / 'metadata.jsonl'} are not "
+                                              f"regular files (a FIFO, a device or a folder), e.g. {first!r}")

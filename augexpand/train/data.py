@@ -217,6 +217,13 @@ def _listed_file(path: Path) -> bool:
         return False
 
 
+def _lexists(path: Path) -> bool:
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
+
+
 def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarray, list[str], bool]:
     path = root / METADATA
     index = {c: i for i, c in enumerate(classes)}
@@ -270,7 +277,12 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     if unknown:
         raise _mismatch(path, sorted(set(unknown)), classes)
     if missing:
-        raise TrainingError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0][:200]!r}")
+        there = [name for name in missing if _lexists(root / name)]  # a FIFO, a device, a folder: not "missing"
+        gone = [name for name in missing if not _lexists(root / name)]
+        if gone:
+            raise TrainingError(f"{len(gone)} file(s) listed in {path} do not exist, e.g. {gone[0][:200]!r}")
+        raise TrainingError(f"{len(there)} file(s) listed in {path} are not regular files (a FIFO, a device or a "
+                            f"folder), e.g. {there[0][:200]!r}")
     array = np.asarray(targets, dtype=np.float32).reshape(len(files), len(classes))
     soft = bool(len(array)) and bool((array.max(1) < 1 - 1e-6).any())
     return files, array, ops, soft
