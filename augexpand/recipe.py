@@ -689,7 +689,7 @@ def _load_pipeline_file(spec: str, base: Path, where: str) -> Any:
     if not path.is_absolute():
         path = base / path
     if not path.is_file():
-        raise RecipeError(f"pipeline file {path} not found ({where})")
+        raise RecipeError(f"pipeline file {path} {'is not a file' if path.exists() else 'not found'} ({where})")
     text = _read_text(path, "pipeline file", "the JSON or YAML that A.save writes, or a compact list", f" ({where})")
     if path.suffix.lower() == ".json":
         try:

@@ -361,3 +361,15 @@ def test_a_manifest_entry_that_is_a_fifo_is_named_as_such_not_as_missing(small_s
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (f"Error: 1 file(s) listed in {dst / 'train' / 'metadata.jsonl'} are not "
                                               f"regular files (a FIFO, a device or a folder), e.g. {first!r}")
+
+
+@pytest.mark.parametrize("target, words", [("folder", "is not a file"), ("/dev/zero", "is not a file"),
+                                           ("missing.json", "not found")])
+def test_a_pipeline_path_that_is_a_folder_or_a_device_is_not_called_missing(tmp_path: Path, target: str, words: str):
+    # a folder or a device was "pipeline file ... not found"
+    (tmp_path / "folder").mkdir()
+    path = target if target.startswith("/") else str(tmp_path / target)
+    (tmp_path / "r.yaml").write_text(f"pipeline: {path}\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: pipeline file {path} {words} ({tmp_path / 'r.yaml'}, line 1, pipeline)\n"
