@@ -555,6 +555,10 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                         orientation = im.getexif().get(0x0112, 1)
                     except Exception:  # noqa: BLE001 -- a broken EXIF block does not make the pixels unreadable
                         orientation = 1
+                if fmt == "TIFF":  # Pillow 11+ reports a TIFF's size already turned by its orientation: the stored one
+                    stored = im.tag_v2.get(256), im.tag_v2.get(257)  # ImageWidth, ImageLength
+                    if all(isinstance(v, int) for v in stored):
+                        width, height = stored
         except UnidentifiedImageError:
             raise ImageReadError("not an image Pillow or OpenCV can identify") from None
         except (OSError, SyntaxError, ValueError) as exc:

@@ -373,3 +373,21 @@ def test_a_pipeline_path_that_is_a_folder_or_a_device_is_not_called_missing(tmp_
     result = CliRunner().invoke(cli, ["validate", str(tmp_path / "r.yaml")])
     assert result.exit_code == 1
     assert result.output == f"Error: pipeline file {path} {words} ({tmp_path / 'r.yaml'}, line 1, pipeline)\n"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_scan_gives_an_exif_rotated_tiff_the_size_it_decodes_to(tmp_path: Path, photos, orientation: int):
+    # Pillow 11+ reports a TIFF's size already turned by its orientation tag; the scan turned it once more: a
+    # 60x40 TIFF of orientation 6 decodes to 40x60 and was recorded as 60x40
+    from PIL import Image, ImageOps
+
+    from augexpand.folder import decode_image, scan_image_folder
+
+    path = tmp_path / "src" / "cat" / "t.tif"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(photos["astronaut"][:40, :60]).save(path, tiffinfo={0x0112: orientation})
+    (source,) = scan_image_folder(tmp_path / "src").sources
+    decoded = decode_image(path)
+    assert (source.height, source.width) == decoded.shape[:2]
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert np.array_equal(decoded, upright)
