@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,15 +141,19 @@ class RowMaker:
         """The recipe's pipeline, then its policy, on one image; the policy's ops (``[name, value]`` pairs) go to
         ``params["policy"]``."""
         pipeline = self.pipeline_for(image.shape[:2])
-        if pipeline is not None:
-            # One generator pair shared by every transform of the pipeline, drawn from the row's own stream: 8x
-            # cheaper per row than set_random_seed, which seeds two new generators for each transform.
-            pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
-            image = pipeline(image=image)["image"]
-        if self.policy is not None:
-            image, ops = self.policy(image, rng)
-            if params is not None:
-                params["policy"] = ops
+        # albumentations' warnings (UserWarning: "The image is already an RGB."): the recipe's trial run on loading
+        # said each in one line; here they would print again, in every worker, with a line of its source code
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if pipeline is not None:
+                # One generator pair shared by every transform of the pipeline, drawn from the row's own stream: 8x
+                # cheaper per row than set_random_seed, which seeds two new generators for each transform.
+                pipeline.set_random_state(rng, random.Random(int(rng.integers(1 << 53))))
+                image = pipeline(image=image)["image"]
+            if self.policy is not None:
+                image, ops = self.policy(image, rng)
+                if params is not None:
+                    params["policy"] = ops
         return image
 
     def pipeline_for(self, shape: tuple[int, int]):

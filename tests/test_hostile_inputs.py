@@ -391,3 +391,17 @@ def test_the_scan_gives_an_exif_rotated_tiff_the_size_it_decodes_to(tmp_path: Pa
     assert (source.height, source.width) == decoded.shape[:2]
     upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     assert np.array_equal(decoded, upright)
+
+
+def test_an_albumentations_warning_at_apply_time_is_said_once_not_per_worker(small_src: Path, tmp_path: Path):
+    # the recipe's trial run said it in one line; each worker then printed albumentations' UserWarning again, with
+    # a line of albumentations' source under it
+    import subprocess
+    import sys
+
+    (tmp_path / "r.yaml").write_text("copies: 1\npipeline: [ToRGB]\noutput: {size: 16}\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "augexpand", "expand", "-r", str(tmp_path / "r.yaml"), "-w", "2",
+                           "-q", str(small_src), str(tmp_path / "dst")], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"warning: {tmp_path / 'r.yaml'}: albumentations: The image is already an RGB."]
