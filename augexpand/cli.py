@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +45,12 @@ class _Group(click.Group):
             raise click.ClickException(printable(_one_line(str(exc)), one_line=True)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
+        except OSError as exc:  # what the system refused on a path no check foresaw (a name over 255 bytes)
+            if exc.errno == errno.EPIPE:
+                raise  # stdout closed early (| head): Click ends quietly
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+            raise click.ClickException(printable(where + reason, one_line=True)) from None
 
 
 def _one_line(message: str) -> str:

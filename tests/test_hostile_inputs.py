@@ -405,3 +405,40 @@ def test_an_albumentations_warning_at_apply_time_is_said_once_not_per_worker(sma
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [f"warning: {tmp_path / 'r.yaml'}: albumentations: The image is already an RGB."]
+
+
+@pytest.mark.parametrize("command", [
+    ["validate", "{long}.yaml"],
+    ["inspect", "{long}"],
+    ["expand", "{long}", "{tmp}/dst"],
+    ["expand", "-r", "{long}.yaml", "{src}", "{tmp}/dst"],
+    ["preview", "-r", "light", "{src}", "-o", "{long}.png"],
+    ["inspect", "{src}", "--plot", "{long}.png"],
+    ["tune", "{src}", "-o", "{long}.yaml"],
+    ["train", "{src}", "--out", "{long}"],
+    ["evaluate", "{long}", "{src}"],
+])
+def test_a_path_with_a_name_over_255_bytes_is_one_error_line(small_src: Path, tmp_path: Path, command):
+    # pathlib's exists(), is_dir() and is_file() raise OSError for a name the file system cannot hold (Python 3.11):
+    # a traceback in every command that looked at such a path
+    long = str(tmp_path / ("y" * 300))
+    args = [a.format(long=long, tmp=tmp_path, src=small_src) for a in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, OSError), result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and error[0].endswith("File name too long"), result.output
+
+
+def test_evaluate_names_its_chart_after_a_long_folder_within_the_file_name_limit(tmp_path: Path):
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    folder = data.rename(tmp_path / ("x" * 250))
+    result = CliRunner().invoke(cli, ["evaluate", str(run), str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    png = Path(json.loads(result.output[result.output.index("{"):])["confusion_png"])
+    assert png.is_file() and png.name == f"confusion_{'x' * 200}.png"

@@ -276,7 +276,8 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
     result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:
         base = run if run.is_dir() else run.parent
-        png = base / f"confusion_{folder.resolve().name or 'dir'}.png"
+        name = os.fsencode(folder.resolve().name or "dir")[:200]  # room in a file name's 255 bytes
+        png = base / f"confusion_{os.fsdecode(name)}.png"
     plot_confusion(result, png)  # a refusal is one DestinationError line, naming the path
     result["confusion_png"] = str(png)
     if as_json:
