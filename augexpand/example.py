@@ -19,7 +19,9 @@ def example_dir() -> Path:
 def write_example(dst: str | Path) -> dict[str, int]:
     """Copy the example ImageFolder to ``dst`` (which must not exist or be empty). Returns images per class."""
     dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    if dst.exists() and not dst.is_dir():
+        raise DestinationError(f"{dst} exists and is not a folder; choose a new folder for the example")
+    if dst.exists() and any(dst.iterdir()):
         raise DestinationError(f"{dst} is not empty; choose a new folder for the example")
     counts = {}
     try:

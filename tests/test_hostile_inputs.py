@@ -442,3 +442,13 @@ def test_evaluate_names_its_chart_after_a_long_folder_within_the_file_name_limit
     assert result.exit_code == 0, result.output
     png = Path(json.loads(result.output[result.output.index("{"):])["confusion_png"])
     assert png.is_file() and png.name == f"confusion_{'x' * 200}.png"
+
+
+def test_example_into_a_file_says_it_is_not_a_folder(small_src: Path):
+    # it said "... is not empty" of a file (or of /dev/null)
+    target = small_src / "cat" / "cat_0.jpg"
+    before = target.read_bytes()
+    result = CliRunner().invoke(cli, ["example", str(target)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {target} exists and is not a folder; choose a new folder for the example\n"
+    assert target.read_bytes() == before
