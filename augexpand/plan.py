@@ -139,11 +139,12 @@ def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int],
             for j, i in enumerate(members):
                 (val if j in chosen else train).append(i)
             continue
-        units: dict[int, list[int]] = {}  # a group's copies in this class (its number), or one image (-1 - i)
+        by_unit: dict[int, list[int]] = {}  # a group's copies in this class (its number), or one image (-1 - i)
         for i in members:
-            units.setdefault(group_of.get(i, -1 - i), []).append(i)
+            by_unit.setdefault(group_of.get(i, -1 - i), []).append(i)
+        units = list(by_unit.values())
         held = 0
-        for unit in (list(units.values())[u] for u in rng.permutation(len(units)).tolist()):
+        for unit in (units[u] for u in rng.permutation(len(units)).tolist()):
             side = val if held + len(unit) <= n_val else train
             held += len(unit) if side is val else 0
             side.extend(unit)
