@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +60,68 @@ def _is_record(r: Any) -> bool:
                                                and math.isfinite(w) and 0 <= w <= 1 for w in soft))
 
 
-def _read_records(manifest: Path) -> tuple[list[dict[str, Any]], int]:
-    """The records of a metadata.jsonl, and how many of its lines are not records (damaged, or edited by hand):
-    those are left out, and said."""
-    records, bad = [], 0
+MAX_LINE = 1 << 20  # a metadata line longer than this is not one of ours (as train reads them)
+
+
+class _Tally:
+    """What counting needs of a metadata.jsonl, gathered line by line in memory that does not grow with it: images
+    per (label, op), the sum of the soft labels by position, and how many lines are not records."""
+
+    def __init__(self) -> None:
+        self.pairs: Counter = Counter()
+        self.soft: list[float] = []
+        self.records = 0
+        self.bad = 0
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.pairs[r["label"], r.get("op", "?")] += 1
+        soft = r.get("soft_label") or []
+        self.soft.extend([0.0] * (len(soft) - len(self.soft)))
+        for k, w in enumerate(soft):
+            self.soft[k] += w
+        self.records += 1
+
+    def labels(self) -> Counter:
+        per: Counter = Counter()
+        for (label, _), n in self.pairs.items():
+            per[label] += n
+        return per
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for one longer than MAX_LINE (read past, never held whole)."""
+    while True:
+        raw = f.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+            yield None
+            continue
+        yield raw
+
+
+def _read_records(manifest: Path) -> _Tally:
+    """The tally of a metadata.jsonl's records; the lines that are not records (damaged, or edited by hand) are
+    left out and counted, to be said."""
+    tally = _Tally()
     try:
         with open_regular(manifest) as f:
-            for raw in f:
-                if not raw.strip():
+            for raw in _lines(f):
+                if raw is not None and not raw.strip():
                     continue
                 try:
-                    r = json.loads(raw.decode("utf-8"))
+                    r = json.loads(raw.decode("utf-8")) if raw is not None else None
                 except (ValueError, RecursionError):  # RecursionError: a line of thousands of nested brackets
                     r = None
                 if _is_record(r):
-                    records.append(r)
+                    tally.add(r)
                 else:
-                    bad += 1
+                    tally.bad += 1
     except OSError as exc:
         raise InspectError(f"cannot read {manifest}: {exc.strerror or exc}") from None
-    return records, bad
+    return tally
 
 
 def imbalance_ratio(counts: dict[str, float]) -> float | None:
@@ -114,21 +157,19 @@ def _inspect_expanded(root: Path, train: Path, card: dict | None) -> dict[str, A
     from augexpand.plan import OPS
 
     manifest = train / METADATA_NAME
-    records: list[dict[str, Any]] = []
+    tally = _Tally()
     notes: list[str] = []
     if manifest.is_file():
-        records, bad = _read_records(manifest)
-        if bad:
-            notes.append(f"{bad} line(s) of train/{METADATA_NAME} are not records of augexpand: left out")
+        tally = _read_records(manifest)
+        if tally.bad:
+            notes.append(f"{tally.bad} line(s) of train/{METADATA_NAME} are not records of augexpand: left out")
     folders = count_image_folder(train) if train.is_dir() else {"counts": {}}
-    classes = list(card["classes"]) if card else sorted({r["label"] for r in records} | set(folders["counts"]))
-    if records:
+    classes = list(card["classes"]) if card else sorted(set(tally.labels()) | set(folders["counts"]))
+    if tally.records:
         per_class_op = {c: Counter() for c in classes}
-        soft = {c: 0.0 for c in classes}
-        for r in records:
-            per_class_op.setdefault(r["label"], Counter())[r.get("op", "?")] += 1
-            for c, w in zip(classes, r.get("soft_label") or []):
-                soft[c] += w
+        for (label, op), n in tally.pairs.items():
+            per_class_op.setdefault(label, Counter())[op] += n
+        soft = {c: tally.soft[k] if k < len(tally.soft) else 0.0 for k, c in enumerate(classes)}
         order = {op: i for i, op in enumerate(OPS)}
         per_class_op = {c: dict(sorted(v.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
                         for c, v in per_class_op.items()}
@@ -181,10 +222,10 @@ def _val_counts(val: Path, classes: list[str], notes: list[str]) -> dict[str, in
         return None
     manifest = val / METADATA_NAME
     if manifest.is_file():
-        records, bad = _read_records(manifest)
-        if bad:
-            notes.append(f"{bad} line(s) of val/{METADATA_NAME} are not records of augexpand: left out")
-        per = Counter(r["label"] for r in records)
+        tally = _read_records(manifest)
+        if tally.bad:
+            notes.append(f"{tally.bad} line(s) of val/{METADATA_NAME} are not records of augexpand: left out")
+        per = tally.labels()
     else:
         per = Counter(count_image_folder(val)["counts"])
     return {c: per.get(c, 0) for c in classes}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,7 +62,9 @@ def read_card(dst: Path) -> dict[str, Any] | None:
     path = Path(dst) / CARD_NAME
     try:
         with open_regular(path) as f:
-            text = f.read(CARD_BYTES + 1)
+            # as much as the file holds (and one byte more, to see it grew): read(CARD_BYTES + 1) allocated 1 GB
+            # up front for a card of kilobytes, a MemoryError under a memory limit of 1 GB
+            text = f.read(min(os.fstat(f.fileno()).st_size, CARD_BYTES) + 1)
         if len(text) > CARD_BYTES:
             return None
         card = json.loads(text.decode("utf-8"))

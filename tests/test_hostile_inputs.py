@@ -452,3 +452,52 @@ def test_example_into_a_file_says_it_is_not_a_folder(small_src: Path):
     assert result.exit_code == 1
     assert result.output == f"Error: {target} exists and is not a folder; choose a new folder for the example\n"
     assert target.read_bytes() == before
+
+
+def test_inspect_counts_a_large_manifest_in_memory_that_does_not_grow_with_it(small_src: Path, tmp_path: Path):
+    # every record was kept as a dict (1.7 GB of memory for 500,000 lines), and a line was read whole however long
+    # (a 300 MB line: 300 MB more); now the counts are gathered line by line and a line over 1 MB is read past
+    import tracemalloc
+
+    from augexpand.inspection import inspect_folder
+
+    dst = tmp_path / "dst"
+    assert _expand(small_src, dst).exit_code == 0
+    manifest = dst / "train" / "metadata.jsonl"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    expected = inspect_folder(dst)
+    with open(manifest, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines * 600) + "\n")  # 12,000 more records: 600 times each image
+        f.write('{"label": "' + "x" * 20_000_000 + '"}\n')  # one line of 20 MB
+    tracemalloc.start()
+    try:
+        report = inspect_folder(dst)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 6_000_000, peak
+    assert report["counts"] == {c: 601 * n for c, n in expected["counts"].items()}
+    assert report["per_class_op"] == {c: {op: 601 * n for op, n in ops.items()}
+                                      for c, ops in expected["per_class_op"].items()}
+    assert report["soft_counts"] == pytest.approx({c: 601 * w for c, w in expected["soft_counts"].items()})
+    assert "1 line(s) of train/metadata.jsonl are not records of augexpand: left out" in report["notes"]
+
+
+def test_reading_a_dataset_card_allocates_what_it_holds_not_its_limit(small_src: Path, tmp_path: Path):
+    # read(limit + 1) allocates the limit up front: 1 GB (expand, inspect) and 64 MB (train) for a card of 4 KB, a
+    # MemoryError under `ulimit -v 1000000`
+    import tracemalloc
+
+    from augexpand.manifest import read_card
+    from augexpand.train.data import _card
+
+    assert _expand(small_src, tmp_path / "dst").exit_code == 0
+    for read in (read_card, _card):
+        tracemalloc.start()
+        try:
+            card = read(tmp_path / "dst")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert card["classes"] == ["cat", "coffee", "rocket"]
+        assert peak < 1_000_000, (read, peak)

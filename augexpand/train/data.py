@@ -108,9 +108,10 @@ def _card(data: Path) -> dict | None:
 
     try:
         with open_regular(Path(data) / CARD) as f:
-            if os.fstat(f.fileno()).st_size > MAX_CARD_BYTES:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_CARD_BYTES:
                 return None
-            value = json.loads(f.read(MAX_CARD_BYTES + 1).decode("utf-8"))
+            value = json.loads(f.read(size + 1).decode("utf-8"))  # read(MAX_CARD_BYTES + 1) allocated 64 MB
     except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
