@@ -501,3 +501,64 @@ def test_reading_a_dataset_card_allocates_what_it_holds_not_its_limit(small_src:
             tracemalloc.stop()
         assert card["classes"] == ["cat", "coffee", "rocket"]
         assert peak < 1_000_000, (read, peak)
+
+
+def test_a_fifo_in_place_of_a_runs_config_is_one_line_not_a_hang(tmp_path: Path):
+    # train --resume read RUN/config.yaml with read_text(): a FIFO of that name waited for a writer for ever
+    import os
+    import subprocess
+    import sys
+
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    (run / "config.yaml").unlink()
+    os.mkfifo(run / "config.yaml")
+    done = subprocess.run([sys.executable, "-m", "augexpand", "train", str(data), "-o", str(run), "--resume",
+                           "--epochs", "2", "-q"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"Error: cannot read {run / 'config.yaml'}: a FIFO, not a regular file"
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_the_training_cache_is_never_written_through_a_link_or_into_a_fifo(tmp_path: Path, kind: str):
+    # the cache .npy is written in place (a memory map): a link in its place had the file it leads to overwritten
+    # with the decoded images, and a FIFO was "Error: File or stream is not seekable."
+    import os
+
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    (cache,) = (run / "cache").glob("*.npy")
+    cache.unlink()
+    precious = tmp_path / "precious.npy"
+    precious.write_bytes(b"the user's own file")
+    os.symlink(precious, cache) if kind == "link" else os.mkfifo(cache)
+    result = CliRunner().invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", "-q"])
+    assert result.exit_code == 1, result.output
+    assert (f"Error: cannot write the decoded cache {cache}: it is a link or not a regular file; remove it (the "
+            f"cache is made again)") in result.output.splitlines()
+    assert precious.read_bytes() == b"the user's own file"
+
+
+def test_a_damaged_training_cache_is_made_again(tmp_path: Path):
+    # a cache file replaced or damaged behind its index (which still said "complete") was np.load's ValueError
+    # ("This file contains pickled (object) data"), a traceback
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    (cache,) = (run / "cache").glob("*.npy")
+    good = np.load(cache)
+    cache.write_bytes(b"\x93NUMPY" + bytes(200))
+    result = CliRunner().invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.load(cache), good)

@@ -170,10 +170,14 @@ def read_config_mapping(path: Path) -> dict:
 
     from augexpand.recipe import duplicate_key
 
+    from augexpand.folder import open_regular
+
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
+        with open_regular(path) as f:  # only a regular file: a FIFO of that name blocked the read for ever
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
             raise TrainingError(f"{path} is not a training config (over {MAX_CONFIG_BYTES >> 20} MB)")
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise TrainingError(f"{path} does not exist; is {path.parent} a training run?") from None
     except UnicodeDecodeError:

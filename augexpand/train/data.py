@@ -688,6 +688,16 @@ def _fingerprint(split: Split, size: int) -> str:
     return h.hexdigest()
 
 
+def _cache_holds(path: Path, n: int, size: int) -> bool:
+    """Whether the .npy at ``path`` is a cache of ``n`` images of ``size`` (a damaged or replaced file is made
+    again: np.load's ValueError was a traceback)."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return array.dtype == np.uint8 and array.shape == (n, size, size, 3)
+
+
 def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress: bool = False,
                 desc: str = "decode") -> tuple[Path, Split]:
     """Decode every image of ``split`` once into ``path`` (an .npy of uint8 (N, size, size, 3)).
@@ -701,13 +711,18 @@ def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress:
     path = Path(path)
     meta_path = path.with_suffix(".json")
     key = _fingerprint(split, size)
+    if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):  # it is written in place, not renamed:
+        # through a link it would overwrite the file the link leads to (and read it as the cache); a FIFO is "not
+        # seekable"
+        raise TrainingError(f"cannot write the decoded cache {path}: it is a link or not a regular file; remove it "
+                            f"(the cache is made again)")
     meta = None
     if path.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
             meta = None
-    if meta and meta.get("key") == key and meta.get("complete"):
+    if meta and meta.get("key") == key and meta.get("complete") and _cache_holds(path, len(split), size):
         failed = {int(k): v for k, v in meta.get("failed", {}).items()}
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
