@@ -168,9 +168,8 @@ def read_config_mapping(path: Path) -> dict:
     there)."""
     import yaml
 
-    from augexpand.recipe import duplicate_key
-
     from augexpand.folder import open_regular
+    from augexpand.recipe import duplicate_key
 
     try:
         with open_regular(path) as f:  # only a regular file: a FIFO of that name blocked the read for ever
