@@ -562,3 +562,21 @@ def test_a_damaged_training_cache_is_made_again(tmp_path: Path):
     result = CliRunner().invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", "-q"])
     assert result.exit_code == 0, result.output
     assert np.array_equal(np.load(cache), good)
+
+
+def test_the_run_lock_is_never_taken_through_a_link(tmp_path: Path):
+    # RUN/.lock was opened through a link: the file it led to was truncated and given the pid of the run
+    import os
+
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(precious, run / ".lock")
+    result = CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", "--size", "16", "-q"])
+    assert result.exit_code == 1
+    assert f"Error: cannot create the lock file {run / '.lock'}: it is a link; remove it" in result.output.splitlines()
+    assert precious.read_text() == "the user's own file"

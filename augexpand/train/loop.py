@@ -9,12 +9,14 @@ distribution; knowledge distillation adds ``T^2 * KL(teacher_T || student_T)``.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import math
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,10 +326,14 @@ class RunLock:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return self
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link (the file it leads to was truncated and given our pid), nor blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise TrainingError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from None
+            reason = "it is a link" if exc.errno == errno.ELOOP else exc.strerror or exc
+            raise TrainingError(f"cannot create the lock file {self.path}: {reason}; remove it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise TrainingError(f"cannot create the lock file {self.path}: it is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
