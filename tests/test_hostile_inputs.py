@@ -580,3 +580,25 @@ def test_the_run_lock_is_never_taken_through_a_link(tmp_path: Path):
     assert result.exit_code == 1
     assert f"Error: cannot create the lock file {run / '.lock'}: it is a link; remove it" in result.output.splitlines()
     assert precious.read_text() == "the user's own file"
+
+
+def test_a_checkpoint_is_never_written_through_a_link_at_its_temporary_name(tmp_path: Path):
+    # checkpoints went to the fixed name RUN/.best.pt.tmp, opened through a link in its place: on --resume, the
+    # file it led to was overwritten with the checkpoint (and the link renamed to best.pt)
+    import os
+
+    from tests.train_fixtures import write_digits
+
+    data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
+    run = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert CliRunner().invoke(cli, ["train", str(data), "-o", str(run), "--epochs", "1", *fast]).exit_code == 0
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    for name in (".best.pt.tmp", ".last.pt.tmp"):
+        os.symlink(precious, run / name)
+    result = CliRunner().invoke(cli, ["train", "-o", str(run), "--resume", "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert precious.read_text() == "the user's own file"
+    assert not (run / "best.pt").is_symlink() and (run / "best.pt").read_bytes()[:4] == b"PK\x03\x04"
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".best.pt.tmp", ".last.pt.tmp"]  # left as they were

@@ -185,6 +185,14 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 def save_checkpoint(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary name, then an atomic rename: a reader never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # a new file of a name no one can guess, never through a link: the fixed ".best.pt.tmp" was opened through a
+    # link in its place, and the file the link led to overwritten with the checkpoint
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with open(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
