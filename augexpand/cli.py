@@ -45,6 +45,9 @@ class _Group(click.Group):
             raise click.ClickException(printable(_one_line(str(exc)), one_line=True)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
+        except MemoryError:
+            raise click.ClickException("out of memory: fewer --workers, a smaller output size or a lower "
+                                       "--max-pixels need less") from None
         except OSError as exc:  # what the system refused on a path no check foresaw (a name over 255 bytes)
             if exc.errno == errno.EPIPE:
                 raise  # stdout closed early (| head): Click ends quietly

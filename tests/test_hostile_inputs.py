@@ -602,3 +602,16 @@ def test_a_checkpoint_is_never_written_through_a_link_at_its_temporary_name(tmp_
     assert precious.read_text() == "the user's own file"
     assert not (run / "best.pt").is_symlink() and (run / "best.pt").read_bytes()[:4] == b"PK\x03\x04"
     assert sorted(p.name for p in run.glob(".*.tmp")) == [".best.pt.tmp", ".last.pt.tmp"]  # left as they were
+
+
+def test_running_out_of_memory_is_one_error_line(small_src: Path, monkeypatch):
+    import augexpand.inspection
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(augexpand.inspection, "inspect_folder", exhausted)
+    result = CliRunner().invoke(cli, ["inspect", str(small_src)])
+    assert result.exit_code == 1
+    assert result.output == ("Error: out of memory: fewer --workers, a smaller output size or a lower --max-pixels "
+                             "need less\n")
