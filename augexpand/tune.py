@@ -577,6 +577,10 @@ def tune(
                 survivors = [NONE, *[n for n in alive if n in keep]]
                 rung += 1
     except _OverBudget:
+        if not records[NONE].seconds:  # the budget ran out before the baseline was scored: nothing to compare with
+            raise TuneError(f"a budget of {budget_minutes:g} min is too small to score even one candidate: "
+                            f"{clock() - started:.1f} s went on reading and splitting the images before the first "
+                            f"training", hint="give a larger --budget") from None
         stopped_by_budget = True
     except KeyboardInterrupt:
         interrupted = True

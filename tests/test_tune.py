@@ -279,6 +279,18 @@ def test_cli_errors_are_one_line(digits_src, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_budget_spent_before_the_first_training_is_too_small_not_a_pick(digits_src):
+    # a slow machine (here a clock that jumps a second a call) spends a tiny budget on placing the first split's
+    # images: that was a summary of nothing scored (exit 0), or the "too small" error, depending on the machine's load
+    import itertools
+
+    ticks = itertools.count(0.0, 1.0)
+    with pytest.raises(T.TuneError, match=r"a budget of 0.001 min is too small to score even one candidate: \d+\.\d s "
+                                          r"went on reading and splitting the images before the first training"):
+        T.tune(digits_src, candidates=candidates(("light", LIGHT)), budget_minutes=0.001, steps=3,
+               clock=lambda: next(ticks))
+
+
 def test_output_paths_are_checked_before_the_search_and_never_inside_src(digits_src, tmp_path, monkeypatch):
     calls = []
     fake_trials(monkeypatch, {T.NONE: [0.7] * 8, "light": [0.8] * 8})
