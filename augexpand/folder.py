@@ -591,24 +591,31 @@ def decoded_size(width: int, height: int, scale: int) -> tuple[int, int]:
     return -(-height // scale), -(-width // scale)
 
 
-def _exif_tiff(data: bytes | np.ndarray) -> tuple[bytes, str] | None:
-    """A JPEG's EXIF block (the TIFF structure of its APP1 segment) and its byte order, or None; reads only the
-    headers before the scan."""
-    head = bytes(data[:65536 + 4])  # an APP1 segment is at most 64 KiB, and it comes first or after APP0
-    i, n = 2, len(head)
-    while i + 4 <= n and head[i] == 0xFF:
-        marker = head[i + 1]
+def _jpeg_headers(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """A JPEG's header segments before its first scan: (marker, offset of its FF, its length field), fill bytes
+    passed over; ends at a start of scan, the end of the image, the end of ``data`` or a byte that is no marker."""
+    i, n = 2, len(data)
+    while i + 4 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
         if marker in (0xDA, 0xD9):  # start of scan, end of image: no more headers
-            return None
-        length = int.from_bytes(head[i + 2:i + 4], "big")
+            return
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        yield marker, i, length
+        i += 2 + length
+
+
+def _exif_tiff(data: bytes | np.ndarray) -> tuple[bytes, str] | None:
+    """A JPEG's EXIF block (the TIFF structure of its APP1 segment) and its byte order, or None; reads only the
+    headers before the scan."""
+    head = bytes(data[:65536 + 4])  # an APP1 segment is at most 64 KiB, and it comes first or after APP0
+    for marker, i, length in _jpeg_headers(head):
         if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\0\0":
             tiff = head[i + 10:i + 2 + length]
             order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
             return None if order is None or len(tiff) < 8 else (tiff, order)
-        i += 2 + length
     return None
 
 
@@ -785,17 +792,9 @@ MAX_JPEG_SCANS = 100
 def _progressive(raw: bytes) -> bool:
     """Whether a JPEG's frame is progressive (SOF2, 6, 10, 14), from the markers before its first scan. (A baseline
     JPEG decodes one scan per component: further scans are refused or passed over at once.)"""
-    i, n = 2, len(raw)
-    while i + 4 <= n and raw[i] == 0xFF:
-        marker = raw[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+    for marker, _, _ in _jpeg_headers(raw):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
             return marker in (0xC2, 0xC6, 0xCA, 0xCE)
-        if marker in (0xDA, 0xD9):
-            return False
-        i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
     return False
 
 
