@@ -218,13 +218,6 @@ def _listed_file(path: Path) -> bool:
         return False
 
 
-def _lexists(path: Path) -> bool:
-    try:
-        return os.path.lexists(path)
-    except (OSError, ValueError):
-        return False
-
-
 def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarray, list[str], bool]:
     path = root / METADATA
     index = {c: i for i, c in enumerate(classes)}
@@ -278,8 +271,9 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     if unknown:
         raise _mismatch(path, sorted(set(unknown)), classes)
     if missing:
-        there = [name for name in missing if _lexists(root / name)]  # a FIFO, a device, a folder: not "missing"
-        gone = [name for name in missing if not _lexists(root / name)]
+        there, gone = [], []
+        for name in missing:  # a FIFO, a device, a folder is there, not "missing" (lexists: False on any error)
+            (there if os.path.lexists(root / name) else gone).append(name)
         if gone:
             raise TrainingError(f"{len(gone)} file(s) listed in {path} do not exist, e.g. {gone[0][:200]!r}")
         raise TrainingError(f"{len(there)} file(s) listed in {path} are not regular files (a FIFO, a device or a "
