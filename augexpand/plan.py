@@ -122,12 +122,12 @@ def _split_val(scan: ScanResult, fraction: float, seed: int) -> tuple[list[int],
     Byte-identical sources (``scan.duplicates()``) are never split apart, so no held-out image is also a training
     image under another name: in a class holding some, its copies are held out together or not at all (as many
     images as fit in the class's share), and copies in several classes that the draw split go to training."""
+    if fraction <= 0:
+        return list(range(len(scan.sources))), []
     rng = np.random.default_rng([seed, _VAL_STREAM])
     by_class: dict[int, list[int]] = {}
     for i, s in enumerate(scan.sources):
         by_class.setdefault(s.label, []).append(i)
-    if fraction <= 0:
-        return list(range(len(scan.sources))), []
     duplicates = scan.duplicates()
     group_of = {i: g for g, members in enumerate(duplicates) for i in members}
     train, val = [], []
