@@ -199,6 +199,19 @@ def _size_of(path: Path) -> int:
         return 0
 
 
+def mix_rows(spec, class_sizes: list[int]) -> list[int]:
+    """Rows a mixing method makes per class, for classes of ``class_sizes`` training images (in class order).
+
+    ``per: class``: ``count`` each (a class with images). ``per: image``: ``count`` per image over all classes,
+    ``round(count * total)`` in all, each class within one row of its share ``count * size``: the running total
+    is rounded (halves up), so 0.5 on a thousand one-image classes makes 500 rows, where rounding each class on
+    its own made none."""
+    if spec.per == "class":
+        return [int(spec.count) if n else 0 for n in class_sizes]
+    running = np.floor(np.cumsum(np.asarray(class_sizes, dtype=np.float64) * spec.count) + 0.5).astype(np.int64)
+    return np.diff(running, prepend=0).tolist()
+
+
 def planned_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0) -> tuple[int, int, int]:
     """How many training images and val copies a plan of this recipe makes, and about how many bytes they take,
     by arithmetic alone (no row is built, no image read): what ``make_plan`` makes, counted as it counts."""
@@ -212,8 +225,8 @@ def planned_size(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0) ->
         if recipe.target_per_class is not None:
             n_aug = max(n_aug, recipe.target_per_class - kept)
         rows += kept + n_aug
-        for spec in recipe.mix.enabled().values():
-            rows += int(round(spec.count * n)) if spec.per == "image" else int(spec.count)
+    for spec in recipe.mix.enabled().values():
+        rows += sum(mix_rows(spec, [train[c] for c in sorted(train)]))
     if recipe.oversample is not None:
         counts = {scan.classes[c]: n for c, n in train.items() if n}
         rows += sum(_oversample_counts(counts, recipe.oversample.sampling_strategy).values())
@@ -456,11 +469,10 @@ def make_plan(scan: ScanResult, recipe: Recipe, val_fraction: float = 0.0,
         n_train, last = len(everyone), len(flat) - 1
     for method, spec in enabled.items():
         n_partners = MIXERS[method].n_inputs - 1
-        for label, members in by_class.items():
+        for (label, members), n_rows in zip(by_class.items(), mix_rows(spec, [len(m) for m in by_class.values()])):
             m = len(members)
             if not m:
                 continue
-            n_rows = int(round(spec.count * m)) if spec.per == "image" else int(spec.count)
             if spec.partner == "other" and n_rows and class_start[label + 1] - class_start[label] == n_train:
                 raise RecipeError(f"mix.{method}.partner is 'other', but there is only one class to draw from")
             j = np.arange(n_rows)

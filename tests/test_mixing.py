@@ -228,3 +228,21 @@ def test_same_bytes_with_one_or_two_workers_with_mixing_and_smote(src, tmp_path)
     assert digests[0] == digests[1]
     ops = {r["op"] for r in records(tmp_path / "w1")}
     assert ops == {"original", "augment", "smote", "mixup", "cutmix", "ricap", "samplepairing"}
+
+
+@pytest.mark.parametrize("sizes, count", [((1,) * 12, 0.5), ((5, 3, 3, 1, 1), 0.5), ((5, 3, 3, 1, 1), 0.25)])
+def test_a_per_image_count_is_count_times_the_training_images_not_rounded_class_by_class(tmp_path, sizes, count):
+    """count: 0.5 on twelve one-image classes is six mixups (rounding each class's 0.5 made none), and each class
+    gets its share within one row; what was written is what --dry-run counted."""
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    src = png_folder(tmp_path / "src", {f"c{k:02d}": (names[k % 4], n) for k, n in enumerate(sizes)})
+    recipe = {**NO_PIPELINE, "mix": {"mixup": {"count": count, "augment_inputs": False}}}
+    planned = expand(src, tmp_path / "plan", recipe, workers=1, dry_run=True)
+    dst = tmp_path / "out"
+    expand(src, dst, recipe, workers=1)
+    rows = records(dst)
+    assert len(rows) == int(count * sum(sizes) + 0.5) == planned["images_out"]
+    firsts = [r["sources"][0].split("/")[0] for r in rows]
+    for k, n in enumerate(sizes):
+        assert abs(firsts.count(f"c{k:02d}") - count * n) < 1
+    assert all((dst / "train" / r["file_name"]).is_file() for r in rows)
