@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -218,7 +217,14 @@ def append_journal(prefix: str, tag: str, record: dict[str, Any]) -> None:
     fd = os.open(f"{prefix}{tag}{_HOST}-{os.getpid()}.jsonl",
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        os.write(fd, line)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:  # a full disk writes what fits and says so only at the next write
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.ftruncate(fd, end)  # no half line: the file it was for does not get its name
+            raise
     finally:
         os.close(fd)
 
@@ -711,10 +717,18 @@ class Destination:
         self.started = True
 
     def finish(self) -> None:
-        """The card is written: remove the state folder (our own, checked to be a real folder) and unlock."""
+        """The card is written: remove the state folder's files (ours only: a file the user put there stays, and the
+        folder with it) and unlock."""
         remove_temp_files(self.dst, self.tag)
-        if stat.S_ISDIR(os.lstat(self.state).st_mode):
-            shutil.rmtree(self.state, ignore_errors=True)
+        try:
+            names = os.listdir(self.state) if stat.S_ISDIR(os.lstat(self.state).st_mode) else []
+        except OSError:
+            names = []
+        for name in names:
+            if (_JOURNAL.fullmatch(name) or _SHARD_LOCK.fullmatch(name) or name in ("run.json", "lock")
+                    or is_temp_file(name)):
+                _unlink_quiet(self.state / name)
+        _rmdir_quiet(self.state)
         for fd in self._fds:
             os.close(fd)
         self._fds = []

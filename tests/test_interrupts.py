@@ -1,0 +1,125 @@
+"""Interrupted runs, as a killed process or a full disk leaves them: --resume and --overwrite finish or replace
+them, a user's files survive, and nothing is left half-written or untracked."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from click.testing import CliRunner
+
+from augexpand.cli import cli
+from augexpand.destination import read_journal
+from tests.conftest import tree_digest
+from tests.test_destination import interrupted, listed, one_error_line, run, same_output, temp_files
+from tests.train_fixtures import write_expanded
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_a_users_file_in_the_state_folder_survives_resume_and_overwrite(small_src, tmp_path, tiny_recipe,
+                                                                       monkeypatch):
+    # The state folder was removed whole (shutil.rmtree) when the card was written, with whatever else was in it.
+    run(small_src, tmp_path / "whole", tiny_recipe)
+    dst = tmp_path / "cut"
+    interrupted(small_src, dst, tiny_recipe, monkeypatch)
+    notes = dst / ".augexpand" / "notes.txt"
+    notes.write_text("why this run was stopped")
+    run(small_src, dst, tiny_recipe, resume=True)
+    assert notes.read_text() == "why this run was stopped"
+    assert sorted(p.name for p in notes.parent.iterdir()) == ["notes.txt"]  # journals, run.json, lock: gone
+    notes.unlink()
+    same_output(dst, tmp_path / "whole")
+
+    notes.write_text("mine")
+    run(small_src, dst, tiny_recipe, overwrite=True)
+    assert notes.read_text() == "mine"
+
+
+def test_a_journal_line_cut_short_by_a_full_disk_leaves_no_untracked_image(small_src, tmp_path, tiny_recipe,
+                                                                          monkeypatch):
+    # On a full disk write() writes what fits and returns the shorter count, without an error: the journal kept
+    # half a line, the image got its name all the same, and --overwrite (which removes what the journals list)
+    # then left it in the class folder, an image of the earlier run in the new one.
+    real_write = os.write
+    journal_lines = {"n": 0, "full": False}
+
+    def fills_up(fd, data):
+        if journal_lines["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if "/journal-" in os.readlink(f"/proc/self/fd/{fd}"):
+            journal_lines["n"] += 1
+            if journal_lines["n"] == 6:
+                journal_lines["full"] = True
+                return real_write(fd, data[:len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fills_up)
+    dst = tmp_path / "full"
+    result = invoke("expand", "-r", tiny_recipe, small_src, dst, "-w", "1")
+    monkeypatch.setattr(os, "write", real_write)
+    assert "No space left on device" in one_error_line(result)
+    (journal,) = (dst / ".augexpand").glob("journal-*.jsonl")
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 5 and all(line.endswith(b"}\n") and json.loads(line) for line in lines)
+    records, bad = read_journal(journal)
+    assert bad == 0
+    on_disk = {p.relative_to(dst).as_posix() for p in dst.rglob("*.png")}
+    assert on_disk == {f"{r['split']}/{r['file_name']}" for r in records.values()} and temp_files(dst) == []
+
+    run(small_src, dst, tiny_recipe, overrides={"copies": 0, "mix": {}}, overwrite=True)
+    on_disk = {p.relative_to(dst).as_posix() for p in dst.rglob("*.png")}
+    assert on_disk == listed(dst) and len(on_disk) == 10  # the originals only: nothing of the earlier run
+
+
+def test_a_checkpoint_half_written_by_a_killed_training_is_removed_on_resume(tmp_path):
+    # A run killed while torch.save wrote last.pt left its temporary file (.last.pt.<pid>-<hex>.tmp: for a
+    # ResNet-50 with its optimizer state, hundreds of MB) in RUN for good: --resume and --overwrite kept it.
+    import signal
+
+    import torch
+
+    from augexpand.train.checkpoint import save_checkpoint
+
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=6, mixed=2)
+    out = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert invoke("train", dst, "-o", out, "--epochs", "1", *fast).exit_code == 0
+    real_save = torch.save
+
+    def killed_while_saving(obj, f):
+        real_save(obj, f)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pid = os.fork()
+    if pid == 0:  # the child: killed inside torch.save, as the training run would be; never returns into pytest
+        try:
+            torch.save = killed_while_saving
+            save_checkpoint(torch.load(out / "last.pt", weights_only=True), out / "last.pt")
+        finally:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    (left,) = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert left.startswith(".last.pt.")
+
+    result = invoke("train", "-o", out, "--resume", "--epochs", "2", *fast)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not [p.name for p in out.iterdir() if p.name.endswith("tmp")]
+
+
+def test_a_training_killed_before_its_first_checkpoint_is_not_sent_to_resume(tmp_path):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=6, mixed=2)
+    out = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    assert invoke("train", dst, "-o", out, "--epochs", "1", *fast).exit_code == 0
+    (out / "last.pt").unlink()  # what a run killed in its first epoch leaves: config.yaml, no last.pt
+    before = {k: v for k, v in tree_digest(out).items() if k != ".lock"}
+    result = invoke("train", dst, "-o", out, "--epochs", "1", *fast)
+    assert one_error_line(result).endswith("already holds a training run (without last.pt); use --overwrite to "
+                                           "start it again")
+    assert "nothing to resume" in one_error_line(invoke("train", "-o", out, "--resume", *fast))
+    assert {k: v for k, v in tree_digest(out).items() if k != ".lock"} == before
