@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import stat
 import time
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augexpand.errors import ConflictingOptionError, TrainingError, TrainingInterrupted
-from augexpand.folder import write_atomic, write_figure
+from augexpand.folder import is_temp_file, write_atomic, write_figure
 from augexpand.formatting import json_text, plural
 from augexpand.train import data as D
 from augexpand.train import distributed as DDP
@@ -75,6 +76,7 @@ MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: what torchvision's pretrain
 STD = (0.229, 0.224, 0.225)
 MAX_AUTO_SIZE = 224  # the automatic training size is the data's median short side, at most this
 RUN_FILES = ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png", "summary.json")
+_CHECKPOINT_TMP = re.compile(r"\.(best|last)\.pt\.[0-9]+-[0-9a-f]{8}\.tmp")  # checkpoint.save_checkpoint's
 
 
 # --------------------------------------------------------------------------------------------------------- losses
@@ -401,17 +403,39 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
             if not _is_run(out):
                 raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
             if not overwrite:
-                raise TrainingError(f"{out} already holds a training run",
-                                    hint="use --resume to continue it or --overwrite to start again")
+                resumable = (out / "last.pt").is_file()  # none: stopped before its first epoch ended
+                raise TrainingError(f"{out} already holds a training run{'' if resumable else ' (without last.pt)'}",
+                                    hint="use --resume to continue it or --overwrite to start again" if resumable
+                                    else "use --overwrite to start it again")
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             for p in out.glob("confusion_*.png"):  # what evaluate draws into RUN
                 p.unlink()
             # the decoded cache stays: it is checked against the files and size before any reuse
+        _remove_temporary_files(out)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _remove_temporary_files(out: Path) -> None:
+    """What a killed run was writing when it died (a checkpoint: hundreds of MB for a ResNet-50 with its optimizer
+    state), removed under the lock: no run writes them now. Regular files of our temporary names only."""
+    for folder in (out, out / "cache"):
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a link is never followed
+                continue
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if (_CHECKPOINT_TMP.fullmatch(entry.name) or is_temp_file(entry.name)) and \
+                    entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
 
 
 def _resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
