@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_IMAGES", "ORIENTATIONS", "UPRIGHT_ANGLE", "OrientationDecision", "decide_orientation",
-           "describe", "needs_decision", "orientation_note", "resolve_orientation", "strip_orientation", "thumbnail"]
+__all__ = ["MAX_IMAGES", "ORIENTATIONS", "UPRIGHT_ANGLE", "OrientationDecision", "decide_from_files",
+           "decide_orientation", "describe", "needs_decision", "orientation_note", "resolve_orientation",
+           "strip_orientation", "thumbnail"]
 
 ORIENTATIONS = ("auto", "free", "keep")
 UPRIGHT_ANGLE = 10.0  # degrees: the largest rotation and shear that `keep` leaves
@@ -334,6 +335,25 @@ def decide_from_scan(scan: Any, indices: Sequence[int], seed: int,
         kept.update((i, image) for i, (_, image) in zip(chosen, results) if image is not None)
     ok = [k for k, (t, _) in enumerate(results) if t is not None]
     return decide_orientation([results[k][0] for k in ok], [scan.sources[chosen[k]].label for k in ok])
+
+
+def decide_from_files(paths: Sequence[Path], labels: Sequence[int], seed: int) -> OrientationDecision:
+    """The test on image files and their labels (an ImageFolder made by someone else, say), at most MAX_IMAGES of
+    them, a seeded sample; a file whose header or pixels do not read is left out."""
+    from augexpand.errors import ImageReadError
+    from augexpand.folder import pixel_limit, probe_image
+
+    items, kept = [], []
+    limit = pixel_limit()
+    for i in sample_indices(range(len(paths)), seed):
+        try:
+            _, width, height, _ = probe_image(Path(paths[i]), max_pixels=limit)
+        except ImageReadError:
+            continue
+        items.append((str(paths[i]), _reduction(width, height), (width, height), False))
+        kept.append(int(labels[i]))
+    thumbs = [_thumbnail_task(item)[0] for item in items]
+    return decide_orientation([t for t in thumbs if t is not None], [y for t, y in zip(thumbs, kept) if t is not None])
 
 
 def needs_decision(recipe: Any) -> bool:

@@ -313,8 +313,8 @@ def test_train_flip_follows_the_card(tmp_path: Path):
     (tmp_path / "dataset.json").write_text(json.dumps({"orientation": {"mode": "auto", "keep": False}}))
     assert orientation_kept(tmp_path) is False
     (tmp_path / "dataset.json").write_text("[1, 2]")
-    assert orientation_kept(tmp_path) is False
-    assert orientation_kept(tmp_path / "nowhere") is False
+    assert orientation_kept(tmp_path) is None
+    assert orientation_kept(tmp_path / "nowhere") is None
 
 
 def test_train_leaves_out_its_flip_after_an_expansion_that_kept_orientation(digits_src: Path, tmp_path: Path):
@@ -331,6 +331,27 @@ def test_train_leaves_out_its_flip_after_an_expansion_that_kept_orientation(digi
                                                "--workers", "0", "--device", "cpu", *extra])
         assert result.exit_code == 0, result.output
         assert yaml.safe_load((run / "config.yaml").read_text())["flip"] is flip
+
+
+@pytest.mark.parametrize(("source", "extra", "flip"), [("digits", [], False), ("photos", [], True),
+                                                   ("digits", ["--flip"], True)])
+def test_train_on_a_plain_image_folder_lets_the_images_decide_the_flip(digits_src: Path, photo_src: Path,
+                                                                     tmp_path: Path, source, extra, flip):
+    """Without an expansion's card, train runs expand's orientation test on the training images: real digits
+    train without the random flip (a mirrored 2 is not a 2), photos with it, and --flip still decides."""
+    import yaml
+
+    pytest.importorskip("torch")
+    from augexpand.train.cli import train_command
+
+    src = digits_src if source == "digits" else photo_src
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train_command, [str(src), "--out", str(run), "--steps", "2", "--workers", "0",
+                                                "--device", "cpu", *extra])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["flip"] is flip
+    if not extra:
+        assert f"{'no' if not flip else 'with'} random flip: mirror images are recognised" in result.output
 
 
 def test_preview_decides_as_expand_does(digits_src: Path, tmp_path: Path):

@@ -238,7 +238,7 @@ def test_a_hostile_dataset_card_is_left_aside(tmp_path, card, expected):
     dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
     (dst / "dataset.json").write_text(card)
     assert D.find_splits(dst)[2] == expected
-    assert D.source_resolution(dst) is None and D.orientation_kept(dst) is False
+    assert D.source_resolution(dst) is None and D.orientation_kept(dst) is None
 
 
 def test_a_fifo_named_dataset_json_is_not_read(tmp_path):
@@ -256,7 +256,7 @@ def test_a_fifo_named_dataset_json_is_not_read(tmp_path):
     if blocked:  # waiting in open() for a writer: give it one so that the test ends
         os.close(os.open(dst / "dataset.json", os.O_WRONLY | os.O_NONBLOCK))
         reader.join(5)
-    assert not blocked and done == [False] and D.source_resolution(dst) is None
+    assert not blocked and done == [None] and D.source_resolution(dst) is None
 
 
 def test_more_classes_than_a_head_may_have_are_refused(tmp_path):

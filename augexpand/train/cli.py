@@ -110,9 +110,9 @@ def _progress(quiet: bool, as_json: bool) -> bool:
               help="Weight of the distillation term (the rest goes to the label loss).")
 @click.option("--patience", type=click.IntRange(min=0), help="Stop when val accuracy has not improved for this "
               "many epochs (default: never).")
-@click.option("--flip/--no-flip", default=None, help="Random horizontal flip on the fly (default: on, except when "
-              "DST/dataset.json says the expansion kept orientation: mirror images of digits or text are another "
-              "class).")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flip on the fly (default: on, except where mirror "
+              "images are another class, as for digits or text: when DST/dataset.json says the expansion kept "
+              "orientation, or, without one, when expand's orientation test on the training images says so).")
 @click.option("--crop-pad", type=click.FloatRange(0, 0.5), default=0.125, show_default=True,
               help="Random translation on the fly, as a fraction of the size (0 turns it off).")
 @click.option("--device", default="auto", show_default=True, callback=_check_device,

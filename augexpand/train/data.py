@@ -338,11 +338,13 @@ def source_resolution(data: Path) -> tuple[int, int] | None:
     return round(median), int(count) if isinstance(count, int) else 0
 
 
-def orientation_kept(data: Path) -> bool:
+def orientation_kept(data: Path) -> bool | None:
     """Whether ``data/dataset.json`` says the expansion kept orientation (``orientation.keep``: its recipe had
-    ``orientation: keep``, or ``auto`` found that mirror images do not look like their class); False without one."""
+    ``orientation: keep``, or ``auto`` found that mirror images do not look like their class); None when there is
+    no card or it does not say."""
     orientation = (_card(data) or {}).get("orientation")
-    return isinstance(orientation, dict) and orientation.get("keep") is True
+    keep = orientation.get("keep") if isinstance(orientation, dict) else None
+    return keep if isinstance(keep, bool) else None
 
 
 def readable(split: Split) -> Split:

@@ -468,6 +468,13 @@ def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | N
     return min(MAX_AUTO_SIZE, median), f"the median short side of the training images ({median} px)"
 
 
+def _accuracies(decision: Any) -> str:
+    if decision.original is None or decision.mirrored is None:
+        return f"{plural(decision.images, 'image')} looked at"
+    return (f"{decision.mirrored:.0%} of mirror images recognised vs {decision.original:.0%} as they are, "
+            f"{plural(decision.images, 'image')}")
+
+
 def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
              explicit: set[str] = frozenset()) -> tuple[TrainConfig, str]:
     """Fill every ``auto``/``None`` of the config with the value this run will use (the length: see _length).
@@ -504,10 +511,21 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
         log.warning("training a %s at %dx%d: ResNets downsample 32x; --model smallcnn suits tiny images",
                     model, size, size)
     update["model"] = model
-    if config.flip is None:  # the expansion decided that mirror images are another class: no flip here either
-        update["flip"] = not D.orientation_kept(config.data)
-        if not update["flip"]:
-            log.info("no random flip: %s says orientation was kept (--flip turns it on)", Path(config.data) / D.CARD)
+    if config.flip is None:  # no flip where mirror images are another class (digits, text)
+        kept = D.orientation_kept(config.data)
+        if kept is not None:  # the expansion decided
+            if kept:
+                log.info("no random flip: %s says orientation was kept (--flip turns it on)",
+                         Path(config.data) / D.CARD)
+        else:  # no expansion card: the training images decide, with the test of expand's `orientation: auto`
+            from augexpand.orientation import decide_from_files
+
+            decision = decide_from_files([train_split.root / f for f in train_split.files], train_split.labels,
+                                         config.seed)
+            kept = decision.keep
+            log.info("%s random flip: %s (%s; --flip/--no-flip decide instead)", "no" if kept else "with",
+                     decision.reason, _accuracies(decision))
+        update["flip"] = not kept
     pretrained = config.pretrained
     update["lr"] = config.lr or DEFAULT_LR[(config.optimizer, pretrained)]
     update["weight_decay"] = config.weight_decay if config.weight_decay is not None else \
