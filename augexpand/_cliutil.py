@@ -15,8 +15,8 @@ import click
 
 from augexpand.formatting import json_text  # the --json output (NaN as null), shared with the files train writes
 
-__all__ = ["CONTEXT", "EchoHandler", "Interrupted", "json_text", "max_pixels_option", "printable", "printable_strings",
-           "require_output_file", "require_path", "setup_logging"]
+__all__ = ["CONTEXT", "EchoHandler", "Interrupted", "json_option", "json_text", "max_pixels_option", "printable",
+           "printable_strings", "require_output_file", "require_path", "setup_logging"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -33,6 +33,11 @@ def max_pixels_option(f):
                         metavar="N", help="Skip (and name) any image whose header claims more pixels than this: a "
                         "decompression bomb is a tiny file that claims 30000x30000. The default is Pillow's "
                         "limit.")(f)
+
+
+def json_option(f):
+    """``--json``, worded the same in every command (warnings and progress still go to stderr)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(f)
 
 
 class EchoHandler(logging.Handler):

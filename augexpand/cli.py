@@ -15,6 +15,7 @@ from augexpand import __version__
 from augexpand._cliutil import (
     CONTEXT,
     Interrupted,
+    json_option,
     json_text,
     max_pixels_option,
     printable,
@@ -80,8 +81,7 @@ def cli() -> None:
     """
 
 
-def _json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")(f)
+_json_option = json_option  # one wording for every command's --json (train and evaluate's too)
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | str | None:
@@ -115,7 +115,8 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), help="Seed (overrides the recipe's).")
 @click.option("--copies", type=click.IntRange(0, 10_000), help="Augmented copies per source image (overrides the recipe).")
 @click.option("--target-per-class", type=click.IntRange(1, 10_000_000),
-              help="Make augmented copies until each class has at least this many images (minority classes get more).")
+              help="Make augmented copies until each class has at least this many images (minority classes get more; "
+                   "overrides the recipe).")
 @click.option("--originals/--no-originals", default=None, help="Write the source images too (default: the recipe's).")
 @click.option("--size", metavar="SIZE", help="Output size: 224, 256x192 (height x width), 'auto' (224, or the sources' median short "
                    "side when smaller) or 'native'.")
@@ -429,7 +430,8 @@ def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, 
 
 @cli.command("inspect", context_settings=CONTEXT)
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
-@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG", help="Also draw the counts as a bar chart.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG",
+              help="Also draw the counts as a bar chart: .png, .svg or .pdf, outside a source DIR.")
 @_json_option
 def inspect_command(folder, plot, as_json):
     """Print the class counts of DIR: a source ImageFolder, or an `augexpand expand` output.
@@ -480,7 +482,8 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--flip/--no-flip", default=None,
               help="On-the-fly horizontal flip in the proxy trainings, as `augexpand train --flip/--no-flip` "
                    "[default: as train decides: off when an expansion kept orientation].")
-@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG", help="Draw the scores as a bar chart.")
+@click.option("--plot", type=click.Path(path_type=Path), metavar="PNG",
+              help="Draw the scores as a bar chart: .png, .svg or .pdf, outside SRC.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 @_json_option
 def tune_command(src, out, example, budget, candidates, only, seed, folds, steps, flip, plot, quiet, as_json):

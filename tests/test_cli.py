@@ -30,6 +30,28 @@ def test_every_command_has_help_with_an_example():
     assert "Example:" in invoke("-h").output
 
 
+def command_options():
+    """(command, option) for every option of every command, train and evaluate included."""
+    import click
+
+    for name, command in sorted(cli.commands.items()):
+        for param in command.params:
+            if isinstance(param, click.Option):
+                yield name, param
+
+
+def test_every_option_says_what_it_does():
+    silent = [f"{name} {param.opts[-1]}" for name, param in command_options() if not (param.help or "").strip()]
+    assert not silent, f"options without help text: {silent}"
+
+
+@pytest.mark.parametrize("option", ["--json", "--max-pixels", "--device", "--recipe"])
+def test_an_option_of_several_commands_is_worded_the_same_in_each(option):
+    helps = {name: param.help for name, param in command_options() if option in param.opts}
+    assert len(helps) >= 2, helps
+    assert len(set(helps.values())) == 1, helps
+
+
 def test_version():
     from augexpand import __version__
 

@@ -11,6 +11,7 @@ import click
 from augexpand._cliutil import (
     CONTEXT,
     Interrupted,
+    json_option,
     json_text,
     max_pixels_option,
     printable,
@@ -22,6 +23,7 @@ from augexpand._cliutil import (
 __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 
 NEED_TORCH = "training needs torch: pip install 'augexpand[train]'"
+DEVICE_HELP = "auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps."
 MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
 
 # The command-line options that are TrainConfig fields (their defaults are TrainConfig's; a test checks it).
@@ -102,12 +104,14 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True),
               help="The head's learning rate as a multiple of the backbone's (default: 10 from pretrained weights, "
                    "else 1).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="E: train on (1 - E) * target + E / classes (0: off).")
 @click.option("--teacher", type=click.Path(path_type=Path), metavar="RUN",
               help="Distil from an earlier run's best.pt (same classes).")
-@click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
+@click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="With --teacher: the softmax temperature of the distillation term.")
 @click.option("--kd-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Weight of the distillation term (the rest goes to the label loss).")
+              help="With --teacher: the weight of the distillation term (the rest goes to the label loss).")
 @click.option("--patience", type=click.IntRange(min=0), help="Stop when val accuracy has not improved for this "
               "many epochs (default: never).")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flip on the fly (default: on, except where mirror "
@@ -115,8 +119,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
               "orientation, or, without one, when expand's orientation test on the training images says so).")
 @click.option("--crop-pad", type=click.FloatRange(0, 0.5), default=0.125, show_default=True,
               help="Random translation on the fly, as a fraction of the size (0 turns it off).")
-@click.option("--device", default="auto", show_default=True, callback=_check_device,
-              help="auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help=DEVICE_HELP)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (bf16, else fp16).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Channels-last memory format (CUDA and CPU).")
@@ -134,7 +137,7 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN (its config.yaml).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in RUN.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-epoch lines.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option
 @max_pixels_option
 @click.pass_context
 def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool, overwrite: bool, quiet: bool,
@@ -241,15 +244,16 @@ def _summary_line(s: dict) -> str:
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--checkpoint", "which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of RUN (RUN may also be a .pt file).")
-@click.option("--device", default="auto", show_default=True, callback=_check_device)
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help=DEVICE_HELP)
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per batch; fewer above 224x224 (at most 256 images' worth of 224x224 pixels).")
-@click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("-w", "--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Data-loading processes.")
 @click.option("--png", type=click.Path(path_type=Path), metavar="PATH",
               help="Where to draw the confusion matrix: .png, .svg or .pdf, outside DIR (default: "
                    "RUN/confusion_<DIR name>.png).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the line of scores.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results (with the confusion matrix) as JSON.")
+@json_option
 @max_pixels_option
 def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_size: int, workers: int,
                      png: Path | None, quiet: bool, as_json: bool, max_pixels: int) -> None:
