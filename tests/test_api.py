@@ -43,6 +43,34 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch):
     assert records and all(decode_image(tmp_path / "out" / "train" / r["file_name"]).ndim == 3 for r in records[:5])
 
 
+def readme_block_after(phrase: str) -> list[str]:
+    """The lines of the first ``` block of README.md after ``phrase``."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(re.escape(phrase) + r".*?\n```[a-z]*\n(.*?)\n```", text, flags=re.DOTALL)
+    assert match, f"no block after {phrase!r} in README.md"
+    return match.group(1).splitlines()
+
+
+def test_readme_quick_start_output_and_manifest_line_are_real(tmp_path: Path):
+    # The README shows what `augexpand expand --recipe heavy --example out/` prints and one line of the manifest
+    # it writes: both must be what the tool makes today (the timing, the workers and the path aside).
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    result = CliRunner().invoke(cli, ["expand", "--recipe", "heavy", "--example", str(tmp_path / "out"), "-w", "1"])
+    assert result.exit_code == 0, result.output
+
+    def same(lines: list[str]) -> list[str]:
+        lines = [re.sub(r"\(\d+\.\d s, \d+ images/s, \d+ workers?, seed", "(T, seed", line) for line in lines]
+        return [re.sub(r"^wrote \S*out/train/", "wrote out/train/", line) for line in lines]
+
+    assert same(result.output.splitlines()) == same(readme_block_after("Real output of the first command"))
+    shown = json.loads(readme_block_after("| `row` | the row's index in the plan |")[0])  # the example line
+    written = {r["file_name"]: r for r in read_metadata(tmp_path / "out" / "train" / "metadata.jsonl")}
+    assert written[shown["file_name"]] == shown
+
+
 @pytest.mark.parametrize("code", [
     "from augexpand import expand",
     "import augexpand; expand = augexpand.expand; expand = augexpand.expand",
