@@ -71,6 +71,16 @@ def test_readme_quick_start_output_and_manifest_line_are_real(tmp_path: Path):
     assert written[shown["file_name"]] == shown
 
 
+def test_the_summary_is_the_card_less_its_stamp_plus_the_run(tmp_path: Path):
+    # What the README says `--json` (and expand's return value) holds, against dataset.json.
+    summary = augexpand.expand(None, tmp_path / "out", "light", overrides={"copies": 0, "output.size": 32}, workers=1)
+    card = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert set(card) - set(summary) == {"tool", "format_version", "versions", "layout"}
+    assert set(summary) - set(card) == {"dst", "dry_run", "resumed_rows", "shard"}
+    assert all(summary[k] == card[k] for k in set(card) & set(summary) if k != "recipe")
+    assert Path(summary["recipe"]).name == "light.yaml" and card["recipe"]["copies"] == 0  # the file; resolved
+
+
 @pytest.mark.parametrize("code", [
     "from augexpand import expand",
     "import augexpand; expand = augexpand.expand; expand = augexpand.expand",
