@@ -485,8 +485,6 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
     update: dict[str, Any] = {}
     n = len(train_split)
     size, size_from = _resolve_size(config, train_split, init_ckpt)
-    if config.size is None:
-        log.info("training size %dx%d from %s", size, size, size_from)
     update["size"] = size
     model = config.model
     if init_ckpt is not None:
@@ -507,6 +505,8 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
                                 hint="pass --model resnet18, resnet34 or resnet50")
     elif model == "auto":
         model = "smallcnn" if size <= 64 else ("resnet18" if n < 100_000 else "resnet50")
+    if config.size is None:  # said once the options are known to agree (a usage error is its one line)
+        log.info("training size %dx%d from %s", size, size, size_from)
     if model.startswith("resnet") and size < 32:
         log.warning("training a %s at %dx%d: ResNets downsample 32x; --model smallcnn suits tiny images",
                     model, size, size)
