@@ -23,6 +23,7 @@ optimizer steps, the same seed) on the raw training images, on ``augexpand expan
     python bench/accuracy_tune.py --arms raw light heavy --steps 500  # no tune: the builtin recipes only (~13 min)
     python bench/accuracy_tune.py --arms raw --seed-offset 100 --seeds 3 --extra mine=my.yaml  # choose on other seeds
     python bench/accuracy_tune.py --arms raw --more-data 2 4      # the yardstick: 2x and 4x the real images
+    python bench/accuracy_tune.py --datasets digits5 --size 32 --steps 500 --arms raw light heavy  # larger images
 
 Prints (and with --markdown writes) a table per dataset: balanced accuracy on the test set (mean ± std over seeds),
 the paired gain over raw training (mean ± std, wins), what tune picked per seed, and tune's wall time against its
@@ -202,6 +203,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.5, help="tune's budget in minutes.")
     parser.add_argument("--steps", type=int, default=120, help="Optimizer steps of every full training.")
+    parser.add_argument("--size", type=int, default=None,
+                        help="Side of every dataset's images in pixels (default 16; the digits are upscaled from 8).")
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="First seed (default 0): e.g. 100 to select recipes on seeds other than the report's.")
     parser.add_argument("--arms", nargs="+", default=["raw", "light", "heavy", "tune"],
@@ -235,6 +238,9 @@ def main() -> None:
             parser.error(f"--extra: expected a new NAME=RECIPE, got {item!r}")
         extra[name] = recipe
     args.extra = extra
+    if args.size is not None:
+        for cfg in DATASETS.values():
+            cfg["size"] = args.size
     if "raw" not in args.arms:
         args.arms = ["raw"] + args.arms
     if args.report:
