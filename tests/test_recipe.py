@@ -28,6 +28,21 @@ def test_builtin_recipes_load_by_name():
             "randaugment_upright", "autoaugment_upright"} <= set(builtin_recipes())
 
 
+@pytest.mark.parametrize("base", ["light", "trivialaugment", "randaugment", "autoaugment"])
+def test_an_upright_builtin_is_its_base_without_the_flip(base: str):
+    # "light_upright: light without the flip" (README, `augexpand recipes`): light_upright had kept light's old
+    # crop and colour when light was calibrated for small data.
+    from augexpand.orientation import strip_orientation
+
+    plain, upright = load_recipe(base), load_recipe(f"{base}_upright")
+    assert upright.orientation == "keep" and strip_orientation(plain.pipeline_dict) == upright.pipeline_dict
+    for key in ("copies", "target_per_class", "keep_originals", "mix", "oversample", "output", "zoom", "seed"):
+        assert getattr(plain, key) == getattr(upright, key), key
+    if plain.policy is not None:
+        assert upright.policy.keep_orientation is True
+        assert plain.policy.model_copy(update={"keep_orientation": True}) == upright.policy
+
+
 def test_compact_form_with_nesting_builds_the_same_pipeline_as_albumentations(tmp_path: Path):
     A = import_albumentations()
     recipe = load_recipe(write(tmp_path, """
