@@ -71,6 +71,25 @@ def test_readme_quick_start_output_and_manifest_line_are_real(tmp_path: Path):
     assert written[shown["file_name"]] == shown
 
 
+def test_readme_inspect_output_is_real(tmp_path: Path, monkeypatch):
+    # README's (and docs/looking.md's) `augexpand inspect out/` of the example expanded with heavy and a val split.
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["expand", "-q", "-r", "heavy", "--example", "out/", "--val-fraction", "0.2",
+                               "-w", "1"]).exit_code == 0
+    result = runner.invoke(cli, ["inspect", "out/"])
+    assert result.exit_code == 0, result.output
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("$ augexpand inspect out/ --plot counts.png\n", 1)[1].split("```", 1)[0]
+    assert result.output == shown
+    looking = (ROOT / "docs" / "looking.md").read_text(encoding="utf-8")
+    assert result.output in looking
+
+
 def test_the_summary_is_the_card_less_its_stamp_plus_the_run(tmp_path: Path):
     # What the README says `--json` (and expand's return value) holds, against dataset.json.
     summary = augexpand.expand(None, tmp_path / "out", "light", overrides={"copies": 0, "output.size": 32}, workers=1)
