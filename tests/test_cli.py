@@ -87,7 +87,7 @@ def test_expand_flags_override_the_recipe(small_src: Path, tmp_path: Path):
 def test_dry_run_prints_counts_and_writes_nothing(small_src: Path, tmp_path: Path):
     result = invoke("expand", "-r", "heavy", small_src, tmp_path / "out", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("Would make 57 training images")  # 10 + 4x10 + mixup 5 + pairing 2
+    assert result.output.startswith("Would make 58 training images")  # 10 + 4x10 + mixup 5 + pairing 2.5 -> 3
     assert not (tmp_path / "out").exists()
 
 
