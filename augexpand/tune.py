@@ -695,6 +695,9 @@ NO_EXPANSION: dict[str, Any] = {
     "copies": 0,
     "keep_originals": True,
     "pipeline": [],
+    # Recorded in dataset.json as train's raw-folder test would decide it, so the baseline's proxy (and a later
+    # `augexpand train` on this recipe's output) flips only where mirror images keep their class, as train does.
+    "orientation": "auto",
     "output": {"size": None, "format": "png"},
 }
 

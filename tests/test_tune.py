@@ -358,6 +358,18 @@ def test_ctrl_c_stops_cleanly_with_the_best_so_far(digits_src, tmp_path, monkeyp
     assert not list((tmp_path / "tmp").iterdir())  # its temporary folder is gone
 
 
+@pytest.mark.parametrize(("digits", "kept"), [(True, True), (False, False)])
+def test_the_baseline_flips_as_train_would_on_the_raw_images(tmp_path, digits, kept):
+    # README: tune's proxies follow train's on-the-fly flip rule. Train tests a raw folder's images; the baseline
+    # is an expansion, so its card must carry that decision (it said "free", and digits trained mirrored).
+    from augexpand import expand
+    from augexpand.train.data import orientation_kept
+
+    src = write_digits(tmp_path / "digits", {k: 5 for k in range(10)}) if digits else None  # else the photos
+    expand(src, tmp_path / "out", T.NO_EXPANSION, workers=1)
+    assert orientation_kept(tmp_path / "out") is kept
+
+
 def test_ctrl_c_in_the_first_training_still_ends_cleanly(digits_src, tmp_path, monkeypatch):
     def trial(*args):
         raise KeyboardInterrupt
