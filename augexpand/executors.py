@@ -89,11 +89,52 @@ def _init_worker(ctx: RowContext, decoded: dict | None = None) -> None:
 
 def _leave_signals_to_parent() -> None:
     """A pool worker leaves Ctrl-C and SIGTERM to the parent, which stops it (SIGTERM, default action: quietly;
-    not the parent's own handler, inherited by the fork, which would report a stop that is only the pool's end)."""
+    not the parent's own handler, inherited by the fork, which would report a stop that is only the pool's end),
+    and dies with it."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+
+
+_POOL_MAKER = 0  # the thread that forks a pool's first workers (threading.get_ident; a fork keeps it)
+
+
+def _pool(method: str, workers: int, initializer: Callable, initargs: tuple = ()):
+    """A multiprocessing pool whose first workers die with this process (see _die_with_parent)."""
+    import multiprocessing as mp
+    import threading
+
+    global _POOL_MAKER
+    _POOL_MAKER = threading.get_ident()
+    return mp.get_context(method).Pool(workers, initializer=initializer, initargs=initargs)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this worker when its parent ends (Linux). A parent killed at once (``kill -9``, the out-of-memory
+    killer) left its workers to finish their task for nobody, each printing two BrokenPipeError tracebacks when it
+    handed its result to the dead parent. What they were writing is a temporary file; --resume removes it.
+
+    The signal comes when the *thread* that forked the worker ends. So only a worker forked by the thread that made
+    the pool: one forked later, to replace a worker that died, comes from the pool's own thread, which ends when the
+    pool is terminated, and killed then while it waits for a task (holding the task queue's lock), it would leave
+    ``Pool.terminate`` waiting for that lock for ever."""
+    import threading
+
+    if not sys.platform.startswith("linux") or threading.get_ident() != _POOL_MAKER:
+        return
+    import ctypes
+    import multiprocessing as mp
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the prctl
+        os._exit(1)
 
 
 def _init_pool_worker(ctx: RowContext, decoded: dict | None = None) -> None:
@@ -223,13 +264,10 @@ class LocalExecutor:
         self.pool = None
         self.workers = workers
         if workers > 1:
-            import multiprocessing as mp
-
             method = "fork" if sys.platform.startswith("linux") else "spawn"
             shared = decoded if method == "fork" else None
             with fork_safe_opencv():
-                self.pool = mp.get_context(method).Pool(workers, initializer=_init_pool_worker,
-                                                        initargs=(ctx, shared))
+                self.pool = _pool(method, workers, _init_pool_worker, (ctx, shared))
             self.watched = _Watched(self.pool)
         else:
             _init_worker(ctx, decoded)
@@ -262,10 +300,8 @@ def probe_map(workers: int, min_items: int = PARALLEL_SCAN_FILES) -> Callable[[C
     def run(fn: Callable, paths: list[Path]) -> list:
         if probe_here(workers, len(paths), min_items):
             return list(map(fn, paths))
-        import multiprocessing as mp
-
         with fork_safe_opencv():
-            pool = mp.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent)
+            pool = _pool("fork", workers, _leave_signals_to_parent)
         try:
             return _Watched(pool).map(fn, paths, chunksize=64)
         finally:

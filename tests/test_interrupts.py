@@ -6,12 +6,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from augexpand.cli import cli
 from augexpand.destination import read_journal
-from tests.conftest import tree_digest
+from tests.conftest import crops, save_rgb, tree_digest
 from tests.test_destination import interrupted, listed, one_error_line, run, same_output, temp_files
 from tests.train_fixtures import write_expanded
 
@@ -73,6 +78,31 @@ def test_a_journal_line_cut_short_by_a_full_disk_leaves_no_untracked_image(small
     run(small_src, dst, tiny_recipe, overrides={"copies": 0, "mix": {}}, overwrite=True)
     on_disk = {p.relative_to(dst).as_posix() for p in dst.rglob("*.png")}
     assert on_disk == listed(dst) and len(on_disk) == 10  # the originals only: nothing of the earlier run
+
+
+def test_workers_die_with_a_parent_killed_at_once_and_resume_finishes(tmp_path, photos):
+    # `kill -9` of the run (or the out-of-memory killer choosing it) left its workers to finish their task for
+    # nobody: each printed two BrokenPipeError tracebacks when it handed its result to the dead parent.
+    src = tmp_path / "src"
+    for name, photo in (("cat", "chelsea"), ("rocket", "rocket")):
+        for k, image in enumerate(crops(photos[photo], 12, seed=3, size=(40, 32))):
+            save_rgb(src / name / f"{name}_{k}.jpg", image)
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text("seed: 1\ncopies: 10\npipeline:\n  - Rotate: {limit: 30, p: 1}\noutput: {size: 32, format: png}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    dst = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "augexpand", "expand", "-r", str(recipe), str(src), str(dst), "-w",
+                             "2", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any((dst / "train").rglob("*.png")):
+        time.sleep(0.01)  # killed while the workers write
+    proc.kill()
+    _, err = proc.communicate(timeout=60)  # the pipe closes when the workers are gone too
+    assert proc.returncode == -signal.SIGKILL and "Traceback" not in err, err
+    run(src, dst, recipe, resume=True)
+    run(src, tmp_path / "whole", recipe)
+    same_output(dst, tmp_path / "whole")
+    assert temp_files(dst) == []
 
 
 def test_a_checkpoint_half_written_by_a_killed_training_is_removed_on_resume(tmp_path):
