@@ -909,11 +909,13 @@ def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
             else:
                 f.writelines(piece.encode("utf-8", _PERCENT) for piece in data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk fails a write(), which names no file
+            exc.filename = str(path)
         raise
 
 

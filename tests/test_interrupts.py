@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from augexpand.cli import cli
@@ -153,3 +154,57 @@ def test_a_training_killed_before_its_first_checkpoint_is_not_sent_to_resume(tmp
                                            "start it again")
     assert "nothing to resume" in one_error_line(invoke("train", "-o", out, "--resume", *fast))
     assert {k: v for k, v in tree_digest(out).items() if k != ".lock"} == before
+
+
+class _file_size_limit:
+    """Writes past ``limit`` bytes fail with EFBIG ("File too large"), as writes on a full disk fail with ENOSPC."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> None:
+        import resource
+
+        self.signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal that kills
+        self.previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.previous[1]))
+
+    def __exit__(self, *exc) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.previous)
+        signal.signal(signal.SIGXFSZ, self.signal)
+
+
+def test_a_checkpoint_or_manifest_the_disk_has_no_room_for_is_one_line_naming_it(tmp_path):
+    # torch.save reported the failed write as a RuntimeError ("unexpected pos 272320 vs 272216"): a traceback;
+    # and a file written by write_atomic failed as "Error: No space left on device", naming no file.
+    from augexpand.folder import write_atomic
+
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=6, mixed=2)
+    out = tmp_path / "run"
+    fast = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip", "-q"]
+    with _file_size_limit(60_000):  # best.pt (48 kB) fits, last.pt (96 kB, with the optimizer state) does not
+        result = invoke("train", dst, "-o", out, "--epochs", "1", *fast)
+        with pytest.raises(OSError, match="File too large") as failed:
+            write_atomic(tmp_path / "big.json", "x" * 100_000)
+    assert one_error_line(result) == f"Error: {out}/last.pt: File too large"
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "cache", "config.yaml", "metrics.jsonl"]
+    assert failed.value.filename == str(tmp_path / "big.json") and sorted(os.listdir(tmp_path)) == ["dst", "run"]
+
+
+def test_a_training_cache_the_disk_has_no_room_for_is_one_line_not_a_bus_error(tmp_path, monkeypatch):
+    # The cache was written through a memory map of a file made at its full size but holding no disk blocks: on a
+    # full disk the first page without room killed the run with SIGBUS ("Bus error", exit 135), without a word.
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=6, mixed=2)
+    out = tmp_path / "run"
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    result = invoke("train", dst, "-o", out, "--epochs", "1", "--size", "16", "--width", "8", "--workers", "0",
+                    "--no-flip", "-q")
+    assert one_error_line(result).startswith(f"Error: cannot write the decoded cache {out}/cache/train_16.npy (0 MB): "
+                                             f"No space left on device; free some space")
+    assert list((out / "cache").iterdir()) == []

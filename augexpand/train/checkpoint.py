@@ -193,6 +193,10 @@ def save_checkpoint(obj: dict, path: Path) -> None:
         with open(fd, "wb") as f:
             torch.save(obj, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # a full disk: torch's zip writer reports the failed write as a RuntimeError ("unexpected pos"), a traceback
+        failed = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc, RuntimeError) else None
+        if isinstance(failed, OSError):
+            raise OSError(failed.errno, failed.strerror or str(failed), str(path)) from None
         raise

@@ -694,6 +694,22 @@ def _cache_holds(path: Path, n: int, size: int) -> bool:
     return array.dtype == np.uint8 and array.shape == (n, size, size, 3)
 
 
+def _allocate(path: Path) -> None:
+    """Give the cache file its disk blocks before it is written through a memory map: a page that a full disk has
+    no room for was a SIGBUS ('Bus error', the run gone without a word); a failed allocation is one error."""
+    import errno
+
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot say: written as before
+            raise TrainingError(f"cannot write the decoded cache {path} ({os.fstat(fd).st_size / 1e6:,.0f} MB): "
+                                f"{exc.strerror or exc}", hint="free some space, or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress: bool = False,
                 desc: str = "decode") -> tuple[Path, Split]:
     """Decode every image of ``split`` once into ``path`` (an .npy of uint8 (N, size, size, 3)).
@@ -724,6 +740,12 @@ def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(split), size, size, 3))
+        try:
+            _allocate(path)
+        except TrainingError:
+            del array
+            path.unlink(missing_ok=True)
+            raise
         chunks = _DecodeChunks(split.root, split.files, size, chunk=32)
         loader = torch.utils.data.DataLoader(chunks, batch_size=None, shuffle=False, num_workers=workers,
                                              worker_init_fn=_worker_init if workers else None)
