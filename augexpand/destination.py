@@ -704,7 +704,7 @@ class Destination:
         run_file = self.state / "run.json"
         text = json.dumps({"tool": "augexpand", "fingerprint": run_id}) + "\n"
         if self.shard is None:
-            write_atomic(run_file, text)
+            write_atomic(run_file, text, sync=True)
         else:  # shards may start at once: the first writes run.json whole (a link), the others compare
             tmp = self.state / f".run.{self.tag}{os.getpid()}.augexpand-tmp"
             tmp.write_text(text, encoding="utf-8")

@@ -893,9 +893,13 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 95, png_compression
     return buf.tobytes()
 
 
-def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
+def write_atomic(path: Path, data: bytes | str | Iterable[str], sync: bool = False) -> None:
     """Write a file so that it either exists whole or not at all: a temporary sibling, then a rename. ``data``
-    may be an iterable of text pieces (a manifest's lines), written as they come, never all in memory."""
+    may be an iterable of text pieces (a manifest's lines), written as they come, never all in memory. ``sync``
+    flushes it to the disk before the rename (fsync), for the few files that say what a run is (cards,
+    manifests, a run's config): after a power cut a renamed file could otherwise be empty, and an empty
+    dataset.json makes a destination look like no run of ours. Images and per-epoch files go without (a flush
+    costs milliseconds)."""
     # A new file (O_EXCL), never through a link (O_NOFOLLOW), removed again if writing fails (a full disk).
     # Text is UTF-8; a name that is not (a surrogate escape of a non-UTF-8 byte) is written as %XX, never a crash.
     tmp = path.with_name(f".{os.getpid()}-{os.urandom(4).hex()}{_TEMP_SUFFIX}")
@@ -908,6 +912,9 @@ def write_atomic(path: Path, data: bytes | str | Iterable[str]) -> None:
                 f.write(data.encode("utf-8", _PERCENT))
             else:
                 f.writelines(piece.encode("utf-8", _PERCENT) for piece in data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         try:

@@ -41,7 +41,7 @@ def write_metadata(path: Path, records: Iterable[dict[str, Any]]) -> int:
             written += 1
             yield json.dumps(r, ensure_ascii=False, separators=(", ", ": ")) + "\n"
 
-    write_atomic(path, lines())
+    write_atomic(path, lines(), sync=True)
     return written
 
 
@@ -54,7 +54,7 @@ def read_metadata(path: Path) -> list[dict[str, Any]]:
 def write_card(dst: Path, card: dict[str, Any]) -> None:
     """Write the dataset card, atomically, stamped with the tool and format version."""
     card = {"tool": TOOL, "format_version": FORMAT_VERSION, **card}
-    write_atomic(dst / CARD_NAME, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(dst / CARD_NAME, json.dumps(card, indent=2, ensure_ascii=False) + "\n", sync=True)
 
 
 def read_card(dst: Path) -> dict[str, Any] | None:

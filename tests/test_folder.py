@@ -142,3 +142,18 @@ def test_a_parallel_scan_finds_exactly_what_a_serial_one_does(messy_src: Path, m
     with pytest.raises(SourceError) as serial_info:
         scan_image_folder(messy_src, strict=True)
     assert str(info.value) == str(serial_info.value)
+
+
+def test_write_atomic_flushes_the_file_to_disk_before_it_takes_its_name(tmp_path: Path, monkeypatch):
+    """A power cut after the rename must not leave an empty dataset.json: with sync the data is fsynced first
+    (expand's card and manifests, a run's config and summary); other files go without the cost."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_size)), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(b).name)), real_replace(a, b)))
+    write_atomic(tmp_path / "dataset.json", '{"classes": ["a"]}', sync=True)
+    write_atomic(tmp_path / "metrics.jsonl", "{}\n")
+    assert events == [("fsync", 18), ("replace", "dataset.json"), ("replace", "metrics.jsonl")]
+    assert (tmp_path / "dataset.json").read_text() == '{"classes": ["a"]}'

@@ -155,7 +155,7 @@ def save_config(config: TrainConfig, path: Path) -> None:
     from augexpand.folder import write_atomic
 
     data = config.model_dump(mode="json")
-    write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False), sync=True)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # save_config writes about 1 KB

@@ -976,7 +976,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     if ctx.is_main:
         if metrics:
             plot_curves(metrics, out / "curves.png", title=f"{config.model} on {Path(config.data).name}")
-        write_atomic(out / "summary.json", json_text(summary) + "\n")  # a diverged loss (NaN) is null
+        write_atomic(out / "summary.json", json_text(summary) + "\n", sync=True)  # a diverged loss (NaN) is null
     ctx.barrier()
     return summary
 
