@@ -481,7 +481,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
               help="Optimizer steps of every proxy training (the same for every candidate).")
 @click.option("--flip/--no-flip", default=None,
               help="On-the-fly horizontal flip in the proxy trainings, as `augexpand train --flip/--no-flip` "
-                   "[default: as train decides: off when an expansion kept orientation].")
+                   "[default: as train decides: off where mirror images are another class, by expand's orientation test].")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="PNG",
               help="Draw the scores as a bar chart: .png, .svg or .pdf, outside SRC.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
