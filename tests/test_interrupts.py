@@ -208,3 +208,41 @@ def test_a_training_cache_the_disk_has_no_room_for_is_one_line_not_a_bus_error(t
     assert one_error_line(result).startswith(f"Error: cannot write the decoded cache {out}/cache/train_16.npy (0 MB): "
                                              f"No space left on device; free some space")
     assert list((out / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_checkpoint_write_stopped_midway_raises_what_stopped_it(tmp_path, monkeypatch, stop):
+    """Ctrl-C (or a full disk) inside torch.save: torch's zip writer then fails on closing with a RuntimeError of its
+    own ("unexpected pos"), which reached the user as a traceback where Ctrl-C is exit 130 and one line. What
+    stopped the write is raised instead, and no temporary file is left."""
+    import builtins
+
+    torch = pytest.importorskip("torch")
+    from augexpand.train import checkpoint
+
+    class Stopping:  # a file that takes 2000 bytes, then fails as ``stop`` says
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 2000:
+                raise stop
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint, "open", lambda fd, mode: Stopping(builtins.open(fd, mode)),  # noqa: SIM115
+                        raising=False)
+    with pytest.raises(type(stop)) as caught:
+        checkpoint.save_checkpoint({"weights": torch.zeros(10_000)}, tmp_path / "last.pt")
+    if isinstance(stop, OSError):
+        assert caught.value.filename == str(tmp_path / "last.pt") and caught.value.errno == 28
+    assert list(tmp_path.iterdir()) == []

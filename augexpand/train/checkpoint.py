@@ -195,8 +195,11 @@ def save_checkpoint(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        # a full disk: torch's zip writer reports the failed write as a RuntimeError ("unexpected pos"), a traceback
-        failed = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc, RuntimeError) else None
+        # torch's zip writer reports what stopped a write (a full disk, Ctrl-C) as a RuntimeError of its own when
+        # it closes ("unexpected pos"), with the real cause as its context: that cause is raised instead
+        failed = exc.__context__ if isinstance(exc, RuntimeError) else exc
         if isinstance(failed, OSError):
             raise OSError(failed.errno, failed.strerror or str(failed), str(path)) from None
+        if isinstance(failed, KeyboardInterrupt):  # Ctrl-C while saving: the run's own interrupt handling
+            raise KeyboardInterrupt from None
         raise
