@@ -95,6 +95,21 @@ def interrupted(src: Path, dst: Path, recipe, monkeypatch, after: int = 17, **kw
 # --overwrite
 
 
+def slow_job(tmp_path: Path, photos, per_class: int) -> tuple[Path, Path, dict[str, str]]:
+    """For a run to stop while it writes: ``per_class`` photo crops in each of two classes, a recipe of ten rotated
+    copies each, and the environment in which ``python -m augexpand`` imports this tree."""
+    from tests.conftest import crops
+
+    src = tmp_path / "src"
+    for name, photo in (("cat", "chelsea"), ("rocket", "rocket")):
+        for k, image in enumerate(crops(photos[photo], per_class, seed=3, size=(40, 32))):
+            save_rgb(src / name / f"{name}_{k}.jpg", image)
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text("seed: 1\ncopies: 10\npipeline:\n  - Rotate: {limit: 30, p: 1}\noutput: {size: 32, format: png}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    return src, recipe, env
+
+
 def test_overwrite_removes_only_what_the_earlier_run_wrote(small_src, tmp_path, tiny_recipe, photos):
     dst = tmp_path / "out"
     run(small_src, dst, tiny_recipe)
@@ -444,15 +459,7 @@ def stat_kind(path: Path) -> str:
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_stops_quietly_and_resume_finishes(tmp_path, photos, stop):
-    from tests.conftest import crops
-
-    src = tmp_path / "src"
-    for name, photo in (("cat", "chelsea"), ("rocket", "rocket")):
-        for k, image in enumerate(crops(photos[photo], 20, seed=3, size=(40, 32))):
-            save_rgb(src / name / f"{name}_{k}.jpg", image)
-    recipe = tmp_path / "slow.yaml"
-    recipe.write_text("seed: 1\ncopies: 10\npipeline:\n  - Rotate: {limit: 30, p: 1}\noutput: {size: 32, format: png}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    src, recipe, env = slow_job(tmp_path, photos, 20)
     cmd = [sys.executable, "-m", "augexpand", "expand", "-r", str(recipe), str(src)]
     dst = tmp_path / "out"
     proc = subprocess.Popen([*cmd, str(dst), "-w", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -10,15 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from augexpand.cli import cli
 from augexpand.destination import read_journal
-from tests.conftest import crops, save_rgb, tree_digest
-from tests.test_destination import interrupted, listed, one_error_line, run, same_output, temp_files
+from tests.conftest import tree_digest
+from tests.test_destination import interrupted, listed, one_error_line, run, same_output, slow_job, temp_files
 from tests.train_fixtures import write_expanded
 
 
@@ -84,13 +83,7 @@ def test_a_journal_line_cut_short_by_a_full_disk_leaves_no_untracked_image(small
 def test_workers_die_with_a_parent_killed_at_once_and_resume_finishes(tmp_path, photos):
     # `kill -9` of the run (or the out-of-memory killer choosing it) left its workers to finish their task for
     # nobody: each printed two BrokenPipeError tracebacks when it handed its result to the dead parent.
-    src = tmp_path / "src"
-    for name, photo in (("cat", "chelsea"), ("rocket", "rocket")):
-        for k, image in enumerate(crops(photos[photo], 12, seed=3, size=(40, 32))):
-            save_rgb(src / name / f"{name}_{k}.jpg", image)
-    recipe = tmp_path / "slow.yaml"
-    recipe.write_text("seed: 1\ncopies: 10\npipeline:\n  - Rotate: {limit: 30, p: 1}\noutput: {size: 32, format: png}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    src, recipe, env = slow_job(tmp_path, photos, 12)
     dst = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "augexpand", "expand", "-r", str(recipe), str(src), str(dst), "-w",
                              "2", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
