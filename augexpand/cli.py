@@ -81,9 +81,6 @@ def cli() -> None:
     """
 
 
-_json_option = json_option  # one wording for every command's --json (train and evaluate's too)
-
-
 def _parse_size(value: str | None) -> tuple[int, int] | str | None:
     if value is None:
         return None
@@ -142,7 +139,7 @@ def _parse_size(value: str | None) -> tuple[int, int] | str | None:
 @click.option("--allow-large", is_flag=True, help="Run a plan of more than 1,000,000 images or 100 GB (refused "
               "without it: a typo such as copies: 10000 would fill the disk).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary table.")
-@_json_option
+@json_option
 def expand_command(paths, recipe, example, seed, copies, target_per_class, originals, size, fmt, quality, workers,
                    executor, val_fraction, strict, resume, overwrite, dry_run, max_pixels, shard, allow_large, quiet,
                    as_json):
@@ -281,7 +278,7 @@ def _print_expand_summary(s: dict) -> None:
 
 
 @cli.command("recipes", context_settings=CONTEXT)
-@_json_option
+@json_option
 def recipes_command(as_json: bool) -> None:
     """List the builtin recipes (use their names with --recipe).
 
@@ -312,7 +309,7 @@ def recipes_command(as_json: bool) -> None:
 
 @cli.command("validate", context_settings=CONTEXT)
 @click.argument("recipe", metavar="RECIPE")
-@_json_option
+@json_option
 def validate_command(recipe: str, as_json: bool) -> None:
     """Check a recipe (a file or a builtin name) without reading any image.
 
@@ -398,7 +395,7 @@ def example_command(dst: Path) -> None:
 @click.option("--tile", type=click.IntRange(32, 512), default=160, show_default=True,
               help="Tile side in pixels.")
 @max_pixels_option
-@_json_option
+@json_option
 def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, as_json):
     """Draw a contact sheet of what a recipe makes from SRC, without writing a dataset.
 
@@ -432,7 +429,7 @@ def preview_command(src, recipe, example, out, samples, seed, tile, max_pixels, 
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--plot", type=click.Path(path_type=Path), metavar="PNG",
               help="Also draw the counts as a bar chart: .png, .svg or .pdf, outside a source DIR.")
-@_json_option
+@json_option
 def inspect_command(folder, plot, as_json):
     """Print the class counts of DIR: a source ImageFolder, or an `augexpand expand` output.
 
@@ -485,7 +482,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--plot", type=click.Path(path_type=Path), metavar="PNG",
               help="Draw the scores as a bar chart: .png, .svg or .pdf, outside SRC.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
-@_json_option
+@json_option
 def tune_command(src, out, example, budget, candidates, only, seed, folds, steps, flip, plot, quiet, as_json):
     """Pick the recipe that trains the best model on SRC's own images.
 
