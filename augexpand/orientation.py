@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MAX_IMAGES", "ORIENTATIONS", "UPRIGHT_ANGLE", "OrientationDecision", "decide_from_files",
-           "decide_orientation", "describe", "needs_decision", "orientation_note", "resolve_orientation",
+           "decide_orientation", "describe", "evidence", "needs_decision", "orientation_note", "resolve_orientation",
            "strip_orientation", "thumbnail"]
 
 ORIENTATIONS = ("auto", "free", "keep")
@@ -401,12 +401,16 @@ def orientation_note(info: dict[str, Any]) -> str | None:
     """One line for the summary: what ``orientation: auto`` decided, and on what evidence."""
     if info.get("mode") != "auto" or info.get("keep") is None:
         return None
-    acc = info.get("accuracy") or {}
     verdict, effect = ("kept", "no flips, rotations within 10 deg") if info["keep"] else \
         ("free", "flips and rotations as the recipe says")
-    if acc.get("original") is None or acc.get("mirrored") is None:
-        return f"orientation: {verdict} - {info.get('reason', '')}: {effect}"
-    if "not recognisable" in info.get("reason", ""):
-        return f"orientation: {verdict} - {info['reason']}: {effect}"
-    return (f"orientation: {verdict} - mirrored images are recognised {acc['mirrored']:.0%} of the time vs "
-            f"{acc['original']:.0%} as they are ({info['images']} images): {effect}")
+    return f"orientation: {verdict} - {evidence(info)}: {effect}"
+
+
+def evidence(info: dict[str, Any]) -> str:
+    """What a decision (``OrientationDecision.card()``) rests on, in words: the two accuracies, or why there are
+    none to go by."""
+    acc = info.get("accuracy") or {}
+    if acc.get("original") is None or acc.get("mirrored") is None or "not recognisable" in info.get("reason", ""):
+        return info.get("reason", "")
+    return (f"mirrored images are recognised {acc['mirrored']:.0%} of the time vs {acc['original']:.0%} as they "
+            f"are ({info['images']} images)")

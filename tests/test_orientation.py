@@ -351,7 +351,7 @@ def test_train_on_a_plain_image_folder_lets_the_images_decide_the_flip(digits_sr
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((run / "config.yaml").read_text())["flip"] is flip
     if not extra:
-        assert f"{'no' if not flip else 'with'} random flip: mirror images are recognised" in result.output
+        assert f"{'no' if not flip else 'with'} random flip: mirrored images are recognised" in result.output
 
 
 def test_preview_decides_as_expand_does(digits_src: Path, tmp_path: Path):

@@ -468,13 +468,6 @@ def _resolve_size(config: TrainConfig, train_split: D.Split, init_ckpt: dict | N
     return min(MAX_AUTO_SIZE, median), f"the median short side of the training images ({median} px)"
 
 
-def _accuracies(decision: Any) -> str:
-    if decision.original is None or decision.mirrored is None:
-        return f"{plural(decision.images, 'image')} looked at"
-    return (f"{decision.mirrored:.0%} of mirror images recognised vs {decision.original:.0%} as they are, "
-            f"{plural(decision.images, 'image')}")
-
-
 def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
              explicit: set[str] = frozenset()) -> tuple[TrainConfig, str]:
     """Fill every ``auto``/``None`` of the config with the value this run will use (the length: see _length).
@@ -518,13 +511,13 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
                 log.info("no random flip: %s says orientation was kept (--flip turns it on)",
                          Path(config.data) / D.CARD)
         else:  # no expansion card: the training images decide, with the test of expand's `orientation: auto`
-            from augexpand.orientation import decide_from_files
+            from augexpand.orientation import decide_from_files, evidence
 
             decision = decide_from_files([train_split.root / f for f in train_split.files], train_split.labels,
                                          config.seed)
             kept = decision.keep
-            log.info("%s random flip: %s (%s; --flip/--no-flip decide instead)", "no" if kept else "with",
-                     decision.reason, _accuracies(decision))
+            log.info("%s random flip: %s (--flip/--no-flip decide instead)", "no" if kept else "with",
+                     evidence(decision.card()))
         update["flip"] = not kept
     pretrained = config.pretrained
     update["lr"] = config.lr or DEFAULT_LR[(config.optimizer, pretrained)]
