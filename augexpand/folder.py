@@ -798,6 +798,21 @@ def _progressive(raw: bytes) -> bool:
     return False
 
 
+def _jpeg_frame_size(raw: bytes) -> tuple[int, int] | None:
+    """(height, width) that a JPEG's start-of-frame header claims, from the markers before its first scan."""
+    for marker, at, _ in _jpeg_headers(raw):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and at + 9 <= len(raw):
+            return int.from_bytes(raw[at + 5:at + 7], "big"), int.from_bytes(raw[at + 7:at + 9], "big")
+    return None
+
+
+def _bomb_reason() -> str:
+    limit = pixel_limit()
+    limit_text = f"{limit / 1e6:.1f} megapixels" if limit >= 100_000 else f"{limit:,} pixels"
+    return f"its header claims more pixels than the limit of {limit_text} (a decompression bomb? --max-pixels " \
+           f"raises the limit)"
+
+
 def _check_scans(raw: bytes) -> None:
     """Refuse a progressive JPEG of more than MAX_JPEG_SCANS scans, counted by their start-of-scan markers (FF DA;
     entropy-coded data never holds one: an FF there is followed by 00 or a restart marker), at memory speed."""
@@ -834,6 +849,11 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
     jpeg = data.size > 2 and data[0] == 0xFF and data[1] == 0xD8
     if jpeg:
         _check_scans(raw)
+        size = _jpeg_frame_size(raw)
+        if reduced != 1 and size is not None and _over_decoder_limit(*size):
+            # OpenCV checks its limit against the reduced size: a file that became a bomb after the scan (whose
+            # header check it passed) would decode its garbage at 1/8 for seconds and gigabytes
+            raise ImageReadError(_bomb_reason())
     if jpeg and min_side > 0 and reduced == 1:
         reduced = _header_scale(data, min_side)
     flag = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -850,10 +870,7 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
             image = cv2.imdecode(data, flag)
     except cv2.error as exc:  # e.g. a header over OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS)
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-            limit = pixel_limit()
-            limit_text = f"{limit / 1e6:.1f} megapixels" if limit >= 100_000 else f"{limit:,} pixels"
-            raise ImageReadError(f"its header claims more pixels than the limit of {limit_text} (a decompression "
-                                 f"bomb? --max-pixels raises the limit)") from None
+            raise ImageReadError(_bomb_reason()) from None
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
         raise ImageReadError(f"OpenCV cannot decode it ({reason})") from None
     if image is None:

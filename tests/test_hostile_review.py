@@ -1,0 +1,70 @@
+"""An adversarial review of expand, preview, inspect and validate: what a hostile file, tree or run still got
+wrong after the earlier hostile tests (tests/test_hostile_*.py). Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import augexpand.expansion
+from augexpand.cli import cli
+from augexpand.errors import ImageReadError
+from augexpand.folder import decode_image
+from tests.conftest import crops, save_rgb
+
+
+def jpeg_bomb(image: np.ndarray, side: int = 60000) -> bytes:
+    """A real JPEG of ``image`` whose start-of-frame header is rewritten to claim side x side pixels."""
+    data = bytearray(cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
+    i = data.index(b"\xff\xc0")  # SOF0: length (2), precision (1), height (2), width (2)
+    data[i + 5:i + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("reduced", [2, 4, 8])
+def test_a_jpeg_bomb_decoded_at_a_reduced_scale_is_refused_at_once(photos, reduced: int):
+    # OpenCV checks its pixel limit against the reduced size: 60000x60000 at 1/8 is 56 megapixels, under it, and
+    # libjpeg then decoded the bomb's garbage (5 s and 170 MB at 1/8, 13 s at 1/4; a hang with several)
+    start = time.monotonic()
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        decode_image(jpeg_bomb(photos["chelsea"][:64, :64]), reduced=reduced)
+    assert time.monotonic() - start < 1
+
+
+def test_a_source_that_becomes_a_bomb_after_the_scan_is_a_named_skip(tmp_path: Path, monkeypatch, photos):
+    # the scan checks every header against the pixel limit; a file rewritten afterwards (a sync, a user) was
+    # decoded at the plan's reduced scale (1/2 for these 96x80 photos) by the orientation test and the rows:
+    # minutes and gigabytes for one file
+    src = tmp_path / "src"
+    for name, photo, n in (("cat", "chelsea", 4), ("coffee", "coffee", 3)):
+        for k, image in enumerate(crops(photos[photo], n, seed=len(name), size=(96, 80))):
+            save_rgb(src / name / f"{name}_{k}.jpg", image, quality=92)
+    scan = augexpand.expansion.scan_image_folder
+    bomb = jpeg_bomb(photos["chelsea"][:64, :64])
+
+    def scan_then_rewrite(src, **kwargs):
+        result = scan(src, **kwargs)
+        (Path(src) / "cat" / "cat_1.jpg").write_bytes(bomb)
+        return result
+
+    monkeypatch.setattr(augexpand.expansion, "scan_image_folder", scan_then_rewrite)
+    dst = tmp_path / "dst"
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["expand", "-r", "heavy", "--copies", "1", "-w", "1", "--size", "16",
+                                      str(src), str(dst)])
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - start < 30
+    card = json.loads((dst / "dataset.json").read_text(encoding="utf-8"))
+    assert [s["file"] for s in card["skipped"]] == ["cat/cat_1.jpg"]
+    assert "decompression bomb" in card["skipped"][0]["reason"]
+    for line in (dst / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        assert "cat/cat_1.jpg" not in record["sources"]
+        assert cv2.imread(str(dst / "train" / record["file_name"])) is not None
