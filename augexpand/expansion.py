@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import numbers
 import platform
 import signal
 import sys
@@ -112,6 +113,23 @@ def _recipe_of(recipe: str | Path | dict | Recipe, overrides: dict[str, Any] | N
     return recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_arguments(workers: object, val_fraction: object, max_pixels: object) -> None:
+    """The API's numeric arguments, checked as the CLI's options are (a string or 0 was a TypeError or was taken
+    silently as something else)."""
+    if workers is not None and not (_whole(workers) and workers >= 1):
+        raise AugexpandError(f"workers must be a whole number of at least 1 (None: one per core), got {workers!r:.40}")
+    if not (isinstance(val_fraction, numbers.Real) and not isinstance(val_fraction, bool)
+            and 0.0 <= val_fraction < 1.0):
+        raise AugexpandError(f"val_fraction must be a number in [0, 1), got {val_fraction!r:.40}")
+    if max_pixels is not None and not (_whole(max_pixels) and max_pixels >= 1):
+        raise AugexpandError(f"max_pixels must be a whole number of at least 1 (None: no limit), "
+                             f"got {max_pixels!r:.40}")
+
+
 def _source_folder(src: str | Path | None) -> Path:
     if src is None:
         from augexpand.example import example_dir
@@ -143,11 +161,10 @@ def plan_expansion(
     (``augexpand.plan.check_plan_size``: counted by arithmetic; over 20,000,000 rows, always).
     """
     started = time.perf_counter()
+    _check_arguments(workers, val_fraction, max_pixels)
     if max_pixels is not None:
         limit_opencv_pixels(max_pixels)  # OpenCV's own limit too, when it has not been loaded yet
     recipe = _recipe_of(recipe, overrides, seed)  # every recipe error before anything is read
-    if not 0.0 <= val_fraction < 1.0:
-        raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
     src = _source_folder(src)
     workers = local_workers(workers)
     scan = scan_image_folder(src, strict=strict, imap=probe_map(workers), max_pixels=max_pixels)
@@ -315,9 +332,8 @@ def expand(
                              f"{type(on_progress).__name__} {on_progress!r:.40}")
     if executor not in EXECUTORS:
         raise AugexpandError(f"unknown executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    _check_arguments(workers, val_fraction, max_pixels)
     recipe = _recipe_of(recipe, overrides, seed)  # every recipe error before anything is read
-    if not 0.0 <= val_fraction < 1.0:
-        raise AugexpandError(f"val_fraction must be in [0, 1), got {val_fraction}")
     src, dst = _source_folder(src), Path(dst).expanduser().resolve()
     check_paths(src, dst)
     try:

@@ -616,6 +616,9 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
     elif isinstance(spec, dict):
         _check_shape(spec, _data_children, "<inline recipe>")
         data, lines, source, base = dict(spec), {}, "<inline recipe>", Path.cwd()
+    elif not isinstance(spec, (str, os.PathLike)):
+        raise RecipeError(f"a recipe is a YAML file's path, a builtin recipe's name, a dict or a Recipe, got "
+                          f"{type(spec).__name__} {spec!r:.40}")
     else:
         path = _resolve_path(spec)
         source = str(path) if path.parent != recipes_dir() else f"builtin recipe {path.stem!r} ({path})"
@@ -628,6 +631,9 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
             raise RecipeError(f"recipe {path} must be a YAML mapping (seed:, pipeline:, ...), "
                               f"got a {type(data).__name__}")
     data = copy.deepcopy(data)
+    if overrides is not None and not (isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides)):
+        raise RecipeError(f"overrides must be a dict of recipe keys, e.g. {{'copies': 3, 'output.format': 'png'}}, "
+                          f"got {overrides!r:.60}")
     for key, value in (overrides or {}).items():  # dotted keys reach into sections: output.format
         *parents, last = key.split(".")
         target = data

@@ -68,3 +68,27 @@ def test_a_source_that_becomes_a_bomb_after_the_scan_is_a_named_skip(tmp_path: P
         record = json.loads(line)
         assert "cat/cat_1.jpg" not in record["sources"]
         assert cv2.imread(str(dst / "train" / record["file_name"])) is not None
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"workers": 0}, "workers must be a whole number of at least 1"),  # was taken as 1 without a word
+    ({"workers": "2"}, "workers must be a whole number"),  # was a TypeError from a comparison
+    ({"val_fraction": "0.2"}, "val_fraction must be a number in [0, 1)"),
+    ({"val_fraction": None}, "val_fraction must be a number in [0, 1)"),
+    ({"max_pixels": 0}, "max_pixels must be a whole number of at least 1"),  # was 'no readable image'
+    ({"max_pixels": "x"}, "max_pixels must be a whole number"),  # was a ValueError from int()
+    ({"recipe": None}, "a recipe is a YAML file's path, a builtin recipe's name, a dict or a Recipe"),
+    ({"recipe": 5}, "a recipe is a YAML file's path"),
+    ({"overrides": [("copies", 1)]}, "overrides must be a dict of recipe keys"),  # was an AttributeError
+    ({"overrides": {1: 2}}, "overrides must be a dict of recipe keys"),
+])
+def test_the_apis_arguments_of_a_wrong_type_or_value_are_an_augexpand_error(small_src: Path, tmp_path: Path,
+                                                                            kwargs: dict, words: str):
+    from augexpand import AugexpandError, expand, plan_expansion
+
+    for call in (lambda: expand(small_src, tmp_path / "dst", **{"workers": 1, **kwargs}),
+                 lambda: plan_expansion(small_src, **{"workers": 1, **kwargs})):
+        with pytest.raises(AugexpandError) as caught:
+            call()
+        assert words in str(caught.value)
+    assert not (tmp_path / "dst").exists()
