@@ -10,6 +10,7 @@ failure is one :class:`TrainingError` line that names the file.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from augexpand.train.data import MAX_CLASSES  # the bound of a dataset's classes
 __all__ = [
     "MAX_CLASSES",
     "MAX_WIDTH",
+    "check_tensors",
     "load_checkpoint",
     "model_from_checkpoint",
     "read_torch_file",
     "save_checkpoint",
     "validate_model_args",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_WIDTH = 256  # the small CNN's first-stage channels: 256 is already a 4.7M-parameter last stage
 _SIZE_RANGE = (8, 1024)  # the training resolutions TrainConfig accepts
@@ -124,6 +128,23 @@ def validate_model_args(args: Any, where: str) -> dict[str, Any]:
     return clean
 
 
+def check_tensors(state: dict[str, torch.Tensor], where: str, finite: bool) -> bool:
+    """Every tensor dense, with data, and real: a sparse, a ``meta`` (no data) or a complex tensor passes
+    ``weights_only`` but is a RuntimeError listing every parameter inside ``load_state_dict``. Returns whether every
+    weight is finite; with ``finite`` a NaN or infinite one is refused (a diverged run cannot start or teach one)."""
+    for k, v in state.items():
+        kind = ("sparse" if v.layout != torch.strided else "a meta tensor (no data)" if v.device.type == "meta"
+                else f"of dtype {str(v.dtype).removeprefix('torch.')}" if v.is_complex() or v.dtype == torch.bool
+                else None)
+        if kind is not None:
+            raise TrainingError(f"{where}: tensor {k!r} is {kind}; a state dict holds dense real tensors")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None and finite:
+        raise TrainingError(f"{where}: tensor {bad!r} holds NaN or infinite values (the run it comes from diverged); "
+                            "these weights cannot start or teach a model")
+    return bad is None
+
+
 def _check_shapes(model_args: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> None:
     from augexpand.train.models import build_model
 
@@ -139,13 +160,17 @@ def _check_shapes(model_args: dict[str, Any], state: dict[str, torch.Tensor], wh
         if tuple(state[k].shape) != tuple(v.shape):
             raise TrainingError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, "
                                 f"its model_args give {tuple(v.shape)}")
+        if v.is_floating_point() and not state[k].is_floating_point():  # integer weights
+            raise TrainingError(f"{where}: tensor {k!r} is {str(state[k].dtype).removeprefix('torch.')}, "
+                                f"its model_args give {str(v.dtype).removeprefix('torch.')}")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, finite: bool = False) -> dict[str, Any]:
     """A checkpoint written by ``train`` (a run folder means its ``best.pt``), checked before anything is built.
 
     Checks: a mapping with ``model`` (tensors), ``model_args`` (see :func:`validate_model_args`), ``classes``
-    (as many distinct names as the head has outputs), ``size`` (8-1024), and tensor shapes that fit the model.
+    (as many distinct names as the head has outputs), ``size`` (8-1024), and tensor shapes and kinds that fit the
+    model. NaN or infinite weights (a diverged run's) are refused with ``finite`` (--init, --teacher), else a warning.
     """
     path = Path(path)
     if path.is_dir():
@@ -167,6 +192,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     state = ckpt["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TrainingError(f"{where}: 'model' is not a state dict (parameter names to tensors)")
+    if not check_tensors(state, where, finite):
+        log.warning("%s holds NaN or infinite weights (its run diverged): its predictions mean nothing", path)
     _check_shapes(args, state, where)
     return {**ckpt, "model_args": args}
 

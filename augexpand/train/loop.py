@@ -739,7 +739,11 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
             raise TrainingError("--patience (early stopping) needs a validation split: pass --val DIR")
 
     # Resolve the config (auto values); saved once the epochs are known
-    init_ckpt = load_checkpoint(config.init) if config.init is not None else None
+    init_ckpt = load_checkpoint(config.init, finite=True) if config.init is not None else None
+    t_ckpt = load_checkpoint(config.teacher, finite=True) if config.teacher is not None else None
+    if t_ckpt is not None and list(t_ckpt["classes"]) != classes:  # before any image is decoded
+        raise TrainingError(f"the teacher {config.teacher} was trained on classes {t_ckpt['classes']}, "
+                            f"this run has {classes}; distillation needs the same classes")
     config, size_from = _resolve(config, train_split, init_ckpt, explicit)
     if config.sync_bn and not (ctx.enabled and ctx.device.type == "cuda"):
         raise TrainingError("--sync-bn needs torchrun on CUDA GPUs (SyncBatchNorm runs only there)")
@@ -811,8 +815,6 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = min(round(config.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
     schedule = _Schedule(0, total_steps, warmup)
-    if not resume:
-        ctx.on_main(lambda: save_config(config, out / "config.yaml"), share=False)
 
     # Model: fresh, from torchvision weights, or from an earlier run (transfer: the head is replaced)
     model_args = _model_args(config, len(classes))
@@ -838,11 +840,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
 
     # Teacher for knowledge distillation (same classes, frozen)
     teacher = None
-    if config.teacher is not None:
-        t_ckpt = load_checkpoint(config.teacher)
-        if list(t_ckpt["classes"]) != classes:
-            raise TrainingError(f"the teacher {config.teacher} was trained on classes {t_ckpt['classes']}, "
-                                f"this run has {classes}; distillation needs the same classes")
+    if t_ckpt is not None:
         teacher = model_from_checkpoint(t_ckpt).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -852,6 +850,9 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
     # Optimizer
     optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
+
+    if not resume:  # only now: a --weights or --teacher refused above leaves no run behind that needs --overwrite
+        ctx.on_main(lambda: save_config(config, out / "config.yaml"), share=False)
 
     # Resume: weights, optimizer, step, best so far, metrics up to the checkpoint
     start_epoch, best_acc, best_loss, best_epoch, bad_epochs = 0, -1.0, math.inf, 0, 0

@@ -175,7 +175,7 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from augexpand.train.checkpoint import read_torch_file  # checkpoint.py imports this module
+    from augexpand.train.checkpoint import check_tensors, read_torch_file  # checkpoint.py imports this module
 
     obj = read_torch_file(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -184,6 +184,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]  # a Lightning-style checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TrainingError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    check_tensors(obj, f"weights file {path}", finite=True)
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -224,6 +225,10 @@ def load_backbone_weights(model: nn.Module, path: Path, keep_head: bool = False)
             raise TrainingError(f"weights in {path} do not fit the model: {k!r} has shape {tuple(v.shape)}, "
                                 f"the model expects {tuple(own[k].shape)}",
                                 hint="check --model (resnet18/34/50 take torchvision's ResNet checkpoints)")
+        if k in own and not is_head(k) and own[k].is_floating_point() and not v.is_floating_point():
+            raise TrainingError(f"weights in {path} do not fit the model: {k!r} is "
+                                f"{str(v.dtype).removeprefix('torch.')}, the model expects "
+                                f"{str(own[k].dtype).removeprefix('torch.')}")
     load = {k: v for k, v in state.items() if k in own and not is_head(k)}
     skipped = len(state) - len(load)
     if keep_head:

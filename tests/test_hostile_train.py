@@ -1,0 +1,106 @@
+"""Hostile checkpoints, datasets, options and outputs for `train`, `evaluate` and `tune`: each one is a single
+`Error:` line (or a warning where the result is still meaningful), never a traceback, and no user file is lost."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from augexpand.cli import cli
+from augexpand.errors import TrainingError
+from augexpand.train.checkpoint import load_checkpoint
+from augexpand.train.models import build_model, load_backbone_weights
+from tests.train_fixtures import write_digits, write_expanded
+
+FAST = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_error_line(result, text: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if not line.startswith(("note:", "warning:"))]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny real run (1 epoch) on real digits, and a test folder of other digits."""
+    root = tmp_path_factory.mktemp("hostile_train")
+    dst = write_expanded(root / "dst", classes=(0, 1, 2), n=6, mixed=2)
+    run = root / "run"
+    result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q")
+    assert result.exit_code == 0, result.output
+    return dst, run, write_digits(root / "test", classes=(0, 1, 2), n=2, offset=60)
+
+
+def _with_weights(tmp_path, trained, name, change):
+    ckpt = torch.load(trained[1] / "best.pt", weights_only=True)
+    ckpt["model"] = {k: change(v) for k, v in ckpt["model"].items()}
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+def _floats(f):
+    return lambda v: f(v) if v.is_floating_point() else v
+
+
+# Each passed weights_only and the shape check, then load_state_dict raised a RuntimeError listing every parameter
+# (a traceback of 30 lines), or loaded garbage without a word (integer weights, a complex cast).
+@pytest.mark.parametrize(("name", "change", "message"), [
+    ("meta.pt", lambda v: v.to("meta"), "tensor 'features.0.weight' is a meta tensor (no data)"),
+    ("sparse.pt", lambda v: v.to_sparse() if v.dim() == 1 else v, "tensor 'features.1.weight' is sparse"),
+    ("complex.pt", _floats(lambda v: v.to(torch.complex64)), "tensor 'features.0.weight' is of dtype complex64"),
+    ("int.pt", lambda v: v.long(), "tensor 'features.0.weight' is int64, its model_args give float32"),
+])
+def test_a_state_dict_of_tensors_no_model_can_hold_is_one_line(tmp_path, trained, name, change, message):
+    dst, _, test = trained
+    path = _with_weights(tmp_path, trained, name, change)
+    with pytest.raises(TrainingError, match="^checkpoint .*: " + message.replace("(", r"\(").replace(")", r"\)")):
+        load_checkpoint(path)
+    _one_error_line(_invoke("evaluate", path, test, "--workers", "0"), message)
+    _one_error_line(_invoke("train", dst, "-o", tmp_path / "r1", "--init", path, *FAST, "--epochs", "1"), message)
+    _one_error_line(_invoke("train", dst, "-o", tmp_path / "r2", "--teacher", path, *FAST, "--epochs", "1"), message)
+
+
+def test_float64_weights_still_load(tmp_path, trained):
+    path = _with_weights(tmp_path, trained, "f64.pt", lambda v: v.double())  # the step counters too
+    result = _invoke("evaluate", path, trained[2], "--workers", "0", "-q")
+    assert result.exit_code == 0 and result.output.startswith("top-1 accuracy "), result.output
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_weights_are_a_warning_in_evaluate_and_refused_as_a_start_or_a_teacher(tmp_path, trained, value):
+    dst, run, test = trained
+    path = _with_weights(tmp_path, trained, "diverged.pt", _floats(lambda v: torch.full_like(v, value)))
+    result = _invoke("evaluate", path, test, "--workers", "0")
+    assert result.exit_code == 0, result.output  # a diverged run is still scored (as train leaves it)
+    assert f"warning: {path} holds NaN or infinite weights (its run diverged): its predictions mean nothing" \
+        in result.output
+    message = "tensor 'features.0.weight' holds NaN or infinite values (the run it comes from diverged)"
+    _one_error_line(_invoke("train", dst, "-o", tmp_path / "r1", "--init", path, *FAST, "--epochs", "1"), message)
+    # the teacher trained the student on NaN targets without a word
+    _one_error_line(_invoke("train", dst, "-o", tmp_path / "r2", "--teacher", path, *FAST, "--epochs", "1"), message)
+    with pytest.raises(TrainingError, match=f"^weights file {path}: tensor 'features.0.weight' holds NaN"):
+        load_backbone_weights(build_model("smallcnn", num_classes=3, width=8), path)
+
+
+def test_a_refused_teacher_leaves_no_run_that_needs_overwrite(tmp_path, trained):
+    dst, run, _ = trained
+    bad = _with_weights(tmp_path, trained, "int.pt", lambda v: v.long())
+    out = tmp_path / "student"
+    _one_error_line(_invoke("train", dst, "-o", out, "--teacher", bad, *FAST, "--epochs", "1"), "is int64")
+    # the run folder was left with a config.yaml: the corrected command was told to use --overwrite
+    result = _invoke("train", dst, "-o", out, "--teacher", run, *FAST, "--epochs", "1", "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
+    other = write_digits(tmp_path / "other", classes=(0, 1), n=3)
+    out2 = tmp_path / "student2"
+    _one_error_line(_invoke("train", other, "-o", out2, "--teacher", run, *FAST, "--epochs", "1"),
+                    "distillation needs the same classes")
+    assert not (out2 / "cache").exists() and not (out2 / "config.yaml").exists()  # refused before decoding
