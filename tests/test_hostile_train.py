@@ -104,3 +104,40 @@ def test_a_refused_teacher_leaves_no_run_that_needs_overwrite(tmp_path, trained)
     _one_error_line(_invoke("train", other, "-o", out2, "--teacher", run, *FAST, "--epochs", "1"),
                     "distillation needs the same classes")
     assert not (out2 / "cache").exists() and not (out2 / "config.yaml").exists()  # refused before decoding
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # each was torch's "value cannot be converted to type float without overflow" traceback at the first step
+    (["--lr", "1e308"], "Invalid value for '--lr': 1e+308 is not in the range 0<x<=1e+30."),
+    (["--head-lr-mult", "1e308"], "Invalid value for '--head-lr-mult'"),
+    (["--weight-decay", "1e308"], "Invalid value for '--weight-decay'"),
+    (["--optimizer", "adabound", "--final-lr", "1e308"], "Invalid value for '--final-lr'"),
+])
+def test_a_rate_that_overflows_float32_is_a_usage_error(tmp_path, args, message):
+    result = _invoke("train", tmp_path, "-o", tmp_path / "r", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_cli_bounds_of_rates_are_the_configs():
+    from augexpand.train import cli as train_cli
+    from augexpand.train import config
+
+    assert (train_cli.MAX_RATE, train_cli.MAX_MULT) == (config.MAX_RATE, config.MAX_MULT)
+
+
+def test_adams_beta1_of_one_and_adabounds_tiny_gamma(tmp_path, trained):
+    dst = trained[0]
+    # torch's Adam raised "Invalid beta parameter at index 0: 1.0" (AdaBound its own ValueError) as a traceback
+    for optimizer in ("adamw", "adabound"):
+        _one_error_line(_invoke("train", dst, "-o", tmp_path / optimizer, *FAST, "--optimizer", optimizer,
+                                "--momentum", "1"), f"momentum is {optimizer}'s beta1 and must be below 1, got 1.0")
+        assert not (tmp_path / optimizer).exists()
+    # AdaBound's bounds final_lr * (1 + 1 / (gamma t)) overflowed float32: they are capped, and the run trains
+    result = _invoke("train", dst, "-o", tmp_path / "r", *FAST, "--optimizer", "adabound", "--gamma", "1e-300",
+                     "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    # SGD may have momentum 1 (torch allows it); the largest rates allowed still run (the run diverges)
+    result = _invoke("train", dst, "-o", tmp_path / "s", *FAST, "--momentum", "1", "--lr", "1e30",
+                     "--head-lr-mult", "1e6", "--weight-decay", "1e6", "--epochs", "1", "-q")
+    assert result.exit_code == 0, result.output

@@ -25,6 +25,8 @@ __all__ = ["TRAIN_OPTIONS", "evaluate_command", "train_command"]
 NEED_TORCH = "training needs torch: pip install 'augexpand[train]'"
 DEVICE_HELP = "auto (a CUDA GPU when present), cpu, cuda, cuda:N, mps."
 MODEL_CHOICES = ["auto", "smallcnn", "resnet18", "resnet34", "resnet50"]
+MAX_RATE = 1e30  # config.MAX_RATE and MAX_MULT (this module imports only Click; a test checks they agree)
+MAX_MULT = 1e6
 
 # The command-line options that are TrainConfig fields (their defaults are TrainConfig's; a test checks it).
 TRAIN_OPTIONS = (
@@ -85,23 +87,23 @@ def _progress(quiet: bool, as_json: bool) -> bool:
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "adabound"], case_sensitive=False), default="sgd",
               show_default=True, help="SGD with Nesterov momentum, AdamW, or AdaBound (Adam whose steps are "
                                       "bounded to converge to SGD at --final-lr).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", type=click.FloatRange(min=0, max=MAX_RATE, min_open=True),
               help="Peak learning rate of the backbone (default: sgd 0.05, adamw 2e-3, adabound 1e-3; 10x less "
                    "from pretrained weights).")
-@click.option("--final-lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--final-lr", type=click.FloatRange(min=0, max=MAX_RATE, min_open=True),
               help="AdaBound: the SGD rate its step bounds converge to (default: 0.1, or 0.01 from pretrained "
                    "weights; follows the schedule).")
 @click.option("--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3, show_default=True,
               help="AdaBound: convergence speed of the bounds, [final_lr(1-1/(gamma t+1)), final_lr(1+1/(gamma t))].")
 @click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="SGD momentum, or AdamW's and AdaBound's beta1.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: sgd 5e-4, adamw 0.05 (decoupled), "
+@click.option("--weight-decay", type=click.FloatRange(min=0, max=MAX_MULT), help="Default: sgd 5e-4, adamw 0.05 (decoupled), "
               "adabound 5e-4 (L2, as the paper); never on biases and norms.")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Linear warmup, then a cosine decay to zero.")
 @click.option("--freeze-epochs", type=click.IntRange(min=0), help="Train only the new head (backbone and its "
               "BatchNorm statistics frozen) for K epochs, then unfreeze (default: 1 from pretrained weights, else 0).")
-@click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True),
+@click.option("--head-lr-mult", type=click.FloatRange(min=0, max=MAX_MULT, min_open=True),
               help="The head's learning rate as a multiple of the backbone's (default: 10 from pretrained weights, "
                    "else 1).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,

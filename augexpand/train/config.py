@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augexpand.errors import TrainingError
 
@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_WEIGHT_DECAY",
     "MAX_BATCH",
     "MAX_EPOCH_IMAGES",
+    "MAX_MULT",
+    "MAX_RATE",
     "RESUMABLE_OVERRIDES",
     "TrainConfig",
     "load_config",
@@ -53,6 +55,11 @@ DEFAULT_MIN_STEPS = 500  # ... with at least this many optimizer steps (a tiny s
 
 MAX_BATCH = 65_536  # images per step: already 9.9 GB of uint8 pixels at 224x224
 MAX_EPOCH_IMAGES = 10_000_000  # images in an epoch of several passes (--repeats): its index order is held whole
+# Rates and factors the optimizers turn into float32 scalars: lr * head_lr_mult (and lr * weight_decay) stay below
+# float32's 3.4e38 (--lr 1e308 was torch's "value cannot be converted to type float without overflow" traceback at
+# the first step). 1e30 still lets a run diverge on purpose.
+MAX_RATE = 1e30
+MAX_MULT = 1e6
 
 # Options that may change when a run is resumed (the rest must stay as the run was started).
 RESUMABLE_OVERRIDES = frozenset({"epochs", "steps", "device", "workers", "gpu_cache", "patience", "amp",
@@ -82,14 +89,14 @@ class TrainConfig(BaseModel):
     min_steps: NonNegativeInt = DEFAULT_MIN_STEPS
     batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 64  # per process under torchrun
     optimizer: Literal["sgd", "adamw", "adabound"] = "sgd"
-    lr: Annotated[float, Field(gt=0)] | None = None
-    final_lr: Annotated[float, Field(gt=0)] | None = None  # AdaBound's final rate (default DEFAULT_FINAL_LR)
+    lr: Annotated[float, Field(gt=0, le=MAX_RATE)] | None = None
+    final_lr: Annotated[float, Field(gt=0, le=MAX_RATE)] | None = None  # AdaBound's final rate (default DEFAULT_FINAL_LR)
     gamma: Annotated[float, Field(gt=0, lt=1)] = 1e-3  # AdaBound: how fast the bounds converge to final_lr
     momentum: Probability = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=MAX_MULT)] | None = None
     warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
     freeze_epochs: NonNegativeInt | None = None
-    head_lr_mult: Annotated[float, Field(gt=0)] | None = None  # 10 from pretrained weights, else 1
+    head_lr_mult: Annotated[float, Field(gt=0, le=MAX_MULT)] | None = None  # 10 from pretrained weights, else 1
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     teacher: Path | None = None
     kd_temperature: Annotated[float, Field(gt=0)] = 4.0
@@ -126,6 +133,12 @@ class TrainConfig(BaseModel):
             return v
         raise ValueError(f"expected auto or one of {', '.join(model_names())}, got {value!r}")
 
+    @model_validator(mode="after")
+    def _beta1(self) -> TrainConfig:
+        if self.optimizer != "sgd" and self.momentum >= 1:  # Adam divides by 1 - beta1**t
+            raise ValueError(f"momentum is {self.optimizer}'s beta1 and must be below 1, got {self.momentum}")
+        return self
+
     @property
     def pretrained(self) -> bool:
         """Whether the backbone starts from weights (a torchvision file or an earlier run)."""
@@ -135,7 +148,10 @@ class TrainConfig(BaseModel):
 def _format_errors(exc: ValidationError, where: str) -> str:
     parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "config"
+        if not err["loc"]:  # a check across fields: its message names them (the input is the whole config)
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        key = ".".join(str(p) for p in err["loc"])
         parts.append(f"{key}: {err['msg']} (got {str(repr(err.get('input')))[:80]})")
     return f"bad training configuration{where}: " + "; ".join(parts)
 

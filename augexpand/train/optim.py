@@ -88,6 +88,9 @@ class AdaBound(torch.optim.Optimizer):
                 # Adam's step size per parameter, clipped to the bounds, times the first moment
                 step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 lower, upper = bounds(t, final_lr, group["gamma"])
+                # as float32 scalars: a tiny gamma's 1/(gamma t) overflowed them ("cannot be converted to type float")
+                big = torch.finfo(denom.dtype).max
+                step_size, lower, upper = min(step_size, big), min(lower, big), min(upper, big)
                 eta = torch.full_like(denom, step_size).div_(denom).clamp_(lower, upper)
                 p.sub_(eta.mul_(exp_avg))
         return loss
