@@ -278,8 +278,8 @@ def test_a_training_image_that_vanishes_after_the_split_is_read_is_a_named_skip(
     data = write_digits(tmp_path / "digits", classes=(0, 1), n=6)
     read_split = D.read_split
 
-    def read_then_delete(root, classes):
-        split = read_split(root, classes)
+    def read_then_delete(root, classes, *args):
+        split = read_split(root, classes, *args)
         (Path(root) / split.files[0]).unlink()
         return split
 

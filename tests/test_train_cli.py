@@ -180,12 +180,55 @@ def test_a_file_whose_header_passes_but_does_not_decode_is_skipped_not_fatal(tmp
     run = tmp_path / "run"
     result = _invoke("train", root, "-o", run, "--epochs", "2", *FAST, cache, "--json")
     assert result.exit_code == 0, result.output
-    assert f"warning: skipped {root / 'd1' / 'float.tif'}: " in result.stderr
+    assert "warning: skipped d1/float.tif: OpenCV cannot decode it" in result.stderr  # named as expand names it
     result = _invoke("evaluate", run, test, "--workers", "0", "--json")
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert scores["images"] == 6 and sum(map(sum, scores["confusion"])) == 6
-    assert f"warning: skipped {test / 'd1' / 'float.tif'}: " in result.stderr
+    assert "warning: skipped d1/float.tif: OpenCV cannot decode it" in result.stderr
+
+
+@pytest.mark.parametrize("cache", ["--cache", "--no-cache"])
+def test_unreadable_files_are_named_as_expand_names_them_and_listed_in_summary_json(tmp_path, cache):
+    from augexpand.folder import scan_image_folder
+
+    root = write_digits(tmp_path / "plain", classes=(0, 1), n=4, ext=".jpg")
+    whole = (root / "d0" / "0_0.jpg").read_bytes()
+    (root / "d0" / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # a truncated JPEG
+    (root / "d1" / "empty.jpg").write_bytes(b"")
+    expand_says = [{"file": s.rel, "reason": s.reason} for s in scan_image_folder(root).skipped]
+    assert [s["file"] for s in expand_says] == ["d0/cut.jpg", "d1/empty.jpg"]
+    run = tmp_path / "run"
+    result = _invoke("train", root, "-o", run, "--epochs", "1", *FAST, cache)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "skipped" in line] == \
+        [f"warning: skipped {s['file']}: {s['reason']}" for s in expand_says]
+    assert f"skipped 2 file(s), each named above with its reason (and in {run}/summary.json)" in result.stdout
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["train_images"] == 8
+    assert summary["skipped"] == [{**s, "split": "train"} for s in expand_says]
+
+    test = write_digits(tmp_path / "test", classes=(0, 1), n=3, offset=40, ext=".jpg")
+    (test / "d1" / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    result = _invoke("evaluate", run, test, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["images"] == 6 and sum(map(sum, scores["confusion"])) == 6  # the rest is scored
+    [reason] = [s.reason for s in scan_image_folder(test).skipped]
+    assert result.stderr.splitlines() == [f"warning: skipped d1/cut.jpg: {reason}"]
+    assert scores["skipped"] == [{"file": "d1/cut.jpg", "reason": reason}]
+
+
+def test_skipped_files_of_an_expanded_dataset_are_named_from_it_by_split(dst, tmp_path):
+    (dst / "val" / "d2" / "empty.png").write_bytes(b"")
+    (dst / "train" / "d0" / "extra.png").write_bytes(b"not a png")  # not in metadata.jsonl: not read
+    run = tmp_path / "run"
+    result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped val/d2/empty.png: empty file (0 bytes)" in result.stderr.splitlines()
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["skipped"] == [{"file": "val/d2/empty.png", "reason": "empty file (0 bytes)", "split": "val"}]
+    assert summary["train_images"] == 28
 
 
 @pytest.mark.parametrize("option", ["--warmup-epochs", "--lr", "--kd-temperature", "--weight-decay"])

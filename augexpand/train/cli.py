@@ -211,6 +211,9 @@ def train_command(ctx: click.Context, dst: Path | None, out: Path, resume: bool,
         click.echo(json_text(summary))
     else:
         click.echo(_summary_line(summary))
+        if summary["skipped"]:  # as expand says it
+            click.echo(f"skipped {len(summary['skipped'])} file(s), each named above with its reason (and in "
+                       f"{summary['run']}/summary.json)")
 
 
 def _saved_data(out: Path) -> Path:

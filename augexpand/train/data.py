@@ -74,6 +74,8 @@ class Split:
     ops: list[str] = field(default_factory=list)
     soft: bool = False  # whether any target is not one-hot (read from metadata)
     rows: np.ndarray | None = None  # row of each image in the decoded cache, when some files failed to decode
+    prefix: str = ""  # the root as seen from the folder the user named ("train/", "val/" or ""), for names shown
+    skipped: list[dict] = field(default_factory=list)  # files left out: {"file": shown name, "reason": ...}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -83,11 +85,34 @@ class Split:
         """The hard label of each image: the argmax of its soft label."""
         return self.targets.argmax(1)
 
-    def subset(self, keep: np.ndarray) -> Split:
-        """The images whose index is in ``keep`` (used to drop files that failed to decode)."""
+    def shown(self, name: str) -> str:
+        """A file's name as messages and summaries show it: relative to the folder the user named (as expand
+        names a source relative to src), a byte that is not UTF-8 as %XX."""
+        from augexpand.folder import display_name
+
+        return display_name(self.prefix + name)
+
+    def subset(self, keep: np.ndarray, reasons: dict[int, str] | None = None) -> Split:
+        """The images whose index is in ``keep`` (used to drop files that failed to decode); ``reasons`` (index:
+        why) are the files left out, added to ``skipped``."""
         ops = [self.ops[i] for i in keep] if self.ops else []
         rows = keep if self.rows is None else self.rows[keep]
-        return Split(self.root, self.classes, [self.files[i] for i in keep], self.targets[keep], ops, self.soft, rows)
+        skipped = self.skipped + [{"file": self.shown(self.files[i]), "reason": r}
+                                  for i, r in sorted((reasons or {}).items())]
+        return Split(self.root, self.classes, [self.files[i] for i in keep], self.targets[keep], ops, self.soft, rows,
+                     self.prefix, skipped)
+
+
+def unreadable_reason(path: Path, exc: ImageReadError) -> str:
+    """Why a file could not be decoded, in the words ``expand`` uses: what its header shows (an empty file, a
+    truncated JPEG, not an image: expand finds these when it scans), else the decoder's own reason."""
+    from augexpand.folder import pixel_limit, probe_image
+
+    try:
+        probe_image(path, max_pixels=pixel_limit())
+    except ImageReadError as header:
+        return str(header)
+    return str(exc)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -166,15 +191,16 @@ def find_splits(data: Path, val: Path | None = None) -> tuple[Path, Path | None,
     return train_root, default_val, classes
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _walk_images(folder: Path, prefix: str = "") -> tuple[list[Path], list[dict]]:
     """The images below a class folder, with the scanner's safety rules (``augexpand.folder.walk_class``): only
-    regular files, folder links only inside their class and without loops; what was passed over is named."""
+    regular files, folder links only inside their class and without loops; what was passed over is named, and
+    returned as ``{"file", "reason"}`` (the name with ``prefix``, as ``Split.shown``)."""
     from augexpand.folder import walk_class
 
     files, passed = walk_class(folder, folder.parent)
     for s in passed:
-        log.warning("skipped %s: %s", s.rel, s.reason)
-    return files
+        log.warning("skipped %s: %s", prefix + s.rel, s.reason)
+    return files, [{"file": prefix + s.rel, "reason": s.reason} for s in passed]
 
 
 def _mismatch(where: Path, unknown: list[str], classes: list[str]) -> TrainingError:
@@ -283,13 +309,15 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     return files, array, ops, soft
 
 
-def read_split(root: Path, classes: list[str]) -> Split:
+def read_split(root: Path, classes: list[str], prefix: str = "") -> Split:
     """Read a split: through ``root/metadata.jsonl`` if present, else as an ImageFolder with one-hot labels.
 
     A class (in metadata or as a folder) that is not in ``classes`` is a class mismatch; a split with no image
-    is an error; a class with no image is only a warning (validation sets are often incomplete).
+    is an error; a class with no image is only a warning (validation sets are often incomplete). ``prefix`` is
+    ``root`` as seen from the folder the user named (``train/``), for the names of files left out.
     """
     root = Path(root)
+    skipped = []
     if (root / METADATA).is_file():
         files, targets, ops, soft = _read_metadata(root, classes)
     else:
@@ -300,7 +328,9 @@ def read_split(root: Path, classes: list[str]) -> Split:
         index = {c: i for i, c in enumerate(classes)}
         files, labels = [], []
         for d in dirs:
-            for path in _walk_images(d):
+            paths, passed = _walk_images(d, prefix)
+            skipped += passed
+            for path in paths:
                 files.append(path.relative_to(root).as_posix())
                 labels.append(index[d.name])
         targets = np.zeros((len(files), len(classes)), dtype=np.float32)
@@ -309,7 +339,7 @@ def read_split(root: Path, classes: list[str]) -> Split:
     if not files:
         raise TrainingError(f"no images in {root}",
                             hint=f"expected {root}/<class>/<image> with {', '.join(sorted(IMAGE_EXTENSIONS))} files")
-    split = Split(root, list(classes), files, targets, ops, soft)
+    split = Split(root, list(classes), files, targets, ops, soft, prefix=prefix, skipped=skipped)
     counts = np.bincount(split.labels, minlength=len(classes))
     empty = [c for c, k in zip(classes, counts) if k == 0]
     if empty:
@@ -354,16 +384,17 @@ def readable(split: Split) -> Split:
     from augexpand.folder import pixel_limit, probe_image
 
     limit = pixel_limit()
-    keep = []
+    keep, reasons = [], {}
     for i, name in enumerate(split.files):
         try:
             probe_image(split.root / name, max_pixels=limit)
             keep.append(i)
         except ImageReadError as exc:
-            log.warning("skipped %s: %s", split.root / name, exc)
+            reasons[i] = str(exc)
+            log.warning("skipped %s: %s", split.shown(name), exc)
     if not keep:
         raise TrainingError(f"no readable image in {split.root}")
-    return split if len(keep) == len(split) else split.subset(np.array(keep))
+    return split if len(keep) == len(split) else split.subset(np.array(keep), reasons)
 
 
 def probe_resolution(split: Split, samples: int = 200) -> int:
@@ -622,10 +653,10 @@ class FileBatches(_BatchSource):
     def __init__(self, split: Split, size: int, seed: int = 0, augment: bool = True, flip: bool = True,
                  crop_pad: float = 0.125) -> None:
         super().__init__(split.targets, size, seed, augment, flip, crop_pad)
-        self.root, self.files = split.root, split.files
+        self.root, self.files, self.prefix = split.root, split.files, split.prefix
 
     def _pixels(self, idx: np.ndarray) -> np.ndarray:
-        from augexpand.folder import decode_image
+        from augexpand.folder import decode_image, display_name
 
         out = np.zeros((len(idx), self.size, self.size, 3), np.uint8)
         self._bad = []
@@ -633,7 +664,7 @@ class FileBatches(_BatchSource):
             try:
                 out[j] = fit_image(decode_image(self.root / self.files[i], min_side=self.size), self.size)
             except ImageReadError as exc:  # its header passed readable(): the pixels do not decode
-                log.warning("skipped %s: %s", self.root / self.files[i], exc)
+                log.warning("skipped %s: %s", display_name(self.prefix + self.files[i]), exc)
                 self._bad.append(j)
         return out
 
@@ -661,7 +692,7 @@ class _DecodeChunks:
             try:
                 pixels[j] = fit_image(decode_image(self.root / self.files[i], min_side=self.size), self.size)
             except ImageReadError as exc:
-                errors[i] = str(exc)
+                errors[i] = unreadable_reason(self.root / self.files[i], exc)
         return start, pixels, errors
 
 
@@ -762,10 +793,10 @@ def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress:
         write_atomic(meta_path, json.dumps({"key": key, "size": size, "n": len(split), "complete": True,
                                             "failed": {str(k): v for k, v in failed.items()}}))
         for i, reason in sorted(failed.items()):
-            log.warning("skipped %s: %s", split.root / split.files[i], reason)
+            log.warning("skipped %s: %s", split.shown(split.files[i]), reason)
     if failed:
         if len(failed) == len(split):
             raise TrainingError(f"no image in {split.root} could be decoded")
         # The cache keeps every row (failed ones stay black); the returned split says which rows it uses.
-        return path, split.subset(np.array([i for i in range(len(split)) if i not in failed]))
+        return path, split.subset(np.array([i for i in range(len(split)) if i not in failed]), failed)
     return path, split

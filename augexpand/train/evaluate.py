@@ -115,6 +115,7 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
         "classes": classes,
         "per_class": per_class,
         "confusion": confusion.tolist(),
+        "skipped": split.skipped,  # files left out (unreadable): {"file": relative to the folder, "reason"}
     }
 
 

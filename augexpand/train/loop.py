@@ -718,6 +718,16 @@ def _reduce_eval(ctx: DDP.Dist, va: dict[str, Any]) -> dict[str, Any]:
             "confusion": confusion, "images": images}
 
 
+def _prefix(root: Path, data: Path) -> str:
+    """``root`` (a split) as seen from the dataset folder ``data`` ("train/", "" for a plain ImageFolder); "" for
+    a ``--val`` folder elsewhere: its files are named relative to it."""
+    try:
+        rel = Path(root).resolve().relative_to(Path(data).resolve()).as_posix()
+    except (ValueError, OSError):
+        return ""
+    return "" if rel == "." else rel + "/"
+
+
 def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str]) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -727,8 +737,8 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
 
     # Data: splits, class list, soft targets
     train_root, val_root, classes = D.find_splits(config.data, config.val)
-    train_split = D.read_split(train_root, classes)
-    val_split = D.read_split(val_root, classes) if val_root is not None else None
+    train_split = D.read_split(train_root, classes, _prefix(train_root, config.data))
+    val_split = D.read_split(val_root, classes, _prefix(val_root, config.data)) if val_root is not None else None
     if len(classes) == 1:
         log.warning("%s has a single class (%s): the model will learn nothing useful (it always predicts it); "
                     "a classifier needs at least two classes", train_root, classes[0])
@@ -966,6 +976,9 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
         "last_val_acc": last.get("val_acc"), "last_train_loss": last.get("train_loss"),
         "stopped_early": stopped_early, "seconds": round(seconds, 2),
         "images_per_s": round(images / max(sum(m["seconds"] for m in trained), 1e-9), 1) if trained else 0.0,
+        # files left out (unreadable, or passed over by the walker), as dataset.json lists a source's
+        "skipped": [{**s, "split": name} for name, split in (("train", train_split), ("val", val_split)) if split
+                    for s in split.skipped],
     }
     if ctx.is_main:
         if metrics:
