@@ -171,3 +171,54 @@ def test_library_errors_are_augexpand_errors(small_src: Path, tmp_path: Path):
         augexpand.plan_expansion(small_src, {"copies": -1})
     with pytest.raises(augexpand.AugexpandError, match="unknown executor 'spark'"):
         augexpand.expand(small_src, tmp_path / "out", "light", executor="spark")
+
+
+class _BeforeTheFirstStep(Exception):
+    pass
+
+
+def test_readme_and_training_md_train_notes_are_real(tmp_path: Path, monkeypatch):
+    # The notes `augexpand train` prints before its first step, on the example expanded with heavy and a val split:
+    # the README's walk-through (--size 32) and docs/training.md's automatic choices (no --size). They went stale
+    # when heavy's mix counts changed the number of images (176 -> 156) and nothing ran them.
+    pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    import augexpand.train.loop as loop
+    from augexpand.cli import cli
+
+    def stop(*args, **kwargs):
+        raise _BeforeTheFirstStep
+
+    monkeypatch.setattr(loop, "train_one_epoch", stop)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["expand", "-q", "-r", "heavy", "--example", "out/", "--val-fraction", "0.2",
+                               "-w", "1"]).exit_code == 0
+
+    def notes(*args: str) -> list[str]:
+        result = runner.invoke(cli, ["train", "out/", *args, "--device", "cpu", "--workers", "0"])
+        assert isinstance(result.exception, _BeforeTheFirstStep), result.output
+        return [line for line in result.stderr.splitlines() if line.startswith("note:")]
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("$ augexpand train out/ --out runs/tiny --size 32\n", 1)[1].split("note: epoch", 1)[0]
+    assert notes("--out", "runs/tiny", "--size", "32") == shown.splitlines()
+    training = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = training.split("Each automatic choice is a `note:` line when it is made:\n\n```\n", 1)[1].split("```")[0]
+    assert notes("--out", "runs/auto") == shown.splitlines()
+
+
+def test_looking_md_example_and_source_inspect_output_is_real(tmp_path: Path, monkeypatch):
+    # docs/looking.md's `augexpand example photos/` then `augexpand inspect photos/`, each command's output as shown
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    made, counted = runner.invoke(cli, ["example", "photos/"]), runner.invoke(cli, ["inspect", "photos/"])
+    assert made.exit_code == 0 and counted.exit_code == 0, made.output + counted.output
+    looking = (ROOT / "docs" / "looking.md").read_text(encoding="utf-8")
+    shown = looking.split("$ augexpand example photos/\n", 1)[1].split("```", 1)[0]
+    assert shown == made.output + "$ augexpand inspect photos/\n" + counted.output
