@@ -184,8 +184,8 @@ def test_readme_and_training_md_train_notes_are_real(tmp_path: Path, monkeypatch
     pytest.importorskip("torch")
     from click.testing import CliRunner
 
-    import augexpand.train.loop as loop
     from augexpand.cli import cli
+    from augexpand.train import loop
 
     def stop(*args, **kwargs):
         raise _BeforeTheFirstStep
