@@ -141,3 +141,28 @@ def test_adams_beta1_of_one_and_adabounds_tiny_gamma(tmp_path, trained):
     result = _invoke("train", dst, "-o", tmp_path / "s", *FAST, "--momentum", "1", "--lr", "1e30",
                      "--head-lr-mult", "1e6", "--weight-decay", "1e6", "--epochs", "1", "-q")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "best.pt", "cache"])
+def test_a_folder_or_file_in_place_of_a_run_file_is_named_before_training(tmp_path, trained, name):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    kept = run / name
+    if name == "cache":  # the run's cache folder is a file
+        shutil.rmtree(kept)
+        kept.write_text("mine")
+    else:
+        kept.unlink()
+        kept.mkdir()
+        (kept / "mine.txt").write_text("mine")
+    kind = "a file" if name == "cache" else "a folder"
+    # was, after an epoch of training, "Error: RUN/.1234-89abcdef.augexpand-tmp: Is a directory" (metrics.jsonl),
+    # "Error: RUN/cache: File exists"
+    _one_error_line(_invoke("train", "-o", run, "--resume", "--epochs", "2", "-q"),
+                    f"{kept} is {kind}, where the run keeps its {name}; move it away")
+    _one_error_line(_invoke("train", trained[0], "-o", run, *FAST, "--epochs", "1", "--overwrite", "-q"),
+                    f"{kept} is {kind}, where the run keeps its {name}")
+    assert (kept.read_text() if name == "cache" else (kept / "mine.txt").read_text()) == "mine"
+    assert not list(run.glob(".*tmp"))

@@ -399,6 +399,7 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
         raise TrainingError(f"cannot create --out {out}: {exc.strerror or exc}") from None
     lock = RunLock(out).acquire()
     try:
+        _check_run_entries(out)
         if not resume and _foreign(out):
             if not _is_run(out):
                 raise TrainingError(f"--out {out} is not empty and is not a training run; choose a new folder")
@@ -417,6 +418,20 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
         lock.release()
         raise
     return lock
+
+
+def _check_run_entries(out: Path) -> None:
+    """What the run writes (or --overwrite removes) is a file, a link or absent, and its cache a folder: a folder of a
+    run file's name was found only when the file was written, after an epoch, as an OSError naming a temporary file."""
+    for name in (*RUN_FILES, "cache", *(p.name for p in out.glob("confusion_*.png"))):
+        try:
+            mode = os.lstat(out / name).st_mode
+        except OSError:
+            continue
+        ok = stat.S_ISDIR(mode) if name == "cache" else stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+        if not ok:
+            kind = "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "not a regular file"
+            raise TrainingError(f"{out / name} is {kind}, where the run keeps its {name}; move it away")
 
 
 def _remove_temporary_files(out: Path) -> None:
