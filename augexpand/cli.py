@@ -513,6 +513,7 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
     require_output_file(plot, "'--plot'", (".png", ".svg", ".pdf"), inside=src)
     if only and not candidates:
         raise click.UsageError("--only needs at least one --candidate")
+    _refuse_same_file(out, plot, candidates)
     extra, taken = [], {c.name for c in default_candidates()}
     for spec in candidates:
         try:
@@ -540,6 +541,26 @@ def tune_command(src, out, example, budget, candidates, only, seed, folds, steps
         _print_tune_summary(summary, format_table(summary))
     if summary["interrupted"]:
         sys.exit(130)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # also a hard link or another spelling of the same file
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _refuse_same_file(out: Path | None, plot: Path | None, candidates: tuple[str, ...]) -> None:
+    """-o never replaces a --candidate recipe (the winner is often the no-expansion recipe: the user's recipe was
+    lost), and -o and --plot are two files (the chart replaced the recipe)."""
+    if out is None:
+        return
+    for spec in candidates:
+        if Path(spec).is_file() and _same_file(out, Path(spec)):
+            raise click.BadParameter(f"{out} is the --candidate recipe {spec}, which the winner would replace; "
+                                     "write it to another file", param_hint="'-o' / '--output'")
+    if plot is not None and _same_file(out, plot):
+        raise click.UsageError(f"-o and --plot name the same file ({out}); give two files")
 
 
 def _print_tune_summary(s: dict, table: str) -> None:

@@ -166,3 +166,23 @@ def test_a_folder_or_file_in_place_of_a_run_file_is_named_before_training(tmp_pa
                     f"{kept} is {kind}, where the run keeps its {name}")
     assert (kept.read_text() if name == "cache" else (kept / "mine.txt").read_text()) == "mine"
     assert not list(run.glob(".*tmp"))
+
+
+def test_tune_never_writes_its_pick_over_a_candidate_recipe_or_its_chart(tmp_path):
+    src = write_digits(tmp_path / "src", classes=(0, 1), n=4)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("copies: 2\npipeline:\n  - HorizontalFlip: {p: 0.5}\n")
+    os_link = tmp_path / "hard.yaml"
+    os_link.hardlink_to(mine)
+    for out in (mine, tmp_path / "." / "mine.yaml", os_link):
+        # the search ran, then -o replaced the user's recipe with the winner (no expansion, here)
+        result = _invoke("tune", src, "--only", "-c", mine, "-o", out, "--steps", "10", "-q")
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == (
+            f"Error: Invalid value for '-o' / '--output': {out} is the --candidate recipe {mine}, which the winner "
+            "would replace; write it to another file")
+    assert mine.read_text() == "copies: 2\npipeline:\n  - HorizontalFlip: {p: 0.5}\n"
+    # the chart was drawn over the recipe just written
+    result = _invoke("tune", src, "--only", "-c", "light", "-o", tmp_path / "r.png", "--plot", tmp_path / "r.png")
+    assert result.exit_code == 2 and "Error: -o and --plot name the same file" in result.output, result.output
+    assert not (tmp_path / "r.png").exists()
