@@ -39,7 +39,7 @@ from typing import Any, Self
 
 from augexpand import __version__
 from augexpand.errors import DestinationError, ImageReadError
-from augexpand.folder import ScanResult, is_temp_file, open_regular, write_atomic
+from augexpand.folder import ScanResult, display_name, is_temp_file, open_regular, write_atomic
 from augexpand.manifest import CARD_NAME, METADATA_NAME, RecordStore, read_card
 from augexpand.recipe import Recipe
 
@@ -87,6 +87,16 @@ def check_paths(src: Path, dst: Path) -> None:
                                f"the source is never written to")
     if _inside(src, dst):
         raise DestinationError(f"destination {dst} contains the source {src}; choose a folder outside it")
+    try:
+        links = [e for e in os.scandir(src) if e.is_symlink() and not e.name.startswith(".")]
+    except OSError:
+        return  # the scan names what it cannot read
+    for entry in links:  # a class folder link into dst: --overwrite would delete its images before they are read
+        real = Path(os.path.realpath(entry.path))
+        if _inside(real, dst) or (_inside(dst, real) and not _inside(src, real)):  # (one around src: not followed)
+            raise DestinationError(f"the source's class folder {display_name(entry.name)!r} is a link to {real}, "
+                                   f"{'inside' if _inside(real, dst) else 'around'} the destination {dst}; the "
+                                   f"source is never written to: choose another destination")
 
 
 def parse_shard(value: Any) -> tuple[int, int] | None:

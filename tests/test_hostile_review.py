@@ -92,3 +92,28 @@ def test_the_apis_arguments_of_a_wrong_type_or_value_are_an_augexpand_error(smal
             call()
         assert words in str(caught.value)
     assert not (tmp_path / "dst").exists()
+
+
+def test_a_class_folder_link_into_the_destination_is_refused_before_overwrite_deletes_it(small_src: Path,
+                                                                                         tmp_path: Path):
+    # src/extra -> dst/train/cat: dst is neither inside nor around src, so the path check passed; --overwrite then
+    # deleted the earlier run's images, which were this run's sources (8 'cannot read' skips, the class gone)
+    dst = tmp_path / "dst"
+    runner = CliRunner()
+    first = runner.invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", str(small_src), str(dst)])
+    assert first.exit_code == 0, first.output
+    before = sorted(p.name for p in (dst / "train" / "cat").iterdir())
+    (small_src / "extra").symlink_to(dst / "train" / "cat")
+    result = runner.invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", "--overwrite",
+                                 str(small_src), str(dst)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: the source's class folder 'extra' is a link to ")
+    assert "inside the destination" in result.output and len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in (dst / "train" / "cat").iterdir()) == before
+    # a link around the source is passed over by the scan, as before: it may hold the destination
+    (small_src / "extra").unlink()
+    (small_src / "up").symlink_to(tmp_path)
+    again = runner.invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", "--overwrite",
+                                str(small_src), str(dst)])
+    assert again.exit_code == 0, again.output
+    assert "class folder link leads to the source folder or above it" in again.output
