@@ -251,7 +251,8 @@ def _print_expand_summary(s: dict) -> None:
             click.echo(note)
     if s["skipped"]:
         click.echo(f"skipped {len(s['skipped'])} file(s) or folder link(s), each named above with its reason (and in "
-                   f"dataset.json)")
+                   f"dataset.json)" + (f"; {plural(s['images_not_made'], 'planned image')} that needed one of them "
+                                       f"not made" if s.get("images_not_made") else ""))
     copies = (s.get("duplicate_sources") or {}).get("copies")
     if copies:
         groups = s["duplicate_sources"]["groups"]

@@ -396,6 +396,8 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
     timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
                        timings=timings, estimated_bytes=planned.estimated_bytes, orientation=planned.orientation)
+    # the planned images left out because a source or partner of theirs did not decode (the files are named)
+    summary["images_not_made"] = sum(1 for f in failures if f["unreadable"])
     if shard is not None:  # a shard writes images and its journal; the run without --shard writes the rest
         summary["shard"] = {"index": shard[0], "count": shard[1],
                             "rows": len(_select(plan, shard)),

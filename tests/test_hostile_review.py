@@ -117,3 +117,28 @@ def test_a_class_folder_link_into_the_destination_is_refused_before_overwrite_de
                                 str(small_src), str(dst)])
     assert again.exit_code == 0, again.output
     assert "class folder link leads to the source folder or above it" in again.output
+
+
+def test_planned_images_left_out_for_a_source_that_does_not_decode_are_counted(small_src: Path, tmp_path: Path,
+                                                                               photos):
+    # a file whose header reads but whose pixels do not is skipped when a row reads it; every planned image that
+    # needed it (its own copies, and mixes that took it as a partner) was left out without a word: the run made
+    # fewer images than --dry-run said, and nothing said why
+    import cv2 as _cv2
+
+    good = _cv2.imencode(".jpg", _cv2.cvtColor(photos["coffee"][:40, :48], _cv2.COLOR_RGB2BGR))[1].tobytes()
+    frame = good.index(b"\xff\xc0")
+    (small_src / "coffee" / "lossless.jpg").write_bytes(good[:frame + 1] + b"\xc3" + good[frame + 2:])  # SOF3
+    args = ["expand", "-r", "heavy", "--copies", "2", "--size", "16", "-w", "2", str(small_src)]
+    dry = CliRunner().invoke(cli, [*args, str(tmp_path / "dry"), "--dry-run", "--json"])
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "dst"), "--json"])
+    assert dry.exit_code == 0 and result.exit_code == 0, result.output
+    planned = json.loads(dry.stdout)["images_out"]
+    summary = json.loads(result.stdout)
+    assert [s["file"] for s in summary["skipped"]] == ["coffee/lossless.jpg"]
+    assert summary["images_not_made"] >= 3  # its original and two copies, and any mix that took it
+    assert summary["images_out"] + summary["images_not_made"] == planned
+    card = json.loads((tmp_path / "dst" / "dataset.json").read_text(encoding="utf-8"))
+    assert card["images_not_made"] == summary["images_not_made"]
+    text = CliRunner().invoke(cli, [*args, str(tmp_path / "again")])
+    assert f"; {summary['images_not_made']} planned images that needed one of them not made" in text.output
