@@ -207,6 +207,12 @@ def test_unreadable_files_are_named_as_expand_names_them_and_listed_in_summary_j
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["train_images"] == 8
     assert summary["skipped"] == [{**s, "split": "train"} for s in expand_says]
+    # --resume (a reused cache) names them again, as the line under the summary says, and lists them again
+    result = _invoke("train", "-o", run, "--resume", "--epochs", "2", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "skipped" in line] == \
+        [f"warning: skipped {s['file']}: {s['reason']}" for s in expand_says]
+    assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["skipped"] == summary["skipped"]
 
     test = write_digits(tmp_path / "test", classes=(0, 1), n=3, offset=40, ext=".jpg")
     (test / "d1" / "cut.jpg").write_bytes(whole[:len(whole) // 2])

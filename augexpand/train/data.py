@@ -742,11 +742,12 @@ def _allocate(path: Path) -> None:
 
 
 def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress: bool = False,
-                desc: str = "decode") -> tuple[Path, Split]:
+                desc: str = "decode", warn: bool = True) -> tuple[Path, Split]:
     """Decode every image of ``split`` once into ``path`` (an .npy of uint8 (N, size, size, 3)).
 
     An existing cache of the same files (names, sizes, mtimes) and size is reused. Files that cannot be decoded
-    are logged and left out: returns the cache path and the split restricted to the decoded images.
+    are logged (``warn``; again when the cache is reused, as expand names them on every run) and left out:
+    returns the cache path and the split restricted to the decoded images.
     """
     import torch
     from tqdm import tqdm
@@ -792,6 +793,7 @@ def build_cache(split: Split, size: int, path: Path, workers: int = 0, progress:
 
         write_atomic(meta_path, json.dumps({"key": key, "size": size, "n": len(split), "complete": True,
                                             "failed": {str(k): v for k, v in failed.items()}}))
+    if warn:  # on every run, as expand names them: when the cache is reused too
         for i, reason in sorted(failed.items()):
             log.warning("skipped %s: %s", split.shown(split.files[i]), reason)
     if failed:

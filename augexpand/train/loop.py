@@ -793,7 +793,7 @@ def _train(config: TrainConfig, ctx: DDP.Dist, resume: bool, explicit: set[str])
         path = out / "cache" / f"{name}_{size}.npy"
         kwargs = {"workers": config.workers, "progress": config.progress, "desc": f"decode {name}"}
         built = ctx.on_main(lambda: D.build_cache(split, size, path, **kwargs), share=False)
-        return built if ctx.is_main else D.build_cache(split, size, path, **kwargs)  # the others reuse rank 0's
+        return built if ctx.is_main else D.build_cache(split, size, path, warn=False, **kwargs)  # rank 0's, reused
 
     if config.cache:
         train_cache, train_split = cached(train_split, "train")
