@@ -211,8 +211,11 @@ def write_output(dst: str, split: str, folder: str, name: str, data: bytes | Pat
         except OSError:
             pass
         if isinstance(exc, OSError):
+            in_the_way = exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST)  # a folder at the file's name
             raise OutputWriteError(f"cannot write {os.path.join(dst, split, folder, name)}: "
-                                   f"{exc.strerror or exc}", hint=_WRITE_HINT) from None
+                                   f"{'a folder stands at that name' if in_the_way else exc.strerror or exc}",
+                                   hint="move it away (it is no file of augexpand's), then run again with --resume"
+                                   if in_the_way else _WRITE_HINT) from None
         raise
     finally:
         os.close(fd)

@@ -142,3 +142,20 @@ def test_planned_images_left_out_for_a_source_that_does_not_decode_are_counted(s
     assert card["images_not_made"] == summary["images_not_made"]
     text = CliRunner().invoke(cli, [*args, str(tmp_path / "again")])
     assert f"; {summary['images_not_made']} planned images that needed one of them not made" in text.output
+
+
+def test_a_folder_at_an_outputs_name_on_resume_is_named_as_such_not_a_full_disk(small_src: Path, tmp_path: Path):
+    # the hint was 'free some space (or fix the permissions)' for a folder a user made where an image goes
+    dst = tmp_path / "dst"
+    args = ["expand", "--copies", "1", "--size", "16", "-w", "1", str(small_src), str(dst)]
+    first = CliRunner().invoke(cli, [*args, "--shard", "1/1"])  # images and a journal, no manifest yet
+    assert first.exit_code == 0, first.output
+    image = sorted((dst / "train" / "cat").iterdir())[0]
+    image.unlink()
+    image.mkdir()
+    (image / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 1
+    assert f"Error: cannot write {image}: a folder stands at that name; move it away" in result.output
+    assert "free some space" not in result.output and "Traceback" not in result.output
+    assert (image / "notes.txt").read_text() == "mine"
