@@ -68,6 +68,7 @@ _JOURNAL = re.compile(r"journal(-[0-9]+-of-[0-9]+)?(-[0-9a-f]+-[0-9a-f]+-[0-9]+)
 _SHARD_LOCK = re.compile(r"shard-([0-9]+)-of-([0-9]+)\.lock")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+MAX_RECORD_LINE = 16 << 20  # a manifest or journal line longer than this is none of ours (800,000 classes)
 _WRITE_HINT = "free some space (or fix the permissions), then run again with --resume"
 MAX_SHARDS = 1_000_000  # a job array far larger than any scheduler runs; beyond 2**63 numpy could not even count it
 _HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()  # in journal names
@@ -310,7 +311,11 @@ def _iter_lines(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
     except OSError as exc:
         raise DestinationError(f"cannot read {path}: {exc.strerror or exc}") from None
     with f:
-        for raw in f:
+        while raw := f.readline(MAX_RECORD_LINE + 1):
+            if len(raw) > MAX_RECORD_LINE and not raw.endswith(b"\n"):  # not ours: read past, never held whole
+                while raw and not raw.endswith(b"\n"):
+                    raw = f.readline(_CHUNK)
+                raw = b"\0"  # counted below as a line that could not be read
             if not raw.strip():
                 continue
             try:

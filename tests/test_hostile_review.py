@@ -159,3 +159,26 @@ def test_a_folder_at_an_outputs_name_on_resume_is_named_as_such_not_a_full_disk(
     assert f"Error: cannot write {image}: a folder stands at that name; move it away" in result.output
     assert "free some space" not in result.output and "Traceback" not in result.output
     assert (image / "notes.txt").read_text() == "mine"
+
+
+def test_a_manifest_line_of_a_hundred_megabytes_is_read_past_not_held(tmp_path: Path):
+    # --overwrite and --resume read the earlier run's manifest and journals line by line, but a line was held
+    # whole: a 400 MB line took 1.2 GB (decoded, then parsed), a larger one the machine
+    import tracemalloc
+
+    from augexpand.destination import _read_lines
+
+    manifest = tmp_path / "metadata.jsonl"
+    record = {"file_name": "cat/a.jpg", "row": 0, "split": "train"}
+    with open(manifest, "wb") as f:
+        f.write(json.dumps(record).encode() + b"\n")
+        f.write(b'{"file_name": "' + b"a" * (100 << 20) + b'"}\n')
+        f.write(json.dumps({**record, "row": 1}).encode() + b"\n")
+    tracemalloc.start()
+    try:
+        records, bad = _read_lines(manifest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["row"] for r in records] == [0, 1] and bad == 1
+    assert peak < 40 << 20
