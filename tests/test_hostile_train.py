@@ -186,3 +186,19 @@ def test_tune_never_writes_its_pick_over_a_candidate_recipe_or_its_chart(tmp_pat
     result = _invoke("tune", src, "--only", "-c", "light", "-o", tmp_path / "r.png", "--plot", tmp_path / "r.png")
     assert result.exit_code == 2 and "Error: -o and --plot name the same file" in result.output, result.output
     assert not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("again", ["d0/0_0.png", "d0/./0_0.png", "d0//0_0.png"])
+def test_an_image_listed_twice_in_metadata_is_one_line(tmp_path, again):
+    import json
+
+    from augexpand.train import data as D
+
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=2, mixed=0, with_val=False)
+    meta = dst / "train" / "metadata.jsonl"
+    # the second line gives the same image another label: it was trained on twice, once as each class
+    meta.write_text(meta.read_text() + json.dumps({"file_name": again, "label": "d1"}) + "\n")
+    with pytest.raises(TrainingError, match=rf"metadata.jsonl, line 5: '{again}' is listed again \(first on line 1\)"):
+        D.read_split(dst / "train", ["d0", "d1"])
+    _one_error_line(_invoke("train", dst, "-o", tmp_path / "r", *FAST, "--epochs", "1"), "is listed again")
+    assert not (tmp_path / "r").exists() or not any(p.name != ".lock" for p in (tmp_path / "r").iterdir())

@@ -248,6 +248,7 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
     path = root / METADATA
     index = {c: i for i, c in enumerate(classes)}
     files, targets, ops, missing, unknown = [], [], [], [], []
+    first_line: dict[str, int] = {}  # a name listed twice trained on its image twice, with the later label too
     from augexpand.folder import open_regular
 
     try:
@@ -273,6 +274,10 @@ def _read_metadata(root: Path, classes: list[str]) -> tuple[list[str], np.ndarra
             if not isinstance(rec, dict):
                 raise TrainingError(f"{where}: expected a JSON object with 'file_name'")
             name = _metadata_name(rec, root, where)
+            key = str(PurePosixPath(name))  # d0/./a.png and d0//a.png are d0/a.png
+            if first_line.setdefault(key, n) != n:
+                raise TrainingError(f"{where}: {name[:200]!r} is listed again (first on line {first_line[key]}); "
+                                    "an image has one line")
             label = rec.get("label", name.split("/", 1)[0] if "/" in name else None)
             if label is not None and not isinstance(label, str):
                 raise TrainingError(f"{where}: label must be a class name (a string), got {str(label)[:80]}")
