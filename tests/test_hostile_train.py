@@ -202,3 +202,27 @@ def test_an_image_listed_twice_in_metadata_is_one_line(tmp_path, again):
         D.read_split(dst / "train", ["d0", "d1"])
     _one_error_line(_invoke("train", dst, "-o", tmp_path / "r", *FAST, "--epochs", "1"), "is listed again")
     assert not (tmp_path / "r").exists() or not any(p.name != ".lock" for p in (tmp_path / "r").iterdir())
+
+
+def test_a_checkpoint_whose_pickle_would_unpickle_into_gigabytes_is_refused_unread(tmp_path, trained):
+    import io
+    import resource
+    import zipfile
+
+    from augexpand.train import checkpoint
+
+    buf = io.BytesIO()
+    torch.save(torch.load(trained[1] / "best.pt", weights_only=True), buf)
+    # 9 MB of pickle opcodes making empty lists, in a list: about 700 MB and 15 s to unpickle (weights_only too)
+    bomb = b"\x80\x02](" + b"]" * (9 << 20) + b"e."
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, bomb if info.filename.endswith("data.pkl") else zin.read(info.filename))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TrainingError, match=r"holds a pickle of 9 MB besides its tensors, where train writes a few "
+                                            r"hundred KB; refused"):
+        checkpoint.read_torch_file(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    _one_error_line(_invoke("evaluate", path, trained[2], "--workers", "0"), "holds a pickle of 9 MB")
+    assert checkpoint.read_torch_file(trained[1] / "last.pt")["epoch"] == 1  # a real one, optimizer and all, passes
