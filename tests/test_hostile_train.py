@@ -76,7 +76,7 @@ def test_float64_weights_still_load(tmp_path, trained):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_weights_are_a_warning_in_evaluate_and_refused_as_a_start_or_a_teacher(tmp_path, trained, value):
-    dst, run, test = trained
+    dst, _, test = trained
     path = _with_weights(tmp_path, trained, "diverged.pt", _floats(lambda v: torch.full_like(v, value)))
     result = _invoke("evaluate", path, test, "--workers", "0")
     assert result.exit_code == 0, result.output  # a diverged run is still scored (as train leaves it)
@@ -226,3 +226,17 @@ def test_a_checkpoint_whose_pickle_would_unpickle_into_gigabytes_is_refused_unre
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
     _one_error_line(_invoke("evaluate", path, trained[2], "--workers", "0"), "holds a pickle of 9 MB")
     assert checkpoint.read_torch_file(trained[1] / "last.pt")["epoch"] == 1  # a real one, optimizer and all, passes
+
+
+@pytest.mark.parametrize("key", ["step", "epoch"])
+def test_an_infinite_step_or_epoch_in_last_pt_is_one_line(tmp_path, trained, key):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt[key] = float("inf")  # int(inf) was an OverflowError traceback
+    torch.save(ckpt, run / "last.pt")
+    _one_error_line(_invoke("train", "-o", run, "--resume", "--epochs", "2", "-q"),
+                    f"{run}/last.pt does not fit this run's model and optimizer: cannot convert float infinity to "
+                    "integer; start again with --overwrite")

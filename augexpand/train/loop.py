@@ -703,7 +703,7 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sca
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         state = {k: int(ckpt[k]) for k in ("step", "epoch", "best_epoch", "bad_epochs")}
         state.update({k: float(ckpt[k]) for k in ("best_acc", "best_loss")})
-    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # int(inf): Overflow
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise TrainingError(f"{path} does not fit this run's model and optimizer: {first[:200]}", hint=hint) from None
     if state["step"] < 0 or state["epoch"] < 0:
