@@ -403,10 +403,48 @@ def _check_tail(f, fmt: str, size: int) -> None:
         return
     f.seek(max(0, size - 4096))
     tail = f.read()
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+    if fmt == "JPEG" and b"\xff\xd9" not in tail and not _jpeg_ends(f, size):
         raise ImageReadError("truncated JPEG (no end-of-image marker)")
-    if fmt == "PNG" and b"IEND" not in tail[-64:]:
+    if fmt == "PNG" and b"IEND" not in tail[-64:] and not _png_ends(f, size):
         raise ImageReadError("truncated PNG (no IEND chunk)")
+
+
+# Data after an image's end (a motion photo's video after its JPEG, zero padding, an app's trailer) leaves the image
+# whole: the decoders stop at its end. These look for that end when it is not in the file's last bytes.
+
+def _jpeg_ends(f, size: int) -> bool:
+    """Whether a JPEG's end-of-image marker follows its first scan (never in entropy-coded data, where an FF is
+    followed by 00 or a restart marker; an EXIF thumbnail's own, in the header, does not count), read in 1 MB
+    pieces."""
+    f.seek(0)
+    head = f.read(min(size, _JPEG_HEADER))
+    start = 2
+    for _, at, length in _jpeg_headers(head):
+        start = at + 2 + length
+    scan = head.find(b"\xff\xda", start)
+    if scan < 0:
+        return False
+    f.seek(scan)
+    carry = b""
+    while chunk := f.read(1 << 20):
+        if b"\xff\xd9" in carry + chunk:
+            return True
+        carry = chunk[-1:]
+    return False
+
+
+def _png_ends(f, size: int) -> bool:
+    """Whether a PNG's chunks, walked by their lengths, reach its IEND chunk (at most a million of them)."""
+    at = 8
+    for _ in range(1_000_000):
+        f.seek(at)
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        if head[4:] == b"IEND":
+            return True
+        at += 12 + int.from_bytes(head[:4], "big")
+    return False
 
 
 class _NotRegular(OSError):

@@ -182,3 +182,28 @@ def test_a_manifest_line_of_a_hundred_megabytes_is_read_past_not_held(tmp_path: 
         tracemalloc.stop()
     assert [r["row"] for r in records] == [0, 1] and bad == 1
     assert peak < 40 << 20
+
+
+def test_data_after_an_images_end_is_no_truncation_but_a_cut_image_still_is(tmp_path: Path, photos):
+    # a Samsung or Google motion photo carries its video after the JPEG's end, some cameras and apps pad or append
+    # a trailer: the end-of-image marker was looked for in the last 4 KB only, and such a photo was skipped as
+    # 'truncated JPEG' although every decoder reads it whole
+    import os as _os
+
+    from augexpand.folder import probe_image
+
+    rgb = photos["astronaut"]
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    video = b"\0\0\0\x18ftypmp42" + _os.urandom(300_000)
+    whole = {"motion.jpg": jpeg + video, "padded.jpg": jpeg + b"\0" * 5000, "trailer.png": png + _os.urandom(9000)}
+    cut = {"cut.jpg": jpeg[:len(jpeg) // 2] + b"\0" * 5000, "cut.png": png[:len(png) // 2] + b"\0" * 5000}
+    for name, data in {**whole, **cut}.items():
+        (tmp_path / name).write_bytes(data)
+    for name in whole:
+        assert probe_image(tmp_path / name)[1:3] == (rgb.shape[1], rgb.shape[0])
+        reference = decode_image(jpeg if name.endswith(".jpg") else png)
+        assert np.array_equal(decode_image(tmp_path / name), reference)
+    for name in cut:
+        with pytest.raises(ImageReadError, match="truncated"):
+            probe_image(tmp_path / name)
