@@ -598,6 +598,9 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                     if all(isinstance(v, int) for v in stored):
                         width, height = stored
         except UnidentifiedImageError:
+            bits = _jpeg_precision(f) if magic[:3] == b"\xff\xd8\xff" else None
+            if bits is not None and bits != 8:
+                raise ImageReadError(f"a {bits}-bit JPEG: only 8-bit JPEGs are read") from None
             raise ImageReadError("not an image Pillow or OpenCV can identify") from None
         except (OSError, SyntaxError, ValueError) as exc:
             if "truncated" in str(exc).lower():
@@ -849,6 +852,16 @@ def _bomb_reason() -> str:
     limit_text = f"{limit / 1e6:.1f} megapixels" if limit >= 100_000 else f"{limit:,} pixels"
     return f"its header claims more pixels than the limit of {limit_text} (a decompression bomb? --max-pixels " \
            f"raises the limit)"
+
+
+def _jpeg_precision(f) -> int | None:
+    """The sample precision (bits) a JPEG's start-of-frame header gives, from the markers before its first scan."""
+    f.seek(0)
+    head = f.read(_JPEG_HEADER)
+    for marker, at, _ in _jpeg_headers(head):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and at + 4 < len(head):
+            return head[at + 4]
+    return None
 
 
 def _check_scans(raw: bytes) -> None:

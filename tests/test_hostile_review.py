@@ -207,3 +207,19 @@ def test_data_after_an_images_end_is_no_truncation_but_a_cut_image_still_is(tmp_
     for name in cut:
         with pytest.raises(ImageReadError, match="truncated"):
             probe_image(tmp_path / name)
+
+
+def test_a_12_bit_jpeg_is_named_as_such_not_as_no_image(tmp_path: Path, photos):
+    # medical and scientific cameras write 12-bit JPEGs; Pillow cannot identify one, and the reason given was
+    # 'not an image Pillow or OpenCV can identify'
+    from augexpand.folder import probe_image
+
+    data = bytearray(cv2.imencode(".jpg", cv2.cvtColor(photos["coffee"], cv2.COLOR_RGB2BGR))[1].tobytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 1], data[frame + 4] = 0xC1, 12  # extended sequential, 12-bit samples
+    (tmp_path / "twelve.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="^a 12-bit JPEG: only 8-bit JPEGs are read$"):
+        probe_image(tmp_path / "twelve.jpg")
+    (tmp_path / "text.jpg").write_bytes(b"\xff\xd8\xff hello")
+    with pytest.raises(ImageReadError, match="not an image Pillow or OpenCV can identify"):
+        probe_image(tmp_path / "text.jpg")
