@@ -393,6 +393,11 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
                           f"from {first['source']}: {first['error']}",
                           hint="fix the recipe (or the images), then run again with --overwrite")
 
+    if unreadable and shard is None and not records.count("train") and not records.count("val"):
+        # as the scan's 'no readable image': a run whose every source failed to decode made nothing (it said 'Made 0
+        # training images', exit 0, and 'wrote train/' that was not there)
+        raise SourceError(f"no image in {src} could be decoded: {len(unreadable)} file(s) skipped, each named above",
+                          hint="fix or replace them, then run again with --overwrite")
     timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
                        timings=timings, estimated_bytes=planned.estimated_bytes, orientation=planned.orientation)

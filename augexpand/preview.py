@@ -115,10 +115,12 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
                                                                                sources)),
                           "image": image})
         for e in errors[:3]:
-            log.warning("preview: could not make a %s sample from %s", op, e)
+            log.warning("preview: could not make %s %s sample from %s", "an" if op[0] in "aeiou" else "a", op, e)
         sections.append({"op": op, "planned": planned[op], "description": _describe(op, recipe),
                          "samples": shown})
 
+    if sections and not any(section["samples"] for section in sections):  # a sheet of empty rows, said 'wrote'
+        raise PreviewError(f"no sample could be made from {src}: every source tried failed (named above)")
     title = f"recipe {_short(Path(recipe.source))}  on  {_short(src)}  -  seed {recipe.seed}, " \
             f"{sum(r.split == 'train' for r in plan.rows)} images planned"
     sheet, layout = _draw(sections, samples, tile, title)

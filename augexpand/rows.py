@@ -274,6 +274,9 @@ class RowMaker:
     def _copy_val(self, row: Row, target: list[float], seed: int) -> dict[str, Any]:
         src = Path(self.ctx.src) / self.ctx.rels[row.sources[0]]
         folder = self.ctx.classes[row.label]
+        # copied untouched, but only if its pixels decode (a header that reads is not enough: a float TIFF, a
+        # lossless JPEG or a damaged scan would reach val/ as an image no loader reads); a JPEG at 1/8: fast
+        decode_image(src, 8)
         return self._write("val", self._record(row, folder, target, seed, {}), src)
 
     def _write(self, split: str, record: dict[str, Any], data: bytes | Path) -> dict[str, Any]:

@@ -223,3 +223,58 @@ def test_a_12_bit_jpeg_is_named_as_such_not_as_no_image(tmp_path: Path, photos):
     (tmp_path / "text.jpg").write_bytes(b"\xff\xd8\xff hello")
     with pytest.raises(ImageReadError, match="not an image Pillow or OpenCV can identify"):
         probe_image(tmp_path / "text.jpg")
+
+
+def undecodable(tmp_path: Path, photos, name: str) -> bytes:
+    """Files whose headers read but whose pixels no decoder here makes: a lossless (SOF3) JPEG or a float TIFF."""
+    from PIL import Image
+
+    if name.endswith(".jpg"):
+        good = cv2.imencode(".jpg", cv2.cvtColor(photos["rocket"][:40, :48], cv2.COLOR_RGB2BGR))[1].tobytes()
+        frame = good.index(b"\xff\xc0")
+        return good[:frame + 1] + b"\xc3" + good[frame + 2:]
+    Image.fromarray(photos["rocket"][:40, :48, 0].astype(np.float32) / 255).save(tmp_path / "f.tif")
+    return (tmp_path / "f.tif").read_bytes()
+
+
+def test_a_validation_image_whose_pixels_do_not_decode_is_skipped_not_copied(small_src: Path, tmp_path: Path,
+                                                                              photos):
+    # val/ gets the sources untouched, copied without decoding: a float TIFF or a lossless JPEG (its header
+    # reads) went to val/ as an image no loader reads, and training on dst failed there
+    for k in range(4):
+        (small_src / "rocket" / f"bad_{k}.jpg").write_bytes(undecodable(tmp_path, photos, ".jpg"))
+        (small_src / "rocket" / f"bad_{k}.tif").write_bytes(undecodable(tmp_path, photos, ".tif"))
+    dst = tmp_path / "dst"
+    result = CliRunner().invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "2", "--val-fraction", "0.6",
+                                      "--json", str(small_src), str(dst)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {s["file"] for s in summary["skipped"]} == {f"rocket/bad_{k}{e}" for k in range(4) for e in (".jpg", ".tif")}
+    records = [json.loads(line) for line in (dst / "val" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert records and all("bad_" not in r["file_name"] for r in records)
+    for r in records:
+        assert cv2.imread(str(dst / "val" / r["file_name"])) is not None
+    assert not list((dst / "val").rglob("bad_*"))
+
+
+def test_a_source_of_which_no_image_decodes_is_one_error_line_and_preview_draws_no_empty_sheet(tmp_path: Path,
+                                                                                                photos):
+    # every header read, no pixels decoded: expand said 'Made 0 training images' and 'wrote train/' (not there),
+    # exit 0; preview wrote a sheet of empty rows
+    src = tmp_path / "src"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        (src / cls / "x.jpg").write_bytes(undecodable(tmp_path, photos, ".jpg"))
+        (src / cls / "y.tif").write_bytes(undecodable(tmp_path, photos, ".tif"))
+    result = CliRunner().invoke(cli, ["expand", "-r", "heavy", "--size", "16", "-w", "1", str(src),
+                                      str(tmp_path / "dst")])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: no image in {src} could be decoded: 4 file(s) skipped, each named above")
+    assert "Traceback" not in result.output and not (tmp_path / "dst" / "dataset.json").exists()
+    sheet = tmp_path / "sheet.png"
+    shown = CliRunner().invoke(cli, ["preview", "-r", "heavy", str(src), "-o", str(sheet)])
+    assert shown.exit_code == 1 and not sheet.exists()
+    assert shown.output.strip().splitlines()[-1] == f"Error: no sample could be made from {src}: every source " \
+                                                    f"tried failed (named above)"
+    assert "could not make an original sample from" in shown.output
