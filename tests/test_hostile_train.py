@@ -240,3 +240,19 @@ def test_an_infinite_step_or_epoch_in_last_pt_is_one_line(tmp_path, trained, key
     _one_error_line(_invoke("train", "-o", run, "--resume", "--epochs", "2", "-q"),
                     f"{run}/last.pt does not fit this run's model and optimizer: cannot convert float infinity to "
                     "integer; start again with --overwrite")
+
+
+def test_workers_past_the_cores_are_capped_not_forked(tmp_path, trained, monkeypatch):
+    from augexpand import executors
+    from augexpand.train import loop
+
+    monkeypatch.setattr(executors, "default_workers", lambda: 1)
+    assert loop.loader_workers(100_000) == 1 and loop.loader_workers(0) == 0
+    # --workers 100000 forked until the machine gave out (the test ran past 2 minutes and was killed)
+    result = _invoke("train", trained[0], "-o", tmp_path / "r", "--size", "16", "--width", "8", "--batch-size", "16",
+                     "--no-flip", "--epochs", "1", "--workers", "100000")
+    assert result.exit_code == 0, result.output
+    assert "note: --workers 100000: at most one data-loading process per core, 1 on this machine" in result.output
+    assert "workers: 1\n" in (tmp_path / "r" / "config.yaml").read_text()
+    result = _invoke("evaluate", tmp_path / "r", trained[2], "--workers", "100000", "-q")
+    assert result.exit_code == 0 and result.output.startswith("top-1 accuracy "), result.output

@@ -17,6 +17,7 @@ from augexpand.train.loop import (
     eval_batch_size,
     evaluate,
     load_checkpoint,
+    loader_workers,
     model_from_checkpoint,
     resolve_device,
 )
@@ -92,6 +93,7 @@ def evaluate_run(run: Path, folder: Path, which: str = "best", device: str = "au
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     dataset = D.FileBatches(split, size, augment=False)
+    workers = loader_workers(workers)  # at most one per core
     plan = D.EpochPlan(len(split), eval_batch_size(batch_size, size), 0, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=plan, num_workers=workers,
                                          worker_init_fn=D._worker_init if workers else None,

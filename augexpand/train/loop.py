@@ -58,6 +58,7 @@ __all__ = [
     "eval_batch_size",
     "evaluate",
     "load_checkpoint",
+    "loader_workers",
     "lr_factor",
     "make_loader",
     "model_from_checkpoint",
@@ -548,6 +549,8 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
     if config.workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         update["workers"] = min(cpus, 8) if (config.device != "cpu" and torch.cuda.is_available()) else min(cpus, 2)
+    elif config.workers:
+        update["workers"] = loader_workers(config.workers)
     return config.model_copy(update=update), size_from
 
 
@@ -603,6 +606,17 @@ def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
              f"is over {GPU_CACHE_SHARE:.0%} of the GPU's free memory ({free / 1e9:.1f} GB): loader workers "
              "gather and augment batches")
     return fits
+
+
+def loader_workers(requested: int) -> int:
+    """Data-loading processes for ``requested``: at most one per core (``--workers 100000`` forked until the machine
+    gave out; past the cores, torch's DataLoader warns in a paragraph, and they only take memory)."""
+    from augexpand.executors import default_workers
+
+    cores = default_workers()
+    if requested > cores:
+        log.info("--workers %d: at most one data-loading process per core, %d on this machine", requested, cores)
+    return min(requested, cores)
 
 
 def make_loader(dataset, plan: D.EpochPlan, workers: int, pin: bool) -> torch.utils.data.DataLoader:
