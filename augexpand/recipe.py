@@ -657,9 +657,16 @@ def _load_recipe(spec: str | Path | dict[str, Any] | Recipe, overrides: dict[str
     # Fail now, not in a worker: with `output` sizes at the recipe's nominal size (the data may make them smaller).
     # What albumentations warns about (an ignored argument) is one line each.
     nominal = recipe.output.nominal or (NOMINAL_SIZE, NOMINAL_SIZE)
-    build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines, probe=True,
-                   on_warning=lambda text: logging.getLogger("augexpand").warning("%s: albumentations: %s", source,
-                                                                                  text))
+    try:
+        build_pipeline(resolve_sizes(recipe.pipeline, nominal, source, lines), source, lines, probe=True,
+                       on_warning=lambda text: logging.getLogger("augexpand").warning("%s: albumentations: %s",
+                                                                                      source, text))
+    except RecipeError as exc:
+        if max(nominal) <= 2048 or "are too large" not in exc.message or exc.hint:
+            raise
+        # `size: output` follows the output size: the parameters blamed may be the user's --size, not the recipe's
+        raise RecipeError(exc.message, hint=f"the output size {nominal[0]}x{nominal[1]} (--size or output.size) "
+                                            f"sizes what the pipeline makes: choose a smaller one") from None
     return recipe
 
 

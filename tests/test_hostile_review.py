@@ -278,3 +278,21 @@ def test_a_source_of_which_no_image_decodes_is_one_error_line_and_preview_draws_
     assert shown.output.strip().splitlines()[-1] == f"Error: no sample could be made from {src}: every source " \
                                                     f"tried failed (named above)"
     assert "could not make an original sample from" in shown.output
+
+
+def test_a_transform_too_slow_at_a_large_output_size_names_the_size_not_the_recipe_alone(monkeypatch):
+    # --size 8192x8192 (allowed: 'at most 8192 pixels a side') on a busy machine: 'RandomResizedCrop cannot be
+    # used: ... its parameters are too large (light.yaml, line 13)', blaming a builtin recipe for the user's --size
+    import augexpand.recipe
+    from augexpand.errors import RecipeError
+    from augexpand.recipe import load_recipe
+
+    monkeypatch.setattr(augexpand.recipe, "PROBE_SECONDS", 0.0)  # every transform is 'too slow': the machine's load
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("light", {"output.size": [4096, 4096]})
+    assert "its parameters are too large" in caught.value.message
+    assert caught.value.hint == "the output size 4096x4096 (--size or output.size) sizes what the pipeline makes: " \
+                                "choose a smaller one"
+    with pytest.raises(RecipeError) as small:
+        load_recipe("light", {"output.size": [224, 224]})
+    assert small.value.hint is None
