@@ -476,6 +476,16 @@ def _open_regular(path: Path):
     return f, os.fstat(f.fileno()).st_size
 
 
+def _check_file_size(size: int, max_pixels: int | None) -> None:
+    """Refuse a file larger than any image within the pixel limit can be (8 bytes a pixel: an uncompressed 16-bit
+    RGBA TIFF; at least 1 GiB): it is read whole to be decoded, and data after an image's end (a sparse file of
+    gigabytes behind a small JPEG) would take that much memory in every worker."""
+    limit = None if max_pixels is None else max(1 << 30, 8 * max_pixels)
+    if limit is not None and size > limit:
+        raise ImageReadError(f"a file of {size / (1 << 30):.1f} GiB: more than an image within the pixel limit takes "
+                             f"(at most {limit / (1 << 30):.1f} GiB; data after the image? --max-pixels raises it)")
+
+
 def _over_limit(width: int, height: int, max_pixels: int | None) -> str | None:
     if max_pixels is None or width * height <= max_pixels:
         return None
@@ -577,6 +587,7 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         warnings.simplefilter("ignore")  # Pillow's warnings on odd headers (corrupt EXIF, ...): the scan decides
         if size == 0:
             raise ImageReadError("empty file (0 bytes)")
+        _check_file_size(size, max_pixels)
         magic = f.read(8)
         if magic[:3] == b"\xff\xd8\xff":
             _check_jpeg_header(f, size)
@@ -888,9 +899,10 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
     if isinstance(source, bytes):
         raw = source
     else:
-        f, _ = _open_regular(source)
+        f, size = _open_regular(source)
         try:
             with f:
+                _check_file_size(size, pixel_limit())  # it may have grown since the scan
                 raw = f.read()
         except OSError as exc:
             raise ImageReadError(f"cannot read: {exc.strerror or exc}") from None

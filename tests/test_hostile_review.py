@@ -296,3 +296,24 @@ def test_a_transform_too_slow_at_a_large_output_size_names_the_size_not_the_reci
     with pytest.raises(RecipeError) as small:
         load_recipe("light", {"output.size": [224, 224]})
     assert small.value.hint is None
+
+
+def test_a_small_image_with_gigabytes_after_its_end_is_skipped_not_read_whole(small_src: Path, tmp_path: Path):
+    # a sparse file (a few KB on disk) of 3 GiB whose first bytes are a whole JPEG: every worker read it whole to
+    # decode it (3.2 GB and 20 s for one file); one that grew after the scan as well
+    from augexpand.folder import probe_image
+
+    photo = (small_src / "cat" / "cat_0.jpg").read_bytes()
+    sparse = small_src / "cat" / "sparse.jpg"
+    with open(sparse, "wb") as f:
+        f.write(photo)
+        f.truncate(3 << 30)
+    with pytest.raises(ImageReadError, match=r"^a file of 3\.0 GiB: more than an image within the pixel limit"):
+        probe_image(sparse)
+    with pytest.raises(ImageReadError, match=r"^a file of 3\.0 GiB"):
+        decode_image(sparse)
+    result = CliRunner().invoke(cli, ["expand", "--copies", "1", "--size", "16", "-w", "1", "--json",
+                                      str(small_src), str(tmp_path / "dst")])
+    assert result.exit_code == 0, result.output
+    assert [s["file"] for s in json.loads(result.stdout)["skipped"]] == ["cat/sparse.jpg"]
+    assert probe_image(sparse, max_pixels=None)[1:3] == (48, 40)  # no pixel limit, no file size limit
