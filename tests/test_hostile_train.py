@@ -256,3 +256,14 @@ def test_workers_past_the_cores_are_capped_not_forked(tmp_path, trained, monkeyp
     assert "workers: 1\n" in (tmp_path / "r" / "config.yaml").read_text()
     result = _invoke("evaluate", tmp_path / "r", trained[2], "--workers", "100000", "-q")
     assert result.exit_code == 0 and result.output.startswith("top-1 accuracy "), result.output
+
+
+@pytest.mark.parametrize("name", ["c" * 100_000, "a/../../x", "", ".."])
+def test_a_class_in_a_checkpoint_that_no_folder_could_be_named_is_refused(tmp_path, trained, name):
+    ckpt = torch.load(trained[1] / "best.pt", weights_only=True)
+    ckpt["classes"] = ["d0", name, "d2"]
+    path = tmp_path / "c.pt"
+    torch.save(ckpt, path)
+    result = _invoke("evaluate", path, trained[2], "--workers", "0")
+    _one_error_line(result, "is not a folder name (1-255 characters, no '/')")
+    assert len(result.output) < 500  # the 100,000-character name was printed in the class mismatch line

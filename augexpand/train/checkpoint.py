@@ -194,6 +194,10 @@ def load_checkpoint(path: Path, finite: bool = False) -> dict[str, Any]:
     if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
             or len(set(classes)) != len(classes) or len(classes) != args["num_classes"]):
         raise TrainingError(f"{where}: classes must be {args['num_classes']} distinct names (model_args.num_classes)")
+    bad = next((c for c in classes if not 0 < len(c) <= 255 or "/" in c or "\0" in c or c in (".", "..")), None)
+    if bad is not None:  # a class is a folder name: a 100,000-character one made every message that lists them
+        raise TrainingError(f"{where}: class {bad[:40]!r}{'...' if len(bad) > 40 else ''} is not a folder name "
+                            "(1-255 characters, no '/')")
     size = ckpt.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or not _SIZE_RANGE[0] <= size <= _SIZE_RANGE[1]:
         raise TrainingError(f"{where}: size must be an integer in [{_SIZE_RANGE[0]}, {_SIZE_RANGE[1]}], got {size!r}")
