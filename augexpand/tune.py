@@ -419,6 +419,19 @@ def _decide(records: dict[str, _Score], min_splits: int = 2) -> tuple[str, str]:
                   f"splits ({mean / se if se else math.inf:.1f} standard errors, {need:.2f} needed)")
 
 
+def _refuse_splits(src: Path) -> None:
+    """SRC with a train/ split of class folders (an expand output, or a train/val/test layout) is not one class
+    folder per class: its splits were scored as classes (an expand output failed on a temporary folder's name)."""
+    try:
+        nested = (src / "train").is_dir() and any(p.is_dir() for p in (src / "train").iterdir())
+    except OSError:
+        return
+    if nested:
+        splits = [n for n in ("train", "val", "test") if (src / n).is_dir()]
+        raise TuneError(f"{src} holds splits ({', '.join(splits)}), not class folders",
+                        hint=f"tune the source images (one folder per class), e.g. {src / 'train'}")
+
+
 def tune(
     src: str | Path | None,
     *,
@@ -454,6 +467,7 @@ def tune(
 
         src = example_dir()
     src = Path(src)
+    _refuse_splits(src)
     scan = scan_image_folder(src)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.rel, s.reason)
@@ -475,6 +489,10 @@ def tune(
                         f"each other and from other classes' images (the rest are byte-identical copies): too small "
                         f"to split (tune holds out part of every class and needs at least 2 different images per "
                         f"class)")
+    if max(distinct.values()) < folds:  # a fold would hold out nothing: "evaluation folder .../heldout does not exist"
+        log.info("--folds %d: the largest class has %d different images, so %d folds", folds, max(distinct.values()),
+                 max(distinct.values()))
+        folds = max(distinct.values())
     imbalance = max(counts.values()) / min(counts.values())
     pool = list(candidates) if candidates is not None else default_candidates(imbalance)
     names = {c.name for c in pool}

@@ -267,3 +267,29 @@ def test_a_class_in_a_checkpoint_that_no_folder_could_be_named_is_refused(tmp_pa
     result = _invoke("evaluate", path, trained[2], "--workers", "0")
     _one_error_line(result, "is not a folder name (1-255 characters, no '/')")
     assert len(result.output) < 500  # the 100,000-character name was printed in the class mismatch line
+
+
+def test_tune_on_two_images_a_class_holds_out_every_fold(tmp_path):
+    import json
+
+    src = write_digits(tmp_path / "src", classes=(0, 1, 2), n=2)  # the documented minimum: 2 images per class
+    # fold 3 of 3 held out nothing: "Error: evaluation folder /tmp/augexpand-tune-.../split2/heldout does not exist"
+    result = _invoke("tune", src, "--only", "-c", "light", "--steps", "10", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["proxy"]["folds"] == 2 and summary["proxy"]["held_out"] == 0.5, summary["proxy"]
+    none = next(r for r in summary["candidates"] if r["name"] == "none")
+    assert none["splits"] >= 2 and none["images"] == 3  # each split holds out one image of each class
+    assert all(v in (0.0, 1 / 3, 0.3333, 2 / 3, 0.6667, 1.0) for v in none["scores"].values()), none["scores"]
+    result = _invoke("tune", src, "--only", "-c", "light", "--steps", "10", "--folds", "10", "--budget", "0.2")
+    assert result.exit_code == 0, result.output
+    assert "note: --folds 10: the largest class has 2 different images, so 2 folds" in result.output
+
+
+def test_tune_refuses_a_folder_of_splits(tmp_path):
+    dst = write_expanded(tmp_path / "dst", classes=(0, 1), n=3, mixed=0)
+    # scored train/ and val/ as two classes, then failed on a temporary folder's name
+    result = _invoke("tune", dst, "-o", tmp_path / "best.yaml")
+    _one_error_line(result, f"Error: {dst} holds splits (train, val), not class folders; tune the source images "
+                            f"(one folder per class), e.g. {dst / 'train'}")
+    assert not (tmp_path / "best.yaml").exists()
