@@ -59,6 +59,8 @@ def preview(src: str | Path | None, out: str | Path, recipe: Any = "light", *, s
         raise PreviewError(f"tile must be at least 32 pixels, got {tile}")
     out = Path(out).expanduser()
     fmt = SHEET_FORMATS.get(out.suffix.lower())
+    if fmt is None and out.is_dir():  # '-o .' said the file name must end in .png, got ''
+        raise PreviewError(f"{out} is a folder; give the sheet's file name, e.g. {out / 'preview.png'}")
     if fmt is None:
         raise PreviewError(f"the sheet's file name must end in {', '.join(SHEET_FORMATS)}, got {out.name!r}")
     if max_pixels is not None:

@@ -345,3 +345,11 @@ def test_the_scan_reads_a_pngs_orientation_without_decoding_its_pixels(tmp_path:
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
     assert probe_image(path)[1:3] == (decoded.shape[1], decoded.shape[0])
+
+
+def test_preview_into_a_folder_says_it_is_a_folder(small_src: Path, tmp_path: Path):
+    # 'preview -o .' said "the sheet's file name must end in .png, .jpg, .jpeg, .webp, got ''"
+    result = CliRunner().invoke(cli, ["preview", str(small_src), "-o", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path} is a folder; give the sheet's file name, e.g. " \
+                                    f"{tmp_path / 'preview.png'}"
