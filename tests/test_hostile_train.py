@@ -293,3 +293,23 @@ def test_tune_refuses_a_folder_of_splits(tmp_path):
     _one_error_line(result, f"Error: {dst} holds splits (train, val), not class folders; tune the source images "
                             f"(one folder per class), e.g. {dst / 'train'}")
     assert not (tmp_path / "best.yaml").exists()
+
+
+@pytest.mark.parametrize("where", ["d0/model.pt", "model.pt"])
+def test_evaluate_never_draws_its_default_chart_into_the_folder_it_scores(tmp_path, trained, where):
+    import shutil
+
+    test = tmp_path / "test"
+    shutil.copytree(trained[2], test)
+    ckpt = test / where
+    shutil.copyfile(trained[1] / "best.pt", ckpt)
+    before = sorted(p.relative_to(test) for p in test.rglob("*"))
+    # confusion_test.png was drawn next to the checkpoint: in d0/, an image of class d0 from then on
+    result = _invoke("evaluate", ckpt, test, "--workers", "0")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: the confusion matrix would be drawn in {ckpt.parent / 'confusion_test.png'}, inside the evaluation "
+        f"folder {test}, whose images are never written to; give --png PATH outside it")
+    assert sorted(p.relative_to(test) for p in test.rglob("*")) == before
+    result = _invoke("evaluate", ckpt, test, "--workers", "0", "--png", tmp_path / "c.png", "-q")
+    assert result.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 1000, result.output

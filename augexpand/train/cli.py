@@ -281,12 +281,16 @@ def evaluate_command(run: Path, folder: Path, which: str, device: str, batch_siz
     require_path(run, "RUN", folder=False)
     require_path(folder, "DIR")
     require_output_file(png, "'--png'", (".png", ".svg", ".pdf"), folder, "the evaluation folder")
-    setup_logging(quiet or as_json)
-    result = evaluate_run(run, folder, which, device, batch_size, workers)
     if png is None:
         base = run if run.is_dir() else run.parent
         name = os.fsencode(folder.resolve().name or "dir")[:200]  # room in a file name's 255 bytes
         png = base / f"confusion_{os.fsdecode(name)}.png"
+        if folder.resolve() in png.resolve().parents:  # DIR/d0/model.pt: the chart became an image of class d0
+            raise click.UsageError(f"the confusion matrix would be drawn in {printable(str(png))}, inside the "
+                                   f"evaluation folder {printable(str(folder))}, whose images are never written to; "
+                                   "give --png PATH outside it")
+    setup_logging(quiet or as_json)
+    result = evaluate_run(run, folder, which, device, batch_size, workers)
     plot_confusion(result, png)  # a refusal is one DestinationError line, naming the path
     result["confusion_png"] = str(png)
     if as_json:
