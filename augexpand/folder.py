@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hashlib
+import io
 import os
 import re
 import stat
@@ -554,15 +555,28 @@ def _check_jpeg_header(f, size: int) -> None:
 _PNG_CHUNKS = 10_000  # chunks before a PNG's pixels (IDAT) that Pillow may be left to parse; real files hold < 100
 
 
-def _check_png_chunks(f) -> None:
+def _check_png_chunks(f, size: int) -> None:
     """Refuse a PNG of more than _PNG_CHUNKS chunks before its first IDAT, counted by their lengths alone: Pillow
-    parses and checks each one in Python (a million empty chunks, 12 MB, took 6 s to probe)."""
+    parses and checks each one in Python (a million empty chunks, 12 MB, took 6 s to probe); and one with a chunk
+    that runs past the end of the file (of its first _PNG_WALK): OpenCV allocates what a chunk's length claims
+    before it reads it (a 7 KB file whose IDAT claimed 2.6 GB: 2.6 GB and 2 s to fail)."""
     f.seek(8)
-    for _ in range(_PNG_CHUNKS):
+    at, pixels = 8, False
+    for n in range(_PNG_WALK):
         head = f.read(8)
-        if len(head) < 8 or head[4:] == b"IDAT":
+        if len(head) < 8 or head[4:] == b"IEND":
             return
-        f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+        length = int.from_bytes(head[:4], "big")
+        if at + 12 + length > size:
+            raise ImageReadError(f"truncated PNG (its {head[4:].decode('latin-1')!r} chunk of {length:,} bytes runs "
+                                 f"past the end of the file, {size:,} bytes)")
+        pixels = pixels or head[4:] == b"IDAT"
+        if not pixels and n >= _PNG_CHUNKS:
+            break
+        at += 12 + length
+        f.seek(at)
+    else:
+        return
     raise ImageReadError(f"a PNG of more than {_PNG_CHUNKS:,} chunks before its pixels (crafted, or damaged)")
 
 
@@ -593,7 +607,7 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         if magic[:3] == b"\xff\xd8\xff":
             _check_jpeg_header(f, size)
         elif magic == b"\x89PNG\r\n\x1a\n":
-            _check_png_chunks(f)
+            _check_png_chunks(f, size)
         f.seek(0)
         try:
             with Image.open(f) as im:
@@ -939,6 +953,8 @@ def decode_image(source: Path | bytes, reduced: int = 1, min_side: int = 0) -> n
     data = np.frombuffer(raw, np.uint8)
     if data.size == 0:
         raise ImageReadError("empty file (0 bytes)")
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        _check_png_chunks(io.BytesIO(raw), len(raw))
     jpeg = data.size > 2 and data[0] == 0xFF and data[1] == 0xD8
     if jpeg:
         _check_scans(raw)

@@ -353,3 +353,23 @@ def test_preview_into_a_folder_says_it_is_a_folder(small_src: Path, tmp_path: Pa
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {tmp_path} is a folder; give the sheet's file name, e.g. " \
                                     f"{tmp_path / 'preview.png'}"
+
+
+def test_a_png_chunk_that_claims_gigabytes_in_a_small_file_is_skipped_before_opencv_allocates_them(tmp_path: Path,
+                                                                                                   photos):
+    # found by fuzzing: a 7 KB PNG whose IDAT length field claims 2.6 GB passed the scan (Pillow reads the header
+    # only), then OpenCV allocated the 2.6 GB before failing (2 s): in every worker that decoded it
+    from augexpand.folder import probe_image
+
+    png = bytearray(cv2.imencode(".png", cv2.cvtColor(photos["coffee"], cv2.COLOR_RGB2BGR))[1].tobytes())
+    at = png.index(b"IDAT") - 4
+    png[at:at + 4] = struct.pack(">I", 2_617_253_060)
+    path = tmp_path / "claims.png"
+    path.write_bytes(bytes(png))
+    words = r"^truncated PNG \(its 'IDAT' chunk of 2,617,253,060 bytes runs past the end of the file"
+    start = time.monotonic()
+    with pytest.raises(ImageReadError, match=words):
+        probe_image(path)
+    with pytest.raises(ImageReadError, match=words):  # the file may have become so since the scan
+        decode_image(path)
+    assert time.monotonic() - start < 0.5
