@@ -81,6 +81,11 @@ def setup_logging(quiet: bool) -> None:
         logger.addHandler(EchoHandler())
         logger.propagate = False
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # Pillow logs what it refuses in a header ('More samples per pixel than can be decoded: 256'), which Python
+    # printed for want of a handler: the scan names the file once, in its own line
+    pillow = logging.getLogger("PIL")
+    if not pillow.handlers:
+        pillow.addHandler(logging.NullHandler())
 
 
 def require_path(path: Path | None, hint: str, folder: bool = True) -> None:

@@ -373,3 +373,27 @@ def test_a_png_chunk_that_claims_gigabytes_in_a_small_file_is_skipped_before_ope
     with pytest.raises(ImageReadError, match=words):  # the file may have become so since the scan
         decode_image(path)
     assert time.monotonic() - start < 0.5
+
+
+def test_pillows_own_log_lines_stay_off_stderr(small_src: Path, tmp_path: Path, photos):
+    # a TIFF whose SamplesPerPixel is 256 (fuzzing found it): Pillow logs 'More samples per pixel than can be
+    # decoded: 256' at ERROR, and Python printed it for want of a handler, above the scan's own line
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.fromarray(photos["coffee"][:40, :48]).save(tmp_path / "t.tif")
+    data = bytearray((tmp_path / "t.tif").read_bytes())
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    for k in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack(order + "H", data[entry:entry + 2])[0] == 277:  # SamplesPerPixel, a SHORT
+            data[entry + 8:entry + 10] = struct.pack(order + "H", 256)
+    (small_src / "cat" / "samples.tif").write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "augexpand", "expand", "--copies", "1", "--size", "16", "-w", "1",
+                           "-q", str(small_src), str(tmp_path / "dst")], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["warning: skipped cat/samples.tif: not an image Pillow or OpenCV can identify"]
