@@ -313,3 +313,19 @@ def test_evaluate_never_draws_its_default_chart_into_the_folder_it_scores(tmp_pa
     assert sorted(p.relative_to(test) for p in test.rglob("*")) == before
     result = _invoke("evaluate", ckpt, test, "--workers", "0", "--png", tmp_path / "c.png", "-q")
     assert result.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 1000, result.output
+
+
+@pytest.mark.parametrize("option", ["--init", "--teacher"])
+def test_overwrite_never_deletes_the_checkpoint_it_starts_or_learns_from(tmp_path, trained, option):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    before = sorted(p.name for p in run.iterdir())
+    # the run (best.pt, last.pt, config.yaml, ...) was deleted, then "Error: no checkpoint at RUN/best.pt"
+    _one_error_line(_invoke("train", trained[0], "-o", run, option, run / "best.pt", "--overwrite", *FAST,
+                            "--epochs", "1"),
+                    f"{option} {run / 'best.pt'} is in --out {run}, which --overwrite empties first; copy it out of "
+                    "the run folder, or write the new run to another --out")
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert load_checkpoint(run)["classes"] == ["d0", "d1", "d2"]

@@ -385,6 +385,17 @@ def _refuse_out_in_data(config: TrainConfig) -> None:
                                 "written to: choose a folder outside them")
 
 
+def _refuse_start_in_out(config: TrainConfig) -> None:
+    """--overwrite empties RUN before --init, --teacher or --weights is read: one of them in RUN was deleted with the
+    run, and the command then failed on it ("no checkpoint at RUN/best.pt"), the run lost."""
+    out = Path(config.out).resolve()
+    for option in ("init", "teacher", "weights"):
+        given = getattr(config, option)
+        if given is not None and (Path(given).resolve() == out or out in Path(given).resolve().parents):
+            raise TrainingError(f"--{option} {given} is in --out {config.out}, which --overwrite empties first",
+                                hint="copy it out of the run folder, or write the new run to another --out")
+
+
 def _open_run(out: Path, resume: bool, overwrite: bool) -> RunLock:
     """Check that RUN may be written (refusals before anything is created), lock it, clear it on overwrite."""
     if out.exists() and not out.is_dir():
@@ -681,6 +692,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             logging.getLogger("augexpand").setLevel(logging.ERROR)
             config = config.model_copy(update={"progress": False})
         _refuse_out_in_data(config)
+        if overwrite:
+            _refuse_start_in_out(config)
         lock = ctx.on_main(lambda: _open_run(Path(config.out), resume, overwrite), share=False)
         try:
             return _train(config, ctx, resume, explicit or set())
