@@ -272,6 +272,26 @@ class OversampleSpec(_Strict):
     k_neighbors: Annotated[int, Field(gt=0, le=1000)] = 5
     augment: bool = False  # run the single-image pipeline on each synthetic image too
 
+    @field_validator("sampling_strategy", mode="before")
+    @classmethod
+    def _strategy(cls, v: Any) -> Any:
+        """Name what is wrong in the form given: the union's first branch ('input should be auto, ...') answered
+        a dict with a count of -1 or a fraction of 1.5."""
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if isinstance(v, str) or (number and 0 < v <= 1):
+            return v
+        if number:
+            raise ValueError(f"a fraction sampling_strategy must be above 0 and at most 1 (each minority class "
+                             f"grown to that share of the majority), got {v!r}")
+        if isinstance(v, dict):
+            for name, count in v.items():
+                if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_PER_CLASS:
+                    raise ValueError(f"sampling_strategy's count for class {name!r} must be a whole number from 0 "
+                                     f"to {MAX_PER_CLASS:,} (the images that class should have), got {count!r}")
+            return v
+        raise ValueError(f"sampling_strategy must be 'auto', 'minority', 'not minority', 'not majority', 'all', a "
+                         f"fraction in (0, 1] or a mapping {{class: count}}, got {v!r:.60}")
+
 
 class PolicySpec(_Strict):
     """An augmentation policy applied after the pipeline wherever the pipeline is applied (policies.py)."""

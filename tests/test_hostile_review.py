@@ -397,3 +397,24 @@ def test_pillows_own_log_lines_stay_off_stderr(small_src: Path, tmp_path: Path, 
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["warning: skipped cat/samples.tif: not an image Pillow or OpenCV can identify"]
+
+
+@pytest.mark.parametrize("strategy, words", [
+    ({"cat": -1}, "sampling_strategy's count for class 'cat' must be a whole number from 0 to 10,000,000"),
+    ({"cat": 20_000_001}, "sampling_strategy's count for class 'cat' must be a whole number from 0 to 10,000,000"),
+    ({"cat": 1.5}, "got 1.5"),
+    (1.5, "a fraction sampling_strategy must be above 0 and at most 1"),
+    ([1, 2], "sampling_strategy must be 'auto', 'minority', 'not minority', 'not majority', 'all', a fraction in "
+             "(0, 1] or a mapping {class: count}, got [1, 2]"),
+])
+def test_a_bad_sampling_strategy_is_named_in_the_form_given(strategy, words):
+    # every one of these said "input should be 'auto', 'minority', 'not minority', 'not majority' or 'all'"
+    # (pydantic's first branch of the union): wrong for a dict with a bad count, or a fraction over 1
+    from augexpand.errors import RecipeError
+    from augexpand.recipe import load_recipe
+
+    with pytest.raises(RecipeError) as caught:
+        load_recipe({"copies": 0, "oversample": {"method": "smote", "sampling_strategy": strategy}})
+    assert words in caught.value.message and "input should be 'auto'" not in caught.value.message
+    assert caught.value.message.endswith("(<inline recipe>, oversample.sampling_strategy)")
+    assert load_recipe({"oversample": {"sampling_strategy": {"cat": 10}}}).oversample.sampling_strategy == {"cat": 10}
