@@ -1224,6 +1224,11 @@ def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe
     lines = lines or {}
     where = _where(source, lines, ("pipeline",))
     if isinstance(pipeline, dict):
+        if "transform" not in pipeline and "__class_fullname__" not in pipeline:  # `pipeline: {Flip: {}}`: no dash
+            keys = ", ".join(map(str, list(pipeline)[:3]))
+            raise RecipeError(f"pipeline is a mapping ({_printable(keys)[:80]}) but not albumentations' serialized "
+                              f"form (no __class_fullname__): write the transforms as a list, one '- Name: {{...}}' "
+                              f"line each ({where})")
         serialized = pipeline if "transform" in pipeline else {"transform": pipeline}
         _check_numbers("serialized pipeline", serialized, where, limit=limit)
         # A.from_dict imports albumentations.pytorch (and so torch: 2-6 s, in every worker) whenever torch is

@@ -418,3 +418,15 @@ def test_a_bad_sampling_strategy_is_named_in_the_form_given(strategy, words):
     assert words in caught.value.message and "input should be 'auto'" not in caught.value.message
     assert caught.value.message.endswith("(<inline recipe>, oversample.sampling_strategy)")
     assert load_recipe({"oversample": {"sampling_strategy": {"cat": 10}}}).oversample.sampling_strategy == {"cat": 10}
+
+
+def test_a_pipeline_written_as_a_mapping_without_dashes_is_told_to_be_a_list(tmp_path: Path):
+    # 'pipeline: {HorizontalFlip: {}}' (the dashes forgotten) said "serialized pipeline: unknown transform
+    # '__class_fullname__'"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("copies: 1\npipeline:\n  HorizontalFlip: {p: 0.5}\n  Blur: {}\n")
+    result = CliRunner().invoke(cli, ["validate", str(recipe)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: pipeline is a mapping (HorizontalFlip, Blur) but not albumentations' "
+                                     f"serialized form (no __class_fullname__): write the transforms as a list, one "
+                                     f"'- Name: {{...}}' line each ({recipe}, line 2, pipeline)")
