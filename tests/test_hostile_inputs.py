@@ -520,7 +520,8 @@ def test_a_fifo_in_place_of_a_runs_config_is_one_line_not_a_hang(tmp_path: Path)
     done = subprocess.run([sys.executable, "-m", "augexpand", "train", str(data), "-o", str(run), "--resume",
                            "--epochs", "2", "-q"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == f"Error: cannot read {run / 'config.yaml'}: a FIFO, not a regular file"
+    assert done.stderr.splitlines()[-1] == (f"Error: {run / 'config.yaml'} is not a regular file, where the run "
+                                            f"keeps its config.yaml; move it away")
 
 
 @pytest.mark.parametrize("kind", ["link", "fifo"])
