@@ -150,7 +150,7 @@ def test_a_folder_at_an_outputs_name_on_resume_is_named_as_such_not_a_full_disk(
     args = ["expand", "--copies", "1", "--size", "16", "-w", "1", str(small_src), str(dst)]
     first = CliRunner().invoke(cli, [*args, "--shard", "1/1"])  # images and a journal, no manifest yet
     assert first.exit_code == 0, first.output
-    image = sorted((dst / "train" / "cat").iterdir())[0]
+    image = min((dst / "train" / "cat").iterdir())
     image.unlink()
     image.mkdir()
     (image / "notes.txt").write_text("mine")
@@ -404,8 +404,8 @@ def test_pillows_own_log_lines_stay_off_stderr(small_src: Path, tmp_path: Path, 
     ({"cat": 20_000_001}, "sampling_strategy's count for class 'cat' must be a whole number from 0 to 10,000,000"),
     ({"cat": 1.5}, "got 1.5"),
     (1.5, "a fraction sampling_strategy must be above 0 and at most 1"),
-    ([1, 2], "sampling_strategy must be 'auto', 'minority', 'not minority', 'not majority', 'all', a fraction in "
-             "(0, 1] or a mapping {class: count}, got [1, 2]"),
+    ([1, 2], ("sampling_strategy must be 'auto', 'minority', 'not minority', 'not majority', 'all', a fraction in "
+              "(0, 1] or a mapping {class: count}, got [1, 2]")),
 ])
 def test_a_bad_sampling_strategy_is_named_in_the_form_given(strategy, words):
     # every one of these said "input should be 'auto', 'minority', 'not minority', 'not majority' or 'all'"
