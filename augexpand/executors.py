@@ -262,6 +262,7 @@ class LocalExecutor:
         """``decoded``: source index -> image already decoded at its plan scale (the rows use it, not decode it):
         shared with forked workers as it is, never sent to spawned ones."""
         self.pool = None
+        self.maker: RowMaker | None = None
         self.workers = workers
         if workers > 1:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -269,8 +270,8 @@ class LocalExecutor:
             with fork_safe_opencv():
                 self.pool = _pool(method, workers, _init_pool_worker, (ctx, shared))
             self.watched = _Watched(self.pool)
-        else:
-            _init_worker(ctx, decoded)
+        else:  # this executor's own maker, not the module's: two runs in two threads write each its own dst
+            self.maker = RowMaker(ctx, decoded)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]:
         if self.pool is None:
@@ -279,7 +280,8 @@ class LocalExecutor:
 
     def run(self, tasks: list[Task]) -> Iterator[list[dict[str, Any]]]:
         if self.pool is None:
-            return map(_run_task, tasks)
+            maker = self.maker
+            return (maker.run_task(rows, key) for key, rows in tasks)
         return self.watched.unordered(_run_task, tasks)
 
     def close(self, terminate: bool = False) -> None:

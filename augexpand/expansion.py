@@ -376,7 +376,8 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
     try:
         dest.check_folders(scan.classes)
         dest.remove_previous()  # --overwrite: only now, when the new run is planned and about to write
-        records, failures, reused = _execute(runner, plan, dest, run_id, resume, strict, progress, shard, on_progress)
+        records, failures, reused, reused_train = _execute(runner, plan, dest, run_id, resume, strict, progress,
+                                                           shard, on_progress)
     except BaseException:
         runner.close(terminate=True)
         raise
@@ -400,6 +401,7 @@ def _expand(src: Path, dst: Path, recipe: Recipe, dest: Destination | None, star
                           hint="fix or replace them, then run again with --overwrite")
     timings = {**planned.timings, "start": t_start - t_plan, "write": t_run - t_start}
     summary = _summary(scan, plan, recipe, records, unreadable, dst, runner.workers, run_id, reused=reused,
+                       reused_train=reused_train,
                        timings=timings, estimated_bytes=planned.estimated_bytes, orientation=planned.orientation)
     # the planned images left out because a source or partner of theirs did not decode (the files are named)
     summary["images_not_made"] = sum(1 for f in failures if f["unreadable"])
@@ -466,9 +468,9 @@ class _stopped_by_sigterm:
 
 def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, resume: bool, strict: bool,
              progress: bool, shard: tuple[int, int] | None = None,
-             on_progress: Callable[[int, int], object] | None = None) -> tuple[RecordStore, list[dict], int]:
+             on_progress: Callable[[int, int], object] | None = None) -> tuple[RecordStore, list[dict], int, int]:
     """Run every row not already done (of the shard; the workers journal each file they write). Returns records
-    by row, failures, rows reused."""
+    by row, failures, rows reused and training images among them."""
     from tqdm import tqdm
 
     done = RecordStore()
@@ -490,6 +492,7 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
         done = mine
     todo = _select(plan, shard, done)
     records, reused = done, len(done)  # the store goes on to collect this run's records
+    reused_train = done.count("train")
     failures: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), unit="img", desc="expand", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
@@ -512,11 +515,12 @@ def _execute(executor: Executor, plan: Plan, dest: Destination, run_id: str, res
         if on_progress is not None:
             on_progress(finished, total)
     bar.close()
-    return records, failures, reused
+    return records, failures, reused, reused_train
 
 
 def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, dict] | RecordStore, unreadable: list,
              dst: Path, workers: int, run_id: str, *, dry_run: bool = False, reused: int = 0,
+             reused_train: int = 0,
              timings: dict[str, float], estimated_bytes: int = 0,
              orientation: dict[str, Any] | None = None) -> dict[str, Any]:
     classes = scan.classes
@@ -580,7 +584,8 @@ def _summary(scan: ScanResult, plan: Plan, recipe: Recipe, records: dict[int, di
         "fingerprint": run_id,
         "shard": None,
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "images_per_second": round((made - reused) / timings["write"], 1) if timings.get("write") else None,
+        # the training images made by this run (not those a resumed run found done: val copies are in `reused`)
+        "images_per_second": round((made - reused_train) / timings["write"], 1) if timings.get("write") else None,
     }
 
 

@@ -65,9 +65,9 @@ def _check_reachable(address: str) -> None:
     """Fail in seconds, with one line, when RAY_ADDRESS names no listening cluster (ray.init would hang)."""
     if address in ("auto", "local"):
         return
-    parts = urlsplit(address if "://" in address else f"ray://{address}")
-    host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" and "://" in address else 6379)
-    try:
+    try:  # a port that is not a number ('host:abc') is a ValueError of urlsplit's: one line as well
+        parts = urlsplit(address if "://" in address else f"ray://{address}")
+        host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" and "://" in address else 6379)
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except (OSError, ValueError) as exc:

@@ -1,0 +1,72 @@
+"""A hostile review of the scale-out and machine interfaces: the Python API run from threads, shards then
+``--resume``, ``--executor ray`` with a bad RAY_ADDRESS, ``--json`` for pipelines. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from augexpand import expand
+from augexpand.cli import cli
+from tests.conftest import tree_digest
+
+
+def outputs(dst: Path) -> dict[str, str]:
+    """Every file's sha256 but the card (its timings differ between runs)."""
+    digest = tree_digest(dst)
+    digest.pop("dataset.json")
+    return digest
+
+
+def test_two_runs_in_two_threads_write_each_its_own_destination(small_src: Path, tmp_path: Path,
+                                                                tiny_recipe: Path):
+    """One worker runs in the calling process: its row maker was one per module, so the second thread's run made
+    the first one's images into its own dst, and the first failed writing its manifest into a train/ never made."""
+    alone = expand(small_src, tmp_path / "alone", tiny_recipe, workers=1)
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = expand(small_src, tmp_path / name, tiny_recipe, workers=1)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(results[n], dict) for n in "ab"), results
+    want = outputs(tmp_path / "alone")
+    assert outputs(tmp_path / "a") == want and outputs(tmp_path / "b") == want
+    assert results["a"]["images_out"] == results["b"]["images_out"] == alone["images_out"]
+
+
+def test_a_resume_that_finds_every_image_made_reports_no_negative_rate(small_src: Path, tmp_path: Path,
+                                                                       tiny_recipe: Path):
+    """The rate subtracted every row found done (validation copies too) from the training images: a --resume
+    after all shards printed '-194 images/s'."""
+    dst = tmp_path / "out"
+    for i in (1, 2):
+        expand(small_src, dst, tiny_recipe, workers=1, val_fraction=0.3, shard=(i, 2))
+    summary = expand(small_src, dst, tiny_recipe, workers=1, val_fraction=0.3, resume=True)
+    assert summary["resumed_rows"] > summary["images_out"]  # the validation copies are rows done too
+    assert summary["images_per_second"] == 0
+    card = json.loads((dst / "dataset.json").read_text())
+    assert card["images_per_second"] == 0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:notaport", "::::"])
+def test_a_ray_address_with_no_port_number_is_one_line(small_src: Path, tmp_path: Path, monkeypatch, address):
+    """urlsplit's ValueError for a port that is not a number escaped as a traceback."""
+    pytest.importorskip("ray", reason="Ray is not installed")
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    result = CliRunner().invoke(cli, ["expand", "--executor", "ray", str(small_src), str(tmp_path / "out"),
+                                      "--json"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: cannot reach the Ray cluster at RAY_ADDRESS={address}: Port could not")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
