@@ -1048,6 +1048,11 @@ def _too_slow(t, A) -> str | None:
                 if getattr(out, "dtype", np.uint8) != np.uint8:
                     return (f"turns the 8-bit image into {out.dtype} pixels, and a recipe writes 8-bit images (every "
                             f"one would be black); normalize when training instead")
+                if getattr(out, "ndim", 3) != 3 or out.shape[2] != 3:
+                    channels = 1 if out.ndim == 2 else out.shape[-1]
+                    return (f"turns the 3-channel image into {channels} channel{'' if channels == 1 else 's'}, and a "
+                            f"recipe's images are RGB (mixing and preview combine them); ToGray keeps 3 channels with "
+                            f"num_output_channels: 3")
             except MemoryError:
                 return "asks for more memory than there is, even on a 32x32 image"
             except Exception:  # noqa: BLE001, S110 -- image-dependent (decided when it runs), unless slow to fail
@@ -1060,6 +1065,8 @@ def _too_slow(t, A) -> str | None:
     return (f"takes {elapsed:.1f} s on a 32x32 image (some {elapsed * 50:.0f} s on a 224x224 one): its parameters "
             f"are too large")
 
+
+ZERO_WEIGHTS = "the p of its transforms sum to 0, so it could never choose one; give at least one a p above 0"
 
 # Data an image-only pipeline never has (albumentations' target names, and the masks of CropNonEmptyMaskIfExists).
 _NOT_IMAGE = ("bboxes", "mask", "masks", "keypoints", "volume", "volumes", "mask3d", "masks3d")
@@ -1104,6 +1111,9 @@ def _check_image_only(compose, A, where: str, depth: int = 0, probe: bool = Fals
                           f"dataset has no boxes or keypoints ({where})")
     for t in getattr(compose, "transforms", []):
         name = type(t).__name__
+        if isinstance(t, A.SomeOf) and not 0 <= t.n <= MAX_SIDE:  # albumentations takes n = -1, then every row fails
+            raise RecipeError(f"{name}: n = {t.n} is out of range: it is how many of its transforms to apply, from 0 "
+                              f"to their number ({where})")
         if isinstance(t, A.BaseCompose):
             _check_image_only(t, A, where, depth + 1, probe)
             continue
@@ -1157,6 +1167,8 @@ def _build_compact(items: Any, A, names: list[str], source: str, lines: dict, pa
             _check_numbers(name, params, _where(source, lines, here + (name,)), limit=limit)
         try:
             built.append(_construct(cls, params, strict=not issubclass(cls, A.BaseCompose)))
+        except ZeroDivisionError:  # OneOf normalizes its transforms' p: all 0 would divide by their sum
+            raise RecipeError(f"{name}: {ZERO_WEIGHTS} ({_where(source, lines, here + (name,))})") from None
         except NotImplementedError:
             raise RecipeError(f"{name} is an abstract base class, not a transform "
                               f"({_where(source, lines, here + (name,))})") from None
@@ -1238,6 +1250,8 @@ def _build_pipeline(pipeline: list[Any] | dict[str, Any], source: str = "<recipe
             sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # its import: ImportError
         try:
             built = A.from_dict(serialized)
+        except ZeroDivisionError:
+            raise RecipeError(f"serialized pipeline: OneOf: {ZERO_WEIGHTS} ({where})") from None
         except NotImplementedError:
             raise RecipeError(f"serialized pipeline: it holds an abstract base class (BasicTransform, DualTransform, "
                               f"ImageOnlyTransform), not a transform ({where})") from None

@@ -1,0 +1,68 @@
+"""Hostile recipes, second review: transforms and compositions that validated, then failed on every image (or drew
+a traceback in preview). Each is now refused by `validate` in one line naming the transform and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from augexpand.errors import RecipeError
+from augexpand.recipe import import_albumentations, load_recipe
+
+A = import_albumentations()
+
+
+def _one_of_zero() -> dict:
+    pipeline = A.to_dict(A.Compose([A.OneOf([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])]))
+    for t in pipeline["transform"]["transforms"][0]["transforms"]:
+        t["p"] = 0.0
+    return {"pipeline": pipeline}
+
+
+REFUSED = [
+    # validated, then a ZeroDivisionError named as such
+    ("OneOf of p 0", {"pipeline": [{"OneOf": {"transforms": [{"HorizontalFlip": {"p": 0}},
+                                                              {"VerticalFlip": {"p": 0}}]}}]},
+     r"^OneOf: the p of its transforms sum to 0, so it could never choose one; .*pipeline\[0\]\.OneOf\)$"),
+    ("serialized OneOf of p 0", _one_of_zero(), r"^serialized pipeline: OneOf: the p of its transforms sum to 0"),
+    # validated, then every image failed: 'negative dimensions are not allowed'
+    ("SomeOf n -1", {"pipeline": [{"SomeOf": {"transforms": ["HorizontalFlip", "VerticalFlip"], "n": -1}}]},
+     r"^SomeOf: n = -1 is out of range"),
+    # validated, then every mixed image failed ('images to blend must have the same shape') and preview crashed
+    ("ToGray to 1 channel", {"pipeline": [{"ToGray": {"num_output_channels": 1, "p": 0.5}}]},
+     r"^ToGray cannot be used: it turns the 3-channel image into 1 channel, .*num_output_channels: 3"),
+    ("ToGray to 1 channel in a OneOf", {"pipeline": [{"OneOf": {"transforms": [
+        {"ToGray": {"num_output_channels": 1}}, "HorizontalFlip"]}}]}, r"^ToGray cannot be used: .*1 channel"),
+    ("serialized ToGray to 1 channel", {"pipeline": A.to_dict(A.Compose([A.ToGray(num_output_channels=1)]))},
+     r"^ToGray cannot be used: .*1 channel"),
+]
+
+
+@pytest.mark.parametrize("what, recipe, match", REFUSED, ids=[r[0] for r in REFUSED])
+def test_a_composition_that_fails_on_every_image_is_refused_at_validation(what, recipe, match):
+    with pytest.raises(RecipeError, match=match) as info:
+        load_recipe(recipe)
+    assert "\n" not in str(info.value)
+
+
+def test_what_stays_valid_next_to_the_refusals():
+    load_recipe({"pipeline": [{"ToGray": {"num_output_channels": 3, "p": 1}}, {"ChannelDropout": {"p": 1}},
+                              {"SomeOf": {"transforms": ["HorizontalFlip"], "n": 0}},
+                              {"OneOf": {"transforms": [{"HorizontalFlip": {"p": 0}}, "VerticalFlip"]}}]})
+
+
+def test_preview_of_a_grey_one_channel_recipe_is_one_line_not_a_traceback(small_src: Path, tmp_path: Path):
+    recipe = tmp_path / "grey.yaml"
+    recipe.write_text("copies: 1\npipeline:\n  - ToGray: {num_output_channels: 1, p: 1}\n"
+                      "mix: {mixup: {count: 1}}\n", encoding="utf-8")
+    for command in (["preview", "-r", str(recipe), str(small_src), "-o", str(tmp_path / "p.png")],
+                    ["expand", "-r", str(recipe), "--quiet", str(small_src), str(tmp_path / "d")]):
+        result = subprocess.run([sys.executable, "-m", "augexpand", *command], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("Error: ToGray cannot be used: it turns the 3-channel image into 1 channel")
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "d").exists()
