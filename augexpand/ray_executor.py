@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from augexpand.errors import AugexpandError
-from augexpand.executors import default_workers
+from augexpand.executors import local_workers
 from augexpand.rows import RowContext, RowMaker
 
 __all__ = ["ATTEMPTS", "CONNECT_TIMEOUT_S", "RayExecutor", "RayWorker"]
@@ -107,8 +107,12 @@ class RayExecutor:
         self.started = False
         if not ray.is_initialized():
             self._init(workers)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if workers is None:
-            workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            workers = cpus
+        elif workers > cpus:  # an actor takes one CPU: the rest would wait for a CPU, and the run for them, for ever
+            log.info("--workers %d: %d Ray workers, one per CPU of the Ray cluster", workers, cpus)
+            workers = cpus
         self.workers = workers
         self._quiet_notices()
         self.actor = ray.remote(num_cpus=1, max_restarts=0)(self.worker_class)
@@ -138,7 +142,7 @@ class RayExecutor:
             os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *([path] if path else [])])
             try:
                 with _native_stderr_muted():
-                    ray.init(num_cpus=workers or default_workers(), include_dashboard=False, **quiet)
+                    ray.init(num_cpus=local_workers(workers, quiet=True), include_dashboard=False, **quiet)
             finally:
                 if path:
                     os.environ["PYTHONPATH"] = path

@@ -70,3 +70,26 @@ def test_a_ray_address_with_no_port_number_is_one_line(small_src: Path, tmp_path
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith(f"Error: cannot reach the Ray cluster at RAY_ADDRESS={address}: Port could not")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_more_ray_workers_than_the_cluster_has_cpus_runs_on_those_it_has(small_src: Path, tmp_path: Path,
+                                                                        tiny_recipe: Path, caplog):
+    """An actor takes one CPU: asked for more actors than the cluster has CPUs, the run waited for ever for the
+    ones that could not start (RAY_ADDRESS=a 2-CPU cluster with -w 3 hung). A one-CPU Ray stands for the cluster."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed")
+    import os
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                                      os.environ.get("PYTHONPATH", "")])}})
+    try:
+        with caplog.at_level("INFO", logger="augexpand"):
+            summary = expand(small_src, tmp_path / "ray", tiny_recipe, workers=3, executor="ray")
+    finally:
+        ray.shutdown()
+    assert summary["workers"] == 1
+    assert "--workers 3: 1 Ray workers, one per CPU of the Ray cluster" in caplog.text
+    expand(small_src, tmp_path / "local", tiny_recipe, workers=2)
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
