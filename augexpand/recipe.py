@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import sys
+import threading
 import warnings
 from collections.abc import Iterable
 from functools import cached_property
@@ -99,28 +100,32 @@ def builtin_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
 
 
+_IMPORT_LOCK = threading.Lock()  # sys.modules holds a module while it is being imported
+
+
 def import_albumentations():
     """Import albumentations without its update check (no network here) and without the optional parts that
     augexpand never uses but albumentations imports when it finds them: ``albumentations.pytorch`` (torch: over
     a second of start-up) and the Hugging Face Hub client (~0.3 s). Those stay importable afterwards; one that is
     already loaded is left alone.
     """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if "albumentations" in sys.modules:
-        return sys.modules["albumentations"]
-    optional = ["huggingface_hub"]
-    if "torch" not in sys.modules:
-        optional.append("albumentations.pytorch")
-    blocked = [name for name in optional if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError: albumentations skips it
-    _lazy_module("scipy.special")
-    try:
-        import albumentations
-    finally:
+    with _IMPORT_LOCK:  # two threads importing it at once: one saw it half made (no attribute 'Compose')
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        if "albumentations" in sys.modules:
+            return sys.modules["albumentations"]
+        optional = ["huggingface_hub"]
+        if "torch" not in sys.modules:
+            optional.append("albumentations.pytorch")
+        blocked = [name for name in optional if name not in sys.modules]
         for name in blocked:
-            sys.modules.pop(name, None)
-    return albumentations
+            sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError: albumentations skips it
+        _lazy_module("scipy.special")
+        try:
+            import albumentations
+        finally:
+            for name in blocked:
+                sys.modules.pop(name, None)
+        return albumentations
 
 
 def _lazy_module(name: str) -> None:

@@ -93,3 +93,24 @@ def test_more_ray_workers_than_the_cluster_has_cpus_runs_on_those_it_has(small_s
     assert "--workers 3: 1 Ray workers, one per CPU of the Ray cluster" in caplog.text
     expand(small_src, tmp_path / "local", tiny_recipe, workers=2)
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+
+
+def test_albumentations_imported_by_two_threads_at_once_is_whole_in_both():
+    """import_albumentations returned the module it found in sys.modules, also while another thread was still
+    importing it: the second of two expand() calls in threads failed with "partially initialized module
+    'albumentations' has no attribute 'Compose'". A fresh interpreter, as albumentations is loaded here already."""
+    import subprocess
+    import sys
+
+    code = ("import threading, time\n"
+            "from augexpand.recipe import import_albumentations\n"
+            "got = []\n"
+            "def second():\n"
+            "    time.sleep(0.05)\n"
+            "    got.append(hasattr(import_albumentations(), 'Compose'))\n"
+            "threads = [threading.Thread(target=import_albumentations), threading.Thread(target=second)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "print(got)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[True]"
