@@ -114,3 +114,19 @@ def test_albumentations_imported_by_two_threads_at_once_is_whole_in_both():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[True]"
+
+
+def test_training_on_shards_without_the_final_resume_is_refused(small_src: Path, tmp_path: Path, tiny_recipe: Path):
+    """Shards write images and journals, not metadata.jsonl: train read such a DST as a plain ImageFolder (part of
+    the images, each mixed one under its folder's one-hot label) and trained without a word."""
+    from augexpand.train.data import find_splits
+
+    dst = tmp_path / "out"
+    expand(small_src, dst, tiny_recipe, workers=1, shard=(1, 2))
+    assert any((dst / "train").rglob("*.png")) and not (dst / "train" / "metadata.jsonl").exists()
+    result = CliRunner().invoke(cli, ["train", str(dst), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"Error: {dst} is an unfinished augexpand expand (no train/metadata.jsonl yet); finish "
+                             "it first: the same `augexpand expand` command with --resume, without --shard\n")
+    expand(small_src, dst, tiny_recipe, workers=1, resume=True)
+    assert find_splits(dst)[0] == dst / "train"

@@ -169,6 +169,12 @@ def find_splits(data: Path, val: Path | None = None) -> tuple[Path, Path | None,
     if (data / "train").is_dir():
         train_root = data / "train"
         default_val = data / "val" if (data / "val").is_dir() else None
+        if (data / ".augexpand").is_dir() and not (train_root / METADATA).is_file():
+            # an expansion that was stopped, or shards without the final --resume: part of the images, and the mixed
+            # ones without their soft labels (their folder's label instead)
+            raise TrainingError(f"{data} is an unfinished augexpand expand (no train/{METADATA} yet)",
+                                hint="finish it first: the same `augexpand expand` command with --resume, "
+                                     "without --shard")
     elif (data / "val").is_dir() or (data / "test").is_dir():
         raise TrainingError(f"{data} has no train/ split (it has {', '.join(p.name for p in _class_dirs(data))})",
                             hint="train on an `augexpand expand` output, or on an ImageFolder of class folders")
