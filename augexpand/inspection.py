@@ -144,6 +144,9 @@ def inspect_folder(path: str | Path) -> dict[str, Any]:
         return _inspect_expanded(root, root / "train", card)
     if (root / METADATA_NAME).is_file():  # DST/train itself
         return _inspect_expanded(root, root, read_card(root.parent) if root.name == "train" else None)
+    if (root / ".augexpand").is_dir():  # a run under way or stopped: not a source whose one class is "train"
+        raise InspectError(f"{root} is an unfinished augexpand expand (no train/{METADATA_NAME} yet)",
+                           hint="finish it first: the same `augexpand expand` command with --resume, without --shard")
     found = count_image_folder(root)
     if not found["counts"]:
         raise InspectError(f"{root} has no class folders; expected an ImageFolder ({root}/<class>/<image>) or an "

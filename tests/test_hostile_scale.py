@@ -130,3 +130,15 @@ def test_training_on_shards_without_the_final_resume_is_refused(small_src: Path,
                              "it first: the same `augexpand expand` command with --resume, without --shard\n")
     expand(small_src, dst, tiny_recipe, workers=1, resume=True)
     assert find_splits(dst)[0] == dst / "train"
+
+
+def test_inspecting_shards_without_the_final_resume_says_so(small_src: Path, tmp_path: Path, tiny_recipe: Path):
+    """It reported a source ImageFolder of one class, 'train'."""
+    dst = tmp_path / "out"
+    expand(small_src, dst, tiny_recipe, workers=1, shard=(1, 2))
+    result = CliRunner().invoke(cli, ["inspect", str(dst), "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: {dst} is an unfinished augexpand expand (no train/metadata.jsonl yet)")
+    expand(small_src, dst, tiny_recipe, workers=1, resume=True)
+    report = json.loads(CliRunner().invoke(cli, ["inspect", str(dst), "--json"]).stdout)
+    assert report["kind"] == "expanded" and report["classes"] == ["cat", "coffee", "rocket"]
