@@ -79,7 +79,10 @@ MAX_TRANSFORM_DEPTH = 32  # OneOf/SomeOf/Sequential nested in each other
 # Parameters whose cost grows with their square or worse get tighter bounds (a 8191-pixel motion-blur kernel takes
 # 20 s per image; OpenCV's median blur stops at 255): kernel sizes and radii, iteration counts.
 SMALL_KNOBS = {"blur_limit": 255, "kernel_size": 255, "ksize": 255, "radius": 255, "max_delta": 255,
-               "iterations": 100, "max_factor": 8}
+               "iterations": 100, "max_factor": 8,
+               # cells of a grid: 8192 x 8192 of them took over 10 GB before the probe could time a single run
+               "grid": 64, "holes_number_xy": 64, "num_grid_xy": 64, "nb_rows": 64, "nb_cols": 64,
+               "num_control_points": 64, "scale": 255}
 PROBE_SECONDS = 0.25  # a transform slower than this on a 32x32 image (twice) is refused: ~12x that per 224x224
 NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own
 
@@ -1065,6 +1068,8 @@ def _too_slow(t, A) -> str | None:
             elapsed = time.perf_counter() - started
             if elapsed < PROBE_SECONDS:
                 return None
+            if elapsed > 4 * PROBE_SECONDS:  # no second chance for one far too slow: it would cost as long again
+                break
     finally:
         cv2.setNumThreads(threads)
     return (f"takes {elapsed:.1f} s on a 32x32 image (some {elapsed * 50:.0f} s on a 224x224 one): its parameters "

@@ -66,3 +66,37 @@ def test_preview_of_a_grey_one_channel_recipe_is_one_line_not_a_traceback(small_
         assert result.stderr.startswith("Error: ToGray cannot be used: it turns the 3-channel image into 1 channel")
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "p.png").exists() and not (tmp_path / "d").exists()
+
+
+GRID_BOMBS = [
+    # (transform and parameters, the knob named): on the old code each took over 10 GB (or 40 s) in validation,
+    # inside the probe's first run, before it could time anything
+    ({"RandomGridShuffle": {"grid": [8192, 8192]}}, "grid = 8192"),
+    ({"GridDropout": {"holes_number_xy": [8192, 8192]}}, "holes_number_xy = 8192"),
+    ({"GridElasticDeform": {"num_grid_xy": [8192, 8192], "magnitude": 10}}, "num_grid_xy = 8192"),
+    ({"PiecewiseAffine": {"nb_rows": [8000, 8192], "nb_cols": [8000, 8192]}}, "nb_rows = 8000"),
+    ({"ThinPlateSpline": {"num_control_points": 8192}}, "num_control_points = 8192"),
+    ({"Morphological": {"scale": [8192, 8192]}}, "scale = 8192"),
+]
+
+
+@pytest.mark.parametrize("transform, words", GRID_BOMBS, ids=[next(iter(g[0])) for g in GRID_BOMBS])
+def test_a_grid_of_millions_of_cells_is_refused_by_its_bound_before_any_trial_run(tmp_path: Path, transform, words):
+    recipe = tmp_path / "r.yaml"
+    name, params = next(iter(transform.items()))
+    recipe.write_text(f"pipeline:\n  - {name}: {{{', '.join(f'{k}: {v}' for k, v in params.items())}, p: 1}}\n",
+                      encoding="utf-8")
+    # Under a 2 GB address-space limit, so that the old code fails (MemoryError or killed) instead of taking the
+    # machine's memory.
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from augexpand.cli import main; sys.argv = ['augexpand', 'validate', sys.argv[1]]; main()")
+    result = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {name}: {words} is out of range: at most "), result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_the_grids_a_recipe_may_use_still_pass():
+    load_recipe({"pipeline": [{"RandomGridShuffle": {"grid": [64, 64]}}, {"GridDropout": {"holes_number_xy": [64, 64]}},
+                              {"Morphological": {"scale": [3, 255]}}, {"RandomResizedCrop": {"size": [32, 32],
+                                                                                           "scale": [0.08, 1.0]}}]})
