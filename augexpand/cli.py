@@ -237,7 +237,10 @@ def _print_expand_summary(s: dict) -> None:
         click.echo("  " + "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
                                     for i, (v, w) in enumerate(zip(r, widths))))
     ratio = s["imbalance_ratio"]
-    click.echo(f"imbalance (largest/smallest class): {ratio['source']} in the source, {ratio['train']} after"
+    # None after: a dry run of a recipe that makes no training image here, which a run refuses
+    after = f"{ratio['train']} after" if ratio["train"] is not None else \
+        "no training image after: a run is refused (set copies or keep_originals: true)"
+    click.echo(f"imbalance (largest/smallest class): {ratio['source']} in the source, {after}"
                + ((" (mixed images of two classes counted by each label's odds: a run's counts differ by chance)"
                    if s["dry_run"] else " (mixed images counted under their majority label)")
                   if any(op in ops for op in ("mixup", "cutmix", "ricap")) else ""))

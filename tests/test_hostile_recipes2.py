@@ -100,3 +100,19 @@ def test_the_grids_a_recipe_may_use_still_pass():
     load_recipe({"pipeline": [{"RandomGridShuffle": {"grid": [64, 64]}}, {"GridDropout": {"holes_number_xy": [64, 64]}},
                               {"Morphological": {"scale": [3, 255]}}, {"RandomResizedCrop": {"size": [32, 32],
                                                                                            "scale": [0.08, 1.0]}}]})
+
+
+def test_a_dry_run_of_a_recipe_that_makes_nothing_says_a_run_is_refused_not_none(small_src: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    recipe = tmp_path / "nothing.yaml"
+    recipe.write_text("copies: 0\nkeep_originals: false\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["expand", "-r", str(recipe), "--dry-run", str(small_src), str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output  # a dry run reports; the run itself refuses
+    assert "Would make 0 training images" in result.output
+    assert "no training image after: a run is refused (set copies or keep_originals: true)" in result.output
+    assert "None" not in result.output  # it printed "6.0 in the source, None after"
+    result = CliRunner().invoke(cli, ["expand", "-r", str(recipe), str(small_src), str(tmp_path / "d")])
+    assert result.exit_code == 1 and "makes no training images" in result.output
