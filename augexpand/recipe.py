@@ -12,6 +12,7 @@ needs more than an image (boxes, masks, keypoints, reference images, volumes) is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -84,6 +85,7 @@ SMALL_KNOBS = {"blur_limit": 255, "kernel_size": 255, "ksize": 255, "radius": 25
                "grid": 64, "holes_number_xy": 64, "num_grid_xy": 64, "nb_rows": 64, "nb_cols": 64,
                "num_control_points": 64, "scale": 255}
 PROBE_SECONDS = 0.25  # a transform slower than this on a 32x32 image (twice) is refused: ~12x that per 224x224
+PROBE_LIMIT_SECONDS = 3.0  # a probe run still going then is stopped (where a timer can stop it), and refused
 NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -1030,6 +1032,37 @@ def _check_numbers(name: str, value: Any, where: str, key: str = "", limit: int 
                               f"grows with its square or faster) ({where})")
 
 
+class _ProbeTimeout(BaseException):  # _probe_deadline's alarm: no `except Exception` in a transform swallows it
+    pass
+
+
+@contextlib.contextmanager
+def _probe_deadline(seconds: float):
+    """Stop the block after ``seconds`` (a SIGALRM timer): a transform whose parameters make even a 32x32 image
+    take minutes (8000 shadows of 8192 edges) is refused then, not waited for. Only in the main thread and while no
+    one else uses the timer; elsewhere the block runs unbounded, as before."""
+    import signal
+    import threading
+
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _ProbeTimeout
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def _too_slow(t, A) -> str | None:
     """Why a transform cannot be run at a sane cost, from two runs (p = 1) on a 32x32 image: it asks for more
     memory than there is, or takes over PROBE_SECONDS there (parameters no bound above foresaw); or why its output
@@ -1052,7 +1085,8 @@ def _too_slow(t, A) -> str | None:
         for _ in range(2):
             started = time.perf_counter()
             try:
-                out = pipeline(image=image)["image"]
+                with _probe_deadline(PROBE_LIMIT_SECONDS):
+                    out = pipeline(image=image)["image"]
                 if getattr(out, "dtype", np.uint8) != np.uint8:
                     return (f"turns the 8-bit image into {out.dtype} pixels, and a recipe writes 8-bit images (every "
                             f"one would be black); normalize when training instead")
@@ -1063,6 +1097,9 @@ def _too_slow(t, A) -> str | None:
                             f"num_output_channels: 3")
             except MemoryError:
                 return "asks for more memory than there is, even on a 32x32 image"
+            except _ProbeTimeout:
+                return (f"takes over {PROBE_LIMIT_SECONDS:.0f} s on a 32x32 image (stopped there): its parameters "
+                        f"are too large")
             except Exception:  # noqa: BLE001, S110 -- image-dependent (decided when it runs), unless slow to fail
                 pass
             elapsed = time.perf_counter() - started

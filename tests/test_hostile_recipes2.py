@@ -116,3 +116,16 @@ def test_a_dry_run_of_a_recipe_that_makes_nothing_says_a_run_is_refused_not_none
     assert "None" not in result.output  # it printed "6.0 in the source, None after"
     result = CliRunner().invoke(cli, ["expand", "-r", str(recipe), str(small_src), str(tmp_path / "d")])
     assert result.exit_code == 1 and "makes no training images" in result.output
+
+
+def test_a_transform_that_takes_minutes_on_a_tiny_image_is_stopped_and_refused(tmp_path: Path):
+    # each number alone is refused after a timed trial; together (8000 shadows of 8192 edges) one trial run took
+    # minutes: `validate` hung
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("pipeline:\n  - RandomShadow: {num_shadows_limit: [8000, 8192], shadow_dimension: 8192, p: 1}\n",
+                      encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "augexpand", "validate", str(recipe)], capture_output=True,
+                            text=True, timeout=40)
+    assert result.returncode == 1
+    assert result.stderr == (f"Error: RandomShadow cannot be used: it takes over 3 s on a 32x32 image (stopped there): "
+                             f"its parameters are too large ({recipe}, line 1, pipeline)\n")
