@@ -68,12 +68,33 @@ def _check_reachable(address: str) -> None:
     try:  # a port that is not a number ('host:abc') is a ValueError of urlsplit's: one line as well
         parts = urlsplit(address if "://" in address else f"ray://{address}")
         host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" and "://" in address else 6379)
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", "")
+            grpc = None if tls else _speaks_grpc(conn)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise AugexpandError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason}",
                              hint="start it (ray start --head) or unset RAY_ADDRESS for a local Ray") from None
+    if grpc is False:  # ray.init would retry for minutes (a web server there: still waiting after 150 s)
+        raise AugexpandError(f"RAY_ADDRESS={address} answers, but not as a Ray cluster (no gRPC there)",
+                             hint="give the head node's GCS address (ray start --head prints it, e.g. host:6379)")
+
+
+def _speaks_grpc(conn: socket.socket) -> bool | None:
+    """Whether the server on ``conn`` answers HTTP/2's connection preface with a SETTINGS frame, as Ray's GCS and
+    its client server (gRPC) do at once. None with TLS on (RAY_USE_TLS): not checked."""
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # preface, SETTINGS
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except TimeoutError:
+        return False
+    return len(head) == 9 and head[3] == 4  # a frame header: 3 bytes of length, then its type (4: SETTINGS)
 
 
 @contextlib.contextmanager

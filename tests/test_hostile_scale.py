@@ -87,6 +87,9 @@ def test_more_ray_workers_than_the_cluster_has_cpus_runs_on_those_it_has(small_s
     try:
         with caplog.at_level("INFO", logger="augexpand"):
             summary = expand(small_src, tmp_path / "ray", tiny_recipe, workers=3, executor="ray")
+        from augexpand.ray_executor import _check_reachable
+
+        _check_reachable(ray.get_runtime_context().gcs_address)  # a real GCS passes the gRPC check (no error)
     finally:
         ray.shutdown()
     assert summary["workers"] == 1
@@ -142,3 +145,39 @@ def test_inspecting_shards_without_the_final_resume_says_so(small_src: Path, tmp
     expand(small_src, dst, tiny_recipe, workers=1, resume=True)
     report = json.loads(CliRunner().invoke(cli, ["inspect", str(dst), "--json"]).stdout)
     assert report["kind"] == "expanded" and report["classes"] == ["cat", "coffee", "rocket"]
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n", None])
+def test_a_ray_address_where_something_else_listens_is_one_line_in_seconds(small_src: Path, tmp_path: Path,
+                                                                          monkeypatch, answer):
+    """A web server (or a silent one) at RAY_ADDRESS passed the connect check, then ray.init retried for minutes
+    (still waiting after 150 s)."""
+    pytest.importorskip("ray", reason="Ray is not installed")
+    import socket
+    import time
+
+    from augexpand import ray_executor
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            if answer:
+                conn.recv(100)
+                conn.sendall(answer)
+            time.sleep(3)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(ray_executor, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(cli, ["expand", "--executor", "ray", str(small_src), str(tmp_path / "out")])
+    finally:
+        server.close()
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: RAY_ADDRESS=127.0.0.1:{port} answers, but not as a Ray cluster")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
