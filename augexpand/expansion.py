@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import numbers
+import os
 import platform
 import signal
 import sys
@@ -449,14 +450,19 @@ class _stopped_by_sigterm:
     """SIGTERM to the main process stops the run as Ctrl-C does: the workers are terminated, this run's temporary
     files removed, the journal kept for --resume; exit status 143. Only where nobody else handles SIGTERM."""
 
+    pid = 0  # the process that set the handler
+
     def __enter__(self) -> None:
         self.previous = None
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            _stopped_by_sigterm.pid = os.getpid()
             self.previous = signal.signal(signal.SIGTERM, self._stop)
 
     @staticmethod
     def _stop(signum, frame) -> None:
+        if os.getpid() != _stopped_by_sigterm.pid:  # a pool worker stopped before its own handler was set: no
+            os._exit(128 + signum)  # 'stopped by SIGTERM ... --resume' from it, as the default action would not
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
         log.warning("stopped by SIGTERM: run the same command with --resume to finish")
         raise SystemExit(128 + signum)

@@ -114,7 +114,8 @@ def test_albumentations_imported_by_two_threads_at_once_is_whole_in_both():
             "threads = [threading.Thread(target=import_albumentations), threading.Thread(target=second)]\n"
             "[t.start() for t in threads]; [t.join() for t in threads]\n"
             "print(got)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[True]"
 
@@ -181,3 +182,39 @@ def test_a_ray_address_where_something_else_listens_is_one_line_in_seconds(small
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith(f"Error: RAY_ADDRESS=127.0.0.1:{port} answers, but not as a Ray cluster")
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_worker_forked_under_the_sigterm_handler_does_not_report_a_stopped_run(tmp_path: Path):
+    """A pool worker forked while expand's SIGTERM handler is set has it until its initializer resets it: a
+    SIGTERM then (a pool terminated at once) printed 'stopped by SIGTERM: run the same command with --resume' from
+    the worker, of a run that went on."""
+    import multiprocessing as mp
+    import signal
+
+    from augexpand.expansion import _stopped_by_sigterm
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler here already")
+    import logging
+
+    logged = logging.FileHandler(tmp_path / "log.txt")  # the child's log lines (it inherits the handler)
+    logging.getLogger("augexpand").addHandler(logged)
+    try:
+        with _stopped_by_sigterm():
+            child = mp.get_context("fork").Process(target=_terminate_self)
+            child.start()
+            child.join(30)
+    finally:
+        logging.getLogger("augexpand").removeHandler(logged)
+        logged.close()
+    assert child.exitcode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" not in (tmp_path / "log.txt").read_text()
+
+
+def _terminate_self() -> None:
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
