@@ -83,7 +83,7 @@ SMALL_KNOBS = {"blur_limit": 255, "kernel_size": 255, "ksize": 255, "radius": 25
                "iterations": 100, "max_factor": 8,
                # cells of a grid: 8192 x 8192 of them took over 10 GB before the probe could time a single run
                "grid": 64, "holes_number_xy": 64, "num_grid_xy": 64, "nb_rows": 64, "nb_cols": 64,
-               "num_control_points": 64, "scale": 255}
+               "num_control_points": 64, "tile_grid_size": 64, "scale": 255}
 PROBE_SECONDS = 0.25  # a transform slower than this on a 32x32 image (twice) is refused: ~12x that per 224x224
 PROBE_LIMIT_SECONDS = 3.0  # a probe run still going then is stopped (where a timer can stop it), and refused
 NOMINAL_SIZE = 224  # what ``size: auto`` aims at when the recipe names no size of its own

@@ -77,6 +77,7 @@ GRID_BOMBS = [
     ({"PiecewiseAffine": {"nb_rows": [8000, 8192], "nb_cols": [8000, 8192]}}, "nb_rows = 8000"),
     ({"ThinPlateSpline": {"num_control_points": 8192}}, "num_control_points = 8192"),
     ({"Morphological": {"scale": [8192, 8192]}}, "scale = 8192"),
+    ({"CLAHE": {"tile_grid_size": [8000, 8192]}}, "tile_grid_size = 8000"),  # 16 GB, in OpenCV: no alarm stops it
 ]
 
 
