@@ -61,7 +61,7 @@ def test_preview_of_a_grey_one_channel_recipe_is_one_line_not_a_traceback(small_
     for command in (["preview", "-r", str(recipe), str(small_src), "-o", str(tmp_path / "p.png")],
                     ["expand", "-r", str(recipe), "--quiet", str(small_src), str(tmp_path / "d")]):
         result = subprocess.run([sys.executable, "-m", "augexpand", *command], capture_output=True, text=True,
-                                timeout=120)
+                                timeout=120, check=False)
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("Error: ToGray cannot be used: it turns the 3-channel image into 1 channel")
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
@@ -91,7 +91,8 @@ def test_a_grid_of_millions_of_cells_is_refused_by_its_bound_before_any_trial_ru
     # machine's memory.
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
             "from augexpand.cli import main; sys.argv = ['augexpand', 'validate', sys.argv[1]]; main()")
-    result = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, timeout=60,
+                            check=False)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"Error: {name}: {words} is out of range: at most "), result.stderr
     assert result.stderr.count("\n") == 1
@@ -126,7 +127,7 @@ def test_a_transform_that_takes_minutes_on_a_tiny_image_is_stopped_and_refused(t
     recipe.write_text("pipeline:\n  - RandomShadow: {num_shadows_limit: [8000, 8192], shadow_dimension: 8192, p: 1}\n",
                       encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "augexpand", "validate", str(recipe)], capture_output=True,
-                            text=True, timeout=40)
+                            text=True, timeout=40, check=False)
     assert result.returncode == 1
     assert result.stderr == (f"Error: RandomShadow cannot be used: it takes over 3 s on a 32x32 image (stopped there): "
                              f"its parameters are too large ({recipe}, line 1, pipeline)\n")
