@@ -11,7 +11,7 @@ from augexpand.cli import cli
 from augexpand.errors import TrainingError
 from augexpand.train.checkpoint import load_checkpoint
 from augexpand.train.models import build_model, load_backbone_weights
-from tests.train_fixtures import write_digits, write_expanded
+from tests.train_fixtures import tiny_run, write_digits, write_expanded
 
 FAST = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip"]
 
@@ -30,12 +30,7 @@ def _one_error_line(result, text: str, code: int = 1) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny real run (1 epoch) on real digits, and a test folder of other digits."""
-    root = tmp_path_factory.mktemp("hostile_train")
-    dst = write_expanded(root / "dst", classes=(0, 1, 2), n=6, mixed=2)
-    run = root / "run"
-    result = _invoke("train", dst, "-o", run, "--epochs", "1", *FAST, "-q")
-    assert result.exit_code == 0, result.output
-    return dst, run, write_digits(root / "test", classes=(0, 1, 2), n=2, offset=60)
+    return tiny_run(tmp_path_factory.mktemp("hostile_train"), FAST, n=6, mixed=2, epochs=1, test_n=2)
 
 
 def _with_weights(tmp_path, trained, name, change):

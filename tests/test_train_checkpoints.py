@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from augexpand.cli import cli
 from augexpand.errors import TrainingError
 from augexpand.train.checkpoint import load_checkpoint, validate_model_args
-from tests.train_fixtures import write_digits, write_expanded
+from tests.train_fixtures import tiny_run, write_digits
 
 FAST = ["--size", "16", "--width", "8", "--workers", "0", "--batch-size", "16", "--no-flip"]
 
@@ -36,13 +36,7 @@ def _one_error_line(result, start: str) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny real run (2 epochs) and a test folder of other digits."""
-    root = tmp_path_factory.mktemp("ckpt")
-    dst = write_expanded(root / "dst", classes=(0, 1, 2), n=8, mixed=4)
-    run = root / "run"
-    result = _invoke("train", dst, "-o", run, "--epochs", "2", *FAST, "-q")
-    assert result.exit_code == 0, result.output
-    test = write_digits(root / "test", classes=(0, 1, 2), n=3, offset=60)
-    return dst, run, test
+    return tiny_run(tmp_path_factory.mktemp("ckpt"), FAST, n=8, mixed=4, epochs=2, test_n=3)
 
 
 def _crafted(tmp_path, trained, **changes):

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["TINY", "digits", "write_digits", "write_expanded"]
+__all__ = ["TINY", "digits", "tiny_run", "write_digits", "write_expanded"]
 
 # Options that keep a training test to about a second on 2 CPU cores: 16 px, a narrow CNN, no worker processes.
 TINY = {"size": 16, "model": "smallcnn", "width": 8, "workers": 0, "progress": False, "batch_size": 16,
@@ -70,3 +70,18 @@ def write_expanded(dst: Path, classes: tuple[int, ...] = (0, 1, 2), n: int = 8, 
         write_digits(dst / "val", classes, 6, 40, size)
     (dst / "dataset.json").write_text(json.dumps({"tool": "augexpand", "classes": names}), encoding="utf-8")
     return dst
+
+
+def tiny_run(root: Path, options: list[str], *, n: int, mixed: int, epochs: int,
+             test_n: int) -> tuple[Path, Path, Path]:
+    """(dataset, run, test folder): ``augexpand train`` run for ``epochs`` on a write_expanded dataset of ``n``
+    digits a class and ``mixed`` mixup images, and a test folder of ``test_n`` other digits a class."""
+    from click.testing import CliRunner
+
+    from augexpand.cli import cli
+
+    dst = write_expanded(root / "dst", classes=(0, 1, 2), n=n, mixed=mixed)
+    run = root / "run"
+    result = CliRunner().invoke(cli, ["train", str(dst), "-o", str(run), "--epochs", str(epochs), *options, "-q"])
+    assert result.exit_code == 0, result.output
+    return dst, run, write_digits(root / "test", classes=(0, 1, 2), n=test_n, offset=60)
