@@ -885,21 +885,29 @@ def _native_stderr_quiet() -> Iterator[None]:
 MAX_JPEG_SCANS = 100
 
 
+def _jpeg_frame(raw: bytes) -> tuple[int, int] | None:
+    """(marker, offset of its FF) of a JPEG's start-of-frame header (SOF0-15 but DHT, JPG and DAC), from the markers
+    before its first scan; None without one."""
+    for marker, at, _ in _jpeg_headers(raw):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker, at
+    return None
+
+
 def _progressive(raw: bytes) -> bool:
     """Whether a JPEG's frame is progressive (SOF2, 6, 10, 14), from the markers before its first scan. (A baseline
     JPEG decodes one scan per component: further scans are refused or passed over at once.)"""
-    for marker, _, _ in _jpeg_headers(raw):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
-            return marker in (0xC2, 0xC6, 0xCA, 0xCE)
-    return False
+    frame = _jpeg_frame(raw)
+    return frame is not None and frame[0] in (0xC2, 0xC6, 0xCA, 0xCE)
 
 
 def _jpeg_frame_size(raw: bytes) -> tuple[int, int] | None:
     """(height, width) that a JPEG's start-of-frame header claims, from the markers before its first scan."""
-    for marker, at, _ in _jpeg_headers(raw):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and at + 9 <= len(raw):
-            return int.from_bytes(raw[at + 5:at + 7], "big"), int.from_bytes(raw[at + 7:at + 9], "big")
-    return None
+    frame = _jpeg_frame(raw)
+    if frame is None or frame[1] + 9 > len(raw):
+        return None
+    at = frame[1]
+    return int.from_bytes(raw[at + 5:at + 7], "big"), int.from_bytes(raw[at + 7:at + 9], "big")
 
 
 def _bomb_reason() -> str:
@@ -913,10 +921,8 @@ def _jpeg_precision(f) -> int | None:
     """The sample precision (bits) a JPEG's start-of-frame header gives, from the markers before its first scan."""
     f.seek(0)
     head = f.read(_JPEG_HEADER)
-    for marker, at, _ in _jpeg_headers(head):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and at + 4 < len(head):
-            return head[at + 4]
-    return None
+    frame = _jpeg_frame(head)
+    return head[frame[1] + 4] if frame is not None and frame[1] + 4 < len(head) else None
 
 
 def _check_scans(raw: bytes) -> None:
