@@ -555,28 +555,38 @@ def _check_jpeg_header(f, size: int) -> None:
 _PNG_CHUNKS = 10_000  # chunks before a PNG's pixels (IDAT) that Pillow may be left to parse; real files hold < 100
 
 
-def _check_png_chunks(f, size: int) -> None:
-    """Refuse a PNG of more than _PNG_CHUNKS chunks before its first IDAT, counted by their lengths alone: Pillow
-    parses and checks each one in Python (a million empty chunks, 12 MB, took 6 s to probe); and one with a chunk
-    that runs past the end of the file (of its first _PNG_WALK): OpenCV allocates what a chunk's length claims
-    before it reads it (a 7 KB file whose IDAT claimed 2.6 GB: 2.6 GB and 2 s to fail)."""
-    f.seek(8)
-    at, pixels = 8, False
-    for n in range(_PNG_WALK):
+def _png_chunks(f) -> Iterator[tuple[bytes, int, int]]:
+    """A PNG's chunks walked by their lengths, nothing decoded: (type, length of its data, offset of the chunk), at
+    most _PNG_WALK of them, up to its IEND or the end of the file."""
+    at = 8
+    for _ in range(_PNG_WALK):
+        f.seek(at)
         head = f.read(8)
         if len(head) < 8 or head[4:] == b"IEND":
             return
         length = int.from_bytes(head[:4], "big")
+        yield head[4:], length, at
+        at += 12 + length
+
+
+def _check_png_chunks(f, size: int) -> tuple[int, int] | None:
+    """Refuse a PNG of more than _PNG_CHUNKS chunks before its first IDAT, counted by their lengths alone: Pillow
+    parses and checks each one in Python (a million empty chunks, 12 MB, took 6 s to probe); and one with a chunk
+    that runs past the end of the file (of its first _PNG_WALK): OpenCV allocates what a chunk's length claims
+    before it reads it (a 7 KB file whose IDAT claimed 2.6 GB: 2.6 GB and 2 s to fail). Returns where its first
+    eXIf chunk's data is (offset, length), for ``_png_orientation``; None without one."""
+    pixels, exif = False, None
+    for n, (kind, length, at) in enumerate(_png_chunks(f)):
         if at + 12 + length > size:
-            raise ImageReadError(f"truncated PNG (its {head[4:].decode('latin-1')!r} chunk of {length:,} bytes runs "
+            raise ImageReadError(f"truncated PNG (its {kind.decode('latin-1')!r} chunk of {length:,} bytes runs "
                                  f"past the end of the file, {size:,} bytes)")
-        pixels = pixels or head[4:] == b"IDAT"
+        pixels = pixels or kind == b"IDAT"
         if not pixels and n >= _PNG_CHUNKS:
             break
-        at += 12 + length
-        f.seek(at)
+        if kind == b"eXIf" and exif is None:
+            exif = (at + 8, length)
     else:
-        return
+        return exif
     raise ImageReadError(f"a PNG of more than {_PNG_CHUNKS:,} chunks before its pixels (crafted, or damaged)")
 
 
@@ -603,11 +613,11 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         if size == 0:
             raise ImageReadError("empty file (0 bytes)")
         _check_file_size(size, max_pixels)
-        magic = f.read(8)
+        magic, png_exif = f.read(8), None
         if magic[:3] == b"\xff\xd8\xff":
             _check_jpeg_header(f, size)
         elif magic == b"\x89PNG\r\n\x1a\n":
-            _check_png_chunks(f, size)
+            png_exif = _check_png_chunks(f, size)
         f.seek(0)
         try:
             with Image.open(f) as im:
@@ -615,7 +625,7 @@ def _probe(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 jpeg = fmt in ("JPEG", "MPO")
                 orientation, jpeg_exif = 1, jpeg and "exif" in im.info
                 if fmt == "PNG":  # Pillow's getexif decodes every pixel of a PNG to find an eXIf after them
-                    orientation = _png_orientation(f)
+                    orientation = _png_orientation(f, png_exif)
                 elif not jpeg:  # a JPEG's is read below, as its decoders read it
                     try:
                         orientation = im.getexif().get(0x0112, 1)
@@ -714,28 +724,22 @@ def _exif_orientation(data: bytes | np.ndarray) -> int:
     return _orientation_tag(_ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0])
 
 
-def _png_orientation(f) -> int:
-    """The EXIF orientation of a PNG's eXIf chunk, before or after its pixels (OpenCV honours both), or 1: its
-    chunks walked by their lengths, at most _PNG_WALK of them, nothing decoded (Pillow's getexif decoded the
-    whole image for it, 0.3 s for a 12-megapixel PNG, and parsed each of a million crafted chunks, 13 s)."""
+def _png_orientation(f, exif: tuple[int, int] | None) -> int:
+    """The EXIF orientation of a PNG's eXIf chunk, before or after its pixels (OpenCV honours both), or 1; ``exif``:
+    where its data is, as ``_check_png_chunks`` found it walking the chunks (Pillow's getexif decoded the whole
+    image for it, 0.3 s for a 12-megapixel PNG, and parsed each of a million crafted chunks, 13 s)."""
+    if exif is None:
+        return 1
     at = f.tell()
     try:
-        f.seek(8)
-        for _ in range(_PNG_WALK):
-            head = f.read(8)
-            if len(head) < 8 or head[4:] == b"IEND":
-                return 1
-            length = int.from_bytes(head[:4], "big")
-            if head[4:] == b"eXIf":
-                tiff = f.read(min(length, 1 << 16))
-                order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-                if order is None or len(tiff) < 8:
-                    return 1
-                return _orientation_tag(_ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0])
-            f.seek(length + 4, os.SEEK_CUR)
-        return 1
+        f.seek(exif[0])
+        tiff = f.read(min(exif[1], 1 << 16))
     finally:
         f.seek(at)
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    return _orientation_tag(_ifd(tiff, order, int.from_bytes(tiff[4:8], order))[0])
 
 
 _PNG_WALK = 100_000  # a PNG's chunks walked for its eXIf (a 1 GB PNG of libpng's 8 KB IDAT chunks holds 125,000)
