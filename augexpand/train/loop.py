@@ -558,7 +558,9 @@ def _resolve(config: TrainConfig, train_split: D.Split, init_ckpt: dict | None,
         log.warning("--freeze-epochs %d without --weights or --init freezes a randomly initialised backbone",
                     update["freeze_epochs"])
     if config.workers is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from augexpand.executors import default_workers
+
+        cpus = default_workers()
         update["workers"] = min(cpus, 8) if (config.device != "cpu" and torch.cuda.is_available()) else min(cpus, 2)
     elif config.workers:
         update["workers"] = loader_workers(config.workers)
